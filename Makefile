@@ -1,0 +1,54 @@
+# Convenience targets; each is a thin wrapper around a command documented in README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HANDOUT := handout_from DS_agent
+MODEL := $(HANDOUT)/model.joblib
+STAMP := $(VENV)/.installed-stamp
+DATA ?= ../shared/data/calories_public.csv
+URL ?= http://127.0.0.1:8000
+
+.PHONY: install data train model evaluate serve validate-a simulate-stream test lint bench clean
+
+install: $(STAMP)  ## create .venv and install runtime + dev dependencies
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+data: $(STAMP)  ## regenerate the handout's deterministic data sample
+	cd "$(HANDOUT)" && ../$(BIN)/python generate_data.py
+
+train: $(STAMP)  ## train model.joblib + metrics.json into the handout
+	cd "$(HANDOUT)" && ../$(BIN)/python train.py
+
+model: $(STAMP)  ## train only if the artifact is missing
+	@test -f "$(MODEL)" || $(MAKE) --no-print-directory train
+
+evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
+	$(BIN)/python "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))"
+
+serve: model  ## run the service (gunicorn) on $${BIND:-127.0.0.1:8000}
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+validate-a: model  ## in-process smoke validation, log in logs/validate_iteration_a.log
+	$(BIN)/python -m service.validate
+
+simulate-stream: $(STAMP)  ## short simulator demo against a running `make serve`
+	$(BIN)/python -m simulator --url $(URL) --data "$(HANDOUT)/data_sample/train.csv" \
+		--feedback-delay 10 --cycles 3 --report reports/simulate-stream.json
+
+test: $(STAMP)  ## full test suite and lint via tox
+	$(BIN)/tox
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench:
+	@echo "make bench: not yet (issue 5, fast inference path and benchmark)" >&2; exit 2
+
+clean:
+	rm -rf var logs reports .tox .pytest_cache
