@@ -69,7 +69,7 @@ def write_csv(path, cols):
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(COLUMNS)
-        for row in zip(*(cols[c] for c in COLUMNS)):
+        for row in zip(*(cols[c] for c in COLUMNS), strict=True):
             w.writerow([fmt(v) for v in row])
 
 

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import sklearn
 import xgboost
+from features import FEATURE_NAMES, RAW_COLUMNS, CalorieFeatures
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-
-from features import FEATURE_NAMES, RAW_COLUMNS, CalorieFeatures
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATA = HERE / "data_sample" / "train.csv"
@@ -46,7 +45,8 @@ def reference_stats(frame):
         x = frame[col].to_numpy(dtype=float)
         counts, edges = np.histogram(x, bins=10)
         stats[col] = {"mean": float(x.mean()), "std": float(x.std()),
-                      "quantiles": dict(zip(map(str, QUANTILES), np.quantile(x, QUANTILES).tolist())),
+                      "quantiles": dict(zip(map(str, QUANTILES), np.quantile(x, QUANTILES).tolist(),
+                                            strict=True)),
                       "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
     return stats
 
