@@ -1,0 +1,51 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` alone gives aggregated metrics."""
+
+import os
+
+from service import config as service_config
+
+_server = service_config.server_settings()
+
+# prometheus_client reads this at import time, in each worker: set it before any worker exists.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_server["multiproc_dir"]))
+
+# Where and how many: -b and -w on the command line still override these.
+bind = [_server["bind"]]
+workers = _server["workers"]
+
+# Sync workers: the model is CPU-bound, one request per worker at a time.
+worker_class = "sync"
+timeout = _server["timeout"]
+graceful_timeout = 20  # SIGTERM lets in-flight requests finish within this
+keepalive = 2
+
+# No recycling: every recycled worker leaves its metric files behind (counters must not go
+# backwards), so max_requests would grow the metrics directory without bound.
+max_requests = 0
+
+# Load the app in each worker after fork: no model, no OpenMP, no SQLite handle in the master.
+preload_app = False
+
+# gunicorn 27's control socket sits at one path per user: two instances (or parallel tests) collide.
+control_socket_disable = True
+
+accesslog = _server["access_log"] or None
+errorlog = "-"
+loglevel = "info"
+
+
+def on_starting(server):
+    """Start every run with an empty metrics directory, before any worker or metric exists."""
+    service_config.reset_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def post_fork(server, worker):
+    """Cap math-library threads before the worker imports the model."""
+    os.environ.update(service_config.thread_env(server.cfg.workers))
+
+
+def child_exit(server, worker):
+    """Mark the worker dead for prometheus; its counter files stay, so totals never go back."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

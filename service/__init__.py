@@ -1,0 +1,43 @@
+"""Calories serving and monitoring service: the application factory."""
+
+import json
+import logging
+import pathlib
+
+from flask import Flask
+
+from . import config
+
+
+def _use_gunicorn_logging():
+    """Under gunicorn, log through its error log so messages share its format and level."""
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    if gunicorn_log.handlers:
+        service_log = logging.getLogger(__name__)
+        service_log.handlers = gunicorn_log.handlers
+        service_log.setLevel(gunicorn_log.level)
+        service_log.propagate = False
+
+
+def create_app(overrides=None):
+    """Build the app: defaults and environment from config, then test overrides, then extensions."""
+    from . import errors, feedback, health, metrics, model, openapi, predict, schemas, store
+
+    app = Flask(__name__)
+    app.config.from_mapping(config.from_env())
+    app.config.update(overrides or {})
+    app.config["DEBUG"] = False  # never the interactive debugger, whatever FLASK_DEBUG says
+    app.json.sort_keys = False  # answers read {id, Calories} in the documented order
+    _use_gunicorn_logging()
+    for key in ("HANDOUT_DIR", "MODEL_PATH", "FEEDBACK_DB"):
+        app.config[key] = pathlib.Path(app.config[key])
+    spec = json.loads((app.config["HANDOUT_DIR"] / "schema.json").read_text())
+    app.extensions["predict_schema"] = schemas.predict_schema(spec)
+    errors.init_app(app)
+    store.init_app(app)
+    model.init_app(app)
+    metrics.init_app(app)
+    for module in (predict, feedback, health, openapi):
+        app.register_blueprint(module.bp)
+    app.extensions["openapi"] = openapi.build_spec(app.extensions["predict_schema"])
+    return app

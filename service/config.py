@@ -1,0 +1,103 @@
+"""Configuration: every environment variable the service reads, coerced and defaulted in one place."""
+
+import os
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_HANDOUT = ROOT / "handout_from DS_agent"
+DEFAULT_VAR = ROOT / "var"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XGBOOST_NUM_THREADS")
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _get(env, name, default, cast):
+    """Read one variable, cast it, and name the variable in the error when that fails."""
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+
+def _bool(raw):
+    """'1/true/yes/on' or '0/false/no/off'."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 0 or 1")
+
+
+def _positive(cast):
+    """A cast that also refuses zero and negative numbers."""
+    def convert(raw):
+        value = cast(raw)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    return convert
+
+
+def cpu_count():
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def from_env(env=None):
+    """The Flask config keys the app needs, from the environment (defaults in README)."""
+    env = os.environ if env is None else env
+    handout = pathlib.Path(_get(env, "HANDOUT_DIR", DEFAULT_HANDOUT, str))
+    window = _get(env, "PREDICTION_WINDOW_SECONDS", 300.0, _positive(float))
+    retention = _get(env, "RETENTION_SECONDS", 7 * 86400.0, _positive(float))
+    return {
+        "HANDOUT_DIR": handout,
+        "MODEL_PATH": pathlib.Path(_get(env, "MODEL_PATH", handout / "model.joblib", str)),
+        "FEEDBACK_DB": pathlib.Path(_get(env, "FEEDBACK_DB", DEFAULT_VAR / "feedback.db", str)),
+        "PREDICTION_WINDOW_SECONDS": window,
+        # Retention shorter than the window would silently shrink the rolling metrics.
+        "RETENTION_SECONDS": max(retention, window),
+        "ALLOW_STARTUP_FAILURE": _get(env, "ALLOW_STARTUP_FAILURE", True, _bool),
+        "MAX_CONTENT_LENGTH": _get(env, "MAX_BODY_BYTES", 64 * 1024, _positive(int)),
+        "STORE_BUSY_TIMEOUT_MS": _get(env, "STORE_BUSY_TIMEOUT_MS", 5000, _positive(int)),
+        "MODEL_FAST_PATH": _get(env, "MODEL_FAST_PATH", True, _bool),
+        "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        "MODEL_THREADS": _get(env, "XGBOOST_NUM_THREADS", max(1, cpu_count() // 2), _positive(int)),
+    }
+
+
+def server_settings(env=None):
+    """What gunicorn.conf.py needs: bind address, worker count, metrics directory."""
+    env = os.environ if env is None else env
+    return {
+        "bind": _get(env, "BIND", "127.0.0.1:8000", str),
+        # The model is CPU-bound: one sync worker per core, but two at least so a respawn never
+        # leaves the port without a worker.
+        "workers": _get(env, "WEB_CONCURRENCY", max(2, cpu_count()), _positive(int)),
+        "multiproc_dir": pathlib.Path(_get(env, "PROMETHEUS_MULTIPROC_DIR", DEFAULT_VAR / "prometheus", str)),
+        "timeout": _get(env, "GUNICORN_TIMEOUT", 30, _positive(int)),
+        "access_log": _get(env, "ACCESS_LOG", "-", str),
+    }
+
+
+def thread_env(workers, env=None):
+    """Math-library thread caps for one worker: half the CPUs split across workers, unless set."""
+    env = os.environ if env is None else env
+    per_worker = str(max(1, (cpu_count() // 2) // max(1, workers)))
+    return {name: per_worker for name in THREAD_VARIABLES if not env.get(name)}
+
+
+def reset_multiproc_dir(path):
+    """Create the prometheus multiprocess directory and remove the metric files of earlier runs."""
+    directory = pathlib.Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()

@@ -1,0 +1,27 @@
+"""POST /feedback: delayed ground truth, durably stored and joined to its prediction."""
+
+from flask import Blueprint
+
+from . import metrics, store
+from .errors import StoreUnavailable, ValidationFailed
+from .schemas import FEEDBACK_SCHEMA, load, read_json_object
+
+bp = Blueprint("feedback", __name__)
+MAX_FUTURE_SECONDS = 300  # client clocks drift; beyond this a ts is a bug, not drift
+STATUS = {"matched": 200, "duplicate": 200, "unmatched": 202}
+
+
+@bp.post("/feedback")
+def feedback():
+    """Record ground truth for an id; the answer says how it joined."""
+    payload = load(FEEDBACK_SCHEMA, read_json_object())
+    fb_store = store.current()
+    if payload["ts"] is not None and payload["ts"] > fb_store.now() + MAX_FUTURE_SECONDS:
+        raise ValidationFailed("ts is in the future", {"ts": ["more than 5 minutes in the future"]})
+    try:
+        result = fb_store.record_feedback(payload["id"], payload["Calories"], payload["ts"])
+    except store.StoreError as exc:
+        metrics.observe_store_error("feedback")
+        raise StoreUnavailable(f"feedback not stored, retry later: {exc}") from None
+    metrics.observe_feedback(result)
+    return {"id": payload["id"], "outcome": result.outcome}, STATUS[result.outcome]

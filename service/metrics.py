@@ -1,0 +1,143 @@
+"""Every metric the service exposes, the /metrics endpoint, and the store-backed gauges."""
+
+import logging
+import math
+
+from flask import Blueprint, Response, current_app
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Summary,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_flask_exporter import PrometheusMetrics
+
+from .store import OUTCOMES, StoreError
+
+log = logging.getLogger(__name__)
+bp = Blueprint("metrics", __name__)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UNTRACKED_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$"]
+
+# Module-level metrics: in multiprocess mode their values live in per-process files under
+# PROMETHEUS_MULTIPROC_DIR and are summed at scrape time, so there is no pid label.
+PREDICTIONS = Counter("app_predictions_total", "Answered predictions.")
+PREDICTION_VALUE = Histogram(
+    "app_prediction_value", "Predicted Calories (kcal); mean = _sum / _count.",
+    buckets=(5, 10, 20, 35, 50, 75, 100, 125, 150, 200, 250, 300, 400))
+FEEDBACK = Counter("app_feedback_total", "Feedback received, by join outcome.", ["outcome"])
+FEEDBACK_LAG = Histogram(
+    "app_feedback_lag_seconds", "Feedback event time minus prediction time, matched feedback.",
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400))
+SQUARED_LOG_ERROR = Summary(
+    "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback.")
+ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback.")
+STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed.", ["operation"])
+
+for _outcome in OUTCOMES:  # every outcome exists at 0 from the start
+    FEEDBACK.labels(_outcome)
+for _operation in ("prediction", "feedback", "window"):
+    STORE_ERRORS.labels(_operation)
+
+
+def observe_prediction(value):
+    """Count one answered prediction."""
+    PREDICTIONS.inc()
+    PREDICTION_VALUE.observe(value)
+
+
+def observe_feedback(result):
+    """Count one recorded feedback; matched feedback feeds the quality summaries."""
+    FEEDBACK.labels(result.outcome).inc()
+    if result.outcome == "matched":
+        FEEDBACK_LAG.observe(result.lag)
+        SQUARED_LOG_ERROR.observe(result.sle)
+        ABSOLUTE_ERROR.observe(result.ae)
+
+
+def observe_store_error(operation):
+    """Count one failed store operation."""
+    STORE_ERRORS.labels(operation).inc()
+
+
+def _gauge(name, doc, value, labels=None):
+    family = GaugeMetricFamily(name, doc, labels=sorted(labels) if labels else None)
+    if labels:
+        family.add_metric([labels[k] for k in sorted(labels)], value)
+    else:
+        family.add_metric([], value)
+    return family
+
+
+class StoreCollector:
+    """Gauges computed at scrape time from the shared store, so any worker answers the same."""
+
+    def __init__(self, store, model):
+        self.store, self.model = store, model
+
+    def collect(self):
+        """Rolling quality and coverage, plus which model is loaded."""
+        yield _gauge("app_model_info", "The loaded model (value 1).", 1.0, self.model.info())
+        holdout = self.model.metrics.get("holdout_rmsle", math.nan) if self.model.ready else math.nan
+        yield _gauge("app_model_holdout_rmsle", "Holdout RMSLE recorded by training.", holdout)
+        try:
+            stats = self.store.window_stats()
+        except StoreError as exc:
+            # A scrape must still succeed: the gauges go missing and the error counter says why.
+            log.warning("rolling gauges unavailable: %s", exc)
+            observe_store_error("window")
+            return
+        w = f"{self.store.window:g} s window"
+        yield _gauge("app_rolling_rmsle_5m", f"RMSLE of pairs whose feedback arrived in the {w}.",
+                     stats.rmsle)
+        yield _gauge("app_rolling_mae_5m", f"MAE (kcal) of the same pairs ({w}).", stats.mae)
+        yield _gauge("app_rolling_pairs_5m", f"Matched pairs in the {w}.", stats.pairs)
+        yield _gauge("app_feedback_coverage_5m",
+                     f"Fraction of prediction events of the {w} that have feedback.", stats.coverage)
+
+
+class _Chain:
+    """Collects from several registries as one (single-process mode)."""
+
+    def __init__(self, *registries):
+        self.registries = registries
+
+    def collect(self):
+        for registry in self.registries:
+            yield from registry.collect()
+
+
+def exposition_registry(multiprocess, exporter_registry, store, model):
+    """What /metrics shows: every worker's files (multiprocess) or this process, plus the store gauges."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess:
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_Chain(REGISTRY, exporter_registry))
+    registry.register(StoreCollector(store, model))
+    return registry
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text exposition."""
+    body = generate_latest(current_app.extensions["metrics_registry"])
+    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app):
+    """Instrument requests by route template and serve /metrics on the app's own port."""
+    # A registry per app: the exporter skips its hooks when its names are already registered.
+    exporter_registry = CollectorRegistry(auto_describe=True)
+    PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
+                      buckets=LATENCY_BUCKETS, excluded_paths=UNTRACKED_PATHS)
+    app.extensions["metrics_registry"] = exposition_registry(
+        bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
+        app.extensions["store"], app.extensions["model"])
+    app.register_blueprint(bp)

@@ -1,0 +1,192 @@
+"""The model contract: load the handout's artifact safely, predict one record, report readiness."""
+
+import hashlib
+import importlib
+import json
+import logging
+import sys
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+PARITY_RTOL = 1e-5
+
+
+class ModelLoadError(RuntimeError):
+    """The artifact is missing, altered or unloadable; the message says what to do."""
+
+
+def file_sha256(path):
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metrics(model_path):
+    """metrics.json written beside the artifact by training."""
+    path = model_path.with_name("metrics.json")
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"Model metadata not found: {path}: run make train") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"Model metadata unreadable: {path}: {exc}") from None
+
+
+def verify_artifact(model_path, metrics):
+    """Refuse an artifact whose bytes differ from what training recorded (unpickling runs code)."""
+    expected = metrics.get("artifact_sha256")
+    actual = file_sha256(model_path)
+    if expected != actual:
+        raise ModelLoadError(f"Model artifact {model_path} does not match the sha256 in metrics.json "
+                             f"({actual[:12]} != {str(expected)[:12]}): refusing to load; run make train")
+
+
+def warn_on_version_drift(trained_with):
+    """Log when serving libraries differ in major.minor from the ones the model was trained with."""
+    for name, trained in sorted(trained_with.items()):
+        module = {"scikit-learn": "sklearn", "python": None}.get(name, name)
+        if module is None:
+            continue
+        serving = getattr(importlib.import_module(module), "__version__", "?")
+        if serving.split(".")[:2] != str(trained).split(".")[:2]:
+            log.warning("model trained with %s %s, serving with %s", name, trained, serving)
+
+
+class FastPath:
+    """The handout's feature function plus the raw booster: no pandas, no per-step validation."""
+
+    def __init__(self, estimator, features):
+        pipe = estimator.regressor_
+        self.booster = pipe.steps[-1][1].get_booster()
+        self.columns = features.RAW_COLUMNS
+        self.sex_codes = features.SEX_CODES
+        self.feature_matrix = features.feature_matrix
+        self.inverse = estimator.inverse_func
+
+    def predict_raw(self, raw):
+        """Predictions for a float32 array of raw rows (Sex already coded)."""
+        out = self.booster.inplace_predict(self.feature_matrix(raw))
+        return self.inverse(out)
+
+    def row(self, record):
+        """One record as the raw float32 row the feature function expects."""
+        values = [self.sex_codes[record["Sex"]]] + [record[c] for c in self.columns[1:]]
+        return np.array([values], dtype=np.float32)
+
+
+def fast_path_for(estimator, features):
+    """A FastPath when the artifact has the shape it needs, else None."""
+    try:
+        pipe = estimator.regressor_
+        ok = estimator.inverse_func is np.expm1 and type(pipe.steps[0][1]).__name__ == "CalorieFeatures"
+        return FastPath(estimator, features) if ok and hasattr(features, "feature_matrix") else None
+    except AttributeError:
+        return None
+
+
+class ModelService:
+    """Loads the artifact once per worker and answers predictions; `ready` says if it can."""
+
+    def __init__(self, model_path, handout_dir, threads=1, fast_path=True):
+        self.model_path, self.handout_dir = model_path, handout_dir
+        self.threads, self.want_fast_path = threads, fast_path
+        self.ready, self.error = False, None
+        self.estimator = self.fast = self.features = None
+        self.metrics = {}
+
+    @property
+    def version(self):
+        """The model version recorded by training, or 'none'."""
+        return self.metrics.get("model_version", "none") if self.ready else "none"
+
+    def load(self):
+        """Load and verify the artifact; on failure keep the reason in `error` and raise."""
+        try:
+            self._load()
+        except ModelLoadError as exc:
+            self.ready, self.error = False, str(exc)
+            raise
+        self.ready, self.error = True, None
+
+    def _load(self):
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"Model artifact not found: {self.model_path}: run make train")
+        self.metrics = read_metrics(self.model_path)
+        verify_artifact(self.model_path, self.metrics)
+        # The artifact pickles the handout's own classes (features.CalorieFeatures).
+        if str(self.handout_dir) not in sys.path:
+            sys.path.insert(0, str(self.handout_dir))
+        import joblib
+        try:
+            self.features = importlib.import_module("features")
+            self.estimator = joblib.load(self.model_path)
+        except Exception as exc:  # unpickling can fail in many ways; all mean "not loadable"
+            raise ModelLoadError(f"Model artifact {self.model_path} cannot be loaded: {exc!r}") from exc
+        warn_on_version_drift(self.metrics.get("versions", {}))
+        self._cap_threads()
+        self.fast = fast_path_for(self.estimator, self.features) if self.want_fast_path else None
+        if self.fast is not None:
+            self._check_parity()
+
+    def _cap_threads(self):
+        """Single-row inference gains nothing from threads; the cap keeps workers off each other."""
+        xgb = self.estimator.regressor_.steps[-1][1]
+        xgb.set_params(n_jobs=self.threads)
+        xgb.get_booster().set_param({"nthread": self.threads})
+
+    def _check_parity(self):
+        """The fast path must equal Pipeline.predict on the handout sample, else fall back loudly."""
+        import pandas as pd
+        sample = self.handout_dir / "data_sample" / "train.csv"
+        if not sample.is_file():
+            log.warning("no handout sample at %s: fast path unchecked, using the pipeline", sample)
+            self.fast = None
+            return
+        frame = pd.read_csv(sample)
+        expected = self.estimator.predict(frame[self.features.RAW_COLUMNS])
+        got = self.fast.predict_raw(self.features.encode_frame(frame))
+        worst = float(np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1e-9)))
+        if worst > PARITY_RTOL:
+            log.error("fast path disagrees with Pipeline.predict (max rel %.3g > %g): using the pipeline",
+                      worst, PARITY_RTOL)
+            self.fast = None
+
+    def predict_one(self, record):
+        """Predicted Calories for one validated record, as a Python float."""
+        if self.fast is not None:
+            return float(self.fast.predict_raw(self.fast.row(record))[0])
+        import pandas as pd
+        frame = pd.DataFrame([record], columns=self.features.RAW_COLUMNS)
+        return float(np.asarray(self.estimator.predict(frame)).ravel()[0])
+
+    def info(self):
+        """Labels of app_model_info."""
+        versions = self.metrics.get("versions", {})
+        return {"version": self.version, "sha256": self.metrics.get("artifact_sha256", "")[:12],
+                "xgboost": versions.get("xgboost", ""), "fast_path": str(self.fast is not None).lower()}
+
+
+def init_app(app):
+    """Load the model for this process; ALLOW_STARTUP_FAILURE decides if a failure is fatal."""
+    cfg = app.config
+    service = ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], cfg["MODEL_THREADS"],
+                           cfg["MODEL_FAST_PATH"])
+    app.extensions["model"] = service
+    try:
+        service.load()
+    except ModelLoadError as exc:
+        if not cfg["ALLOW_STARTUP_FAILURE"]:
+            raise
+        log.error("%s (serving, not ready)", exc)
+        return
+    log.info("model %s loaded (fast path: %s)", service.version, service.fast is not None)
+
+
+def current():
+    """The model of the running app."""
+    from flask import current_app
+    return current_app.extensions["model"]

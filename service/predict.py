@@ -1,0 +1,30 @@
+"""POST /predict: one record in, its predicted Calories out, the event recorded for the join."""
+
+import logging
+
+from flask import Blueprint, current_app
+
+from . import metrics, model, store
+from .errors import NotReady
+from .schemas import load, read_json_object
+
+log = logging.getLogger(__name__)
+bp = Blueprint("predict", __name__)
+
+
+@bp.post("/predict")
+def predict():
+    """Predict Calories for one record."""
+    svc = model.current()
+    if not svc.ready:
+        raise NotReady(f"no model loaded: {svc.error}")
+    record = load(current_app.extensions["predict_schema"], read_json_object())
+    value = svc.predict_one(record)
+    try:
+        store.current().record_prediction(record["id"], value, svc.version)
+    except store.StoreError as exc:
+        # The answer is still right; only its later join is lost, and the counter says so.
+        log.warning("prediction %s not stored: %s", record["id"], exc)
+        metrics.observe_store_error("prediction")
+    metrics.observe_prediction(value)
+    return {"id": record["id"], "Calories": value}
