@@ -1,0 +1,49 @@
+"""Fixtures: a small model trained once into a temporary folder, an app over a temporary store."""
+
+import subprocess
+import sys
+
+import pytest
+from support import HANDOUT, FakeClock
+
+from service import create_app
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A small model (60 trees) trained from the handout sample; the handout is never written."""
+    out = tmp_path_factory.mktemp("model")
+    subprocess.run([sys.executable, "train.py", "--out-dir", str(out), "--n-estimators", "60"],
+                   cwd=HANDOUT, check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_path(model_dir):
+    """Path of the session's model.joblib (metrics.json beside it)."""
+    return model_dir / "model.joblib"
+
+
+@pytest.fixture
+def clock():
+    """The store's injectable clock."""
+    return FakeClock()
+
+
+@pytest.fixture
+def config(tmp_path, model_path, clock):
+    """Overrides for create_app: temporary store, the session model, the fake clock."""
+    return {"MODEL_PATH": model_path, "FEEDBACK_DB": tmp_path / "feedback.db", "CLOCK": clock,
+            "PREDICTION_WINDOW_SECONDS": 300.0, "PROMETHEUS_MULTIPROC_DIR": None}
+
+
+@pytest.fixture
+def app(config):
+    """The app as the factory builds it."""
+    return create_app(config)
+
+
+@pytest.fixture
+def client(app):
+    """Flask test client."""
+    return app.test_client()

@@ -1,0 +1,119 @@
+"""Test helpers: a fake clock, a free loopback port, a real gunicorn server, metric parsing."""
+
+import contextlib
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+HANDOUT = ROOT / "handout_from DS_agent"
+SAMPLE = HANDOUT / "data_sample" / "train.csv"
+PUBLIC_CSV = pathlib.Path(
+    os.environ.get("CALORIES_PUBLIC_CSV", ROOT.parent / "shared" / "data" / "calories_public.csv"))
+RECORD = {"id": 7, "Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "Duration": 29,
+          "Heart_Rate": 105.0, "Body_Temp": 40.8}
+
+
+class FakeClock:
+    """A settable clock for the store's windows."""
+
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels)): value} for every sample of an exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample(metrics, name, **labels):
+    """One sample's value from parse_metrics output (None when absent)."""
+    return metrics.get((name, frozenset(labels.items())))
+
+
+class Gunicorn:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` on a free loopback port, as `make serve` runs it."""
+
+    def __init__(self, tmp, model_path, workers=4, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp = pathlib.Path(tmp)
+        self.workers = workers
+        self.log = self.tmp / f"gunicorn-{self.port}.log"
+        self.env = {**os.environ, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
+                    "MODEL_PATH": str(model_path), "FEEDBACK_DB": str(self.tmp / "feedback.db"),
+                    "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "prom"), "ACCESS_LOG": "",
+                    **(env or {})}
+        self.proc = None
+
+    def start(self, timeout=60):
+        """Start and wait until every worker has booted and the service is ready."""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if len(self.worker_pids()) == self.workers and self._ready():
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready in {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def _ready(self):
+        with contextlib.suppress(requests.RequestException):
+            return all(requests.get(self.url + "/readyz", timeout=2).ok for _ in range(self.workers * 2))
+        return False
+
+    def worker_pids(self):
+        """PIDs of the master's current children."""
+        path = pathlib.Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError):
+            return [int(p) for p in path.read_text().split()]
+        return []
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stop the master (and so the workers) and wait for it."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def metrics(self):
+        """Parsed /metrics of whichever worker answers."""
+        return parse_metrics(requests.get(self.url + "/metrics", timeout=10).text)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
