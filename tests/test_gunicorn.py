@@ -111,7 +111,8 @@ def test_exact_across_workers_kill_and_restart(tmp_path, model_path):
             assert_counters(metrics, N_PREDICTIONS, outcomes)
             assert_gauges(metrics, pairs, N_PREDICTIONS)
         http = sum(v for (name, labels), v in metrics.items()
-                   if name == "flask_http_request_duration_seconds_count" and ("url_rule", "/predict") in labels)
+                   if name == "flask_http_request_duration_seconds_count"
+                   and ("url_rule", "/predict") in labels)
         assert http == N_PREDICTIONS
         before_restart = {k: v for k, v in metrics.items() if k[0].startswith("app_rolling")
                           or k[0] == "app_feedback_coverage_5m"}
