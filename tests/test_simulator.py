@@ -1,0 +1,107 @@
+"""python -m simulator end to end against real gunicorn, and its exit codes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from support import ROOT, SAMPLE, Gunicorn, free_port, sample
+
+from simulator.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_path):
+    with Gunicorn(tmp_path_factory.mktemp("sim"), model_path, workers=3) as srv:
+        yield srv
+
+
+def test_stream_matches_server_counts_rate_and_lag(server, tmp_path):
+    report_path = tmp_path / "report.json"
+    before = server.metrics()
+    code = main(["--url", server.url, "--data", str(SAMPLE), "--limit", "30", "--cycles", "2",
+                 "--burst-rps", "40", "--burst-duration", "3", "--idle-duration", "1",
+                 "--feedback-delay", "2", "--report", str(report_path), "--quiet"])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    after = server.metrics()
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert report["predictions"]["sent"] == 240 > 30  # ids repeat after --limit
+    assert delta("app_predictions_total") == report["predictions"]["ok"] == 240
+    outcomes = ("matched", "duplicate", "unmatched")
+    feedback_total = sum(delta("app_feedback_total", outcome=o) for o in outcomes)
+    assert feedback_total == report["feedback"]["ok"] == 240
+    for burst in report["bursts"]:
+        assert abs(burst["achieved_rps"] - 40) <= 4, burst
+    lag = delta("app_feedback_lag_seconds_sum") / delta("app_feedback_lag_seconds_count")
+    assert abs(lag - 2) <= 1
+    assert set(report["latency_ms"]) >= {"p50", "p95", "p99"} and report["errors"] == {}
+
+
+def test_errors_are_counted_not_fatal(server, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(SAMPLE.read_text().splitlines()[0] + "\n1,male,500,190,94,29,105,40.8,231\n")
+    report_path = tmp_path / "r.json"
+    code = main(["--url", server.url, "--data", str(bad), "--cycles", "1", "--burst-rps", "20",
+                 "--burst-duration", "0.5", "--idle-duration", "0", "--report", str(report_path), "--quiet"])
+    report = json.loads(report_path.read_text())
+    assert code == 0
+    assert report["predictions"]["failed"] == 10 and report["errors"] == {"422": 10}
+    assert report["feedback"]["sent"] == 0  # no prediction, no ground truth
+
+
+def test_unreachable_service_exits_1(capsys):
+    code = main(["--url", f"http://127.0.0.1:{free_port()}", "--data", str(SAMPLE)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: service unreachable") and "Traceback" not in err
+
+
+def test_unreadable_data_exits_1(server, tmp_path, capsys):
+    assert main(["--url", server.url, "--data", str(tmp_path / "none.csv")]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot read")
+
+
+def test_ctrl_c_stops_and_reports_pending_feedback(server, tmp_path):
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "--url", server.url, "--data", str(SAMPLE), "--cycles", "5",
+         "--burst-rps", "20", "--burst-duration", "10", "--feedback-delay", "30", "--report",
+         str(report_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    report = json.loads(report_path.read_text())
+    assert report["interrupted"] is True
+    assert 0 < report["predictions"]["sent"] < 1000
+    assert report["feedback"]["pending"] == report["predictions"]["ok"] > 0
+    assert "interrupted" in out and "Traceback" not in err
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, "-m", "simulator", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    for flag in ("--url", "--data", "--limit", "--feedback-delay", "--cycles", "--burst-rps",
+                 "--burst-duration", "--idle-duration", "--threads", "--feedback-fraction", "--seed",
+                 "--report", "--quiet", "--send-ts"):
+        assert flag in out
+
+
+def test_send_ts_carries_the_observation_time(server, tmp_path):
+    before = server.metrics()
+    code = main(["--url", server.url, "--data", str(SAMPLE), "--cycles", "1", "--burst-rps", "20",
+                 "--burst-duration", "1", "--feedback-delay", "1", "--send-ts", "--quiet"])
+    after = server.metrics()
+    count = sample(after, "app_feedback_lag_seconds_count") - sample(before, "app_feedback_lag_seconds_count")
+    lag = (sample(after, "app_feedback_lag_seconds_sum") - sample(before, "app_feedback_lag_seconds_sum"))
+    assert code == 0 and count == 20
+    assert abs(lag / count - 1) < 0.5
