@@ -8,6 +8,7 @@ MODEL := $(HANDOUT)/model.joblib
 STAMP := $(VENV)/.installed-stamp
 DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
+SIMFLAGS ?=
 
 .PHONY: install data train model evaluate serve validate-a simulate-stream test lint bench clean
 
@@ -39,7 +40,7 @@ validate-a: model  ## in-process smoke validation, log in logs/validate_iteratio
 
 simulate-stream: $(STAMP)  ## short simulator demo against a running `make serve`
 	$(BIN)/python -m simulator --url $(URL) --data "$(HANDOUT)/data_sample/train.csv" \
-		--feedback-delay 10 --cycles 3 --report reports/simulate-stream.json
+		--feedback-delay 10 --cycles 3 --report reports/simulate-stream.json $(SIMFLAGS)
 
 test: $(STAMP)  ## full test suite and lint via tox
 	$(BIN)/tox

@@ -105,3 +105,15 @@ def test_send_ts_carries_the_observation_time(server, tmp_path):
     lag = (sample(after, "app_feedback_lag_seconds_sum") - sample(before, "app_feedback_lag_seconds_sum"))
     assert code == 0 and count == 20
     assert abs(lag / count - 1) < 0.5
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="make install has not run")
+def test_make_simulate_stream(server, tmp_path):
+    # The README's demo target, shortened through SIMFLAGS (later flags win).
+    out = subprocess.run(
+        ["make", "--no-print-directory", "simulate-stream", f"URL={server.url}",
+         f"SIMFLAGS=--cycles 1 --burst-duration 1 --feedback-delay 1 --report {tmp_path / 'r.json'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["predictions"]["ok"] == report["feedback"]["ok"] == 20
