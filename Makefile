@@ -10,7 +10,7 @@ DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
 
-.PHONY: install data train model evaluate serve validate-a simulate-stream test lint bench clean
+.PHONY: install data train model evaluate serve validate-a simulate-stream test lint soak bench clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -47,6 +47,9 @@ test: $(STAMP)  ## full test suite and lint via tox
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+soak: $(STAMP)  ## the concurrency soak of the fault tests, 10 minutes by default
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/tox -e py3 -- tests/test_faults.py -k soak
 
 bench:
 	@echo "make bench: not yet (issue 5, fast inference path and benchmark)" >&2; exit 2

@@ -3,6 +3,7 @@
 import os
 
 from service import config as service_config
+from service import multiproc
 
 _server = service_config.server_settings()
 
@@ -19,8 +20,8 @@ timeout = _server["timeout"]
 graceful_timeout = 20  # SIGTERM lets in-flight requests finish within this
 keepalive = 2
 
-# No recycling: every recycled worker leaves its metric files behind (counters must not go
-# backwards), so max_requests would grow the metrics directory without bound.
+# No recycling by default: a worker is replaced only when it dies. Dead workers' metric files are
+# folded into archives (child_exit), so the metrics directory stays bounded either way.
 max_requests = 0
 
 # Load the app in each worker after fork: no model, no OpenMP, no SQLite handle in the master.
@@ -29,14 +30,14 @@ preload_app = False
 # gunicorn 27's control socket sits at one path per user: two instances (or parallel tests) collide.
 control_socket_disable = True
 
-accesslog = _server["access_log"] or None
+accesslog = _server["access_log"]
 errorlog = "-"
 loglevel = "info"
 
 
 def on_starting(server):
     """Start every run with an empty metrics directory, before any worker or metric exists."""
-    service_config.reset_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    multiproc.reset(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def post_fork(server, worker):
@@ -45,7 +46,5 @@ def post_fork(server, worker):
 
 
 def child_exit(server, worker):
-    """Mark the worker dead for prometheus; its counter files stay, so totals never go back."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+    """Fold the dead worker's metric files into archives: totals never go back, files stay bounded."""
+    multiproc.worker_exited(worker.pid)

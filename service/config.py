@@ -68,6 +68,9 @@ def from_env(env=None):
         "ALLOW_STARTUP_FAILURE": _get(env, "ALLOW_STARTUP_FAILURE", True, _bool),
         "MAX_CONTENT_LENGTH": _get(env, "MAX_BODY_BYTES", 64 * 1024, _positive(int)),
         "STORE_BUSY_TIMEOUT_MS": _get(env, "STORE_BUSY_TIMEOUT_MS", 5000, _positive(int)),
+        "PRUNE_INTERVAL_SECONDS": _get(env, "PRUNE_INTERVAL_SECONDS", 60.0, _positive(float)),
+        "PREDICT_TOKEN": _get(env, "PREDICT_TOKEN", None, str),
+        "FEEDBACK_TOKEN": _get(env, "FEEDBACK_TOKEN", None, str),
         "MODEL_FAST_PATH": _get(env, "MODEL_FAST_PATH", True, _bool),
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "MODEL_THREADS": _get(env, "XGBOOST_NUM_THREADS", max(1, cpu_count() // 2), _positive(int)),
@@ -84,7 +87,7 @@ def server_settings(env=None):
         "workers": _get(env, "WEB_CONCURRENCY", max(2, cpu_count()), _positive(int)),
         "multiproc_dir": pathlib.Path(_get(env, "PROMETHEUS_MULTIPROC_DIR", DEFAULT_VAR / "prometheus", str)),
         "timeout": _get(env, "GUNICORN_TIMEOUT", 30, _positive(int)),
-        "access_log": _get(env, "ACCESS_LOG", "-", str),
+        "access_log": _get(env, "ACCESS_LOG", "-", lambda raw: None if raw.lower() == "off" else raw),
     }
 
 
@@ -94,10 +97,3 @@ def thread_env(workers, env=None):
     per_worker = str(max(1, (cpu_count() // 2) // max(1, workers)))
     return {name: per_worker for name in THREAD_VARIABLES if not env.get(name)}
 
-
-def reset_multiproc_dir(path):
-    """Create the prometheus multiprocess directory and remove the metric files of earlier runs."""
-    directory = pathlib.Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()

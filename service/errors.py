@@ -70,7 +70,10 @@ def error_response(status, code, message, details=None):
 
 def handle_service_error(exc):
     """Render a ServiceError."""
-    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    body, status = error_response(exc.status_code, exc.code, exc.message, exc.details)
+    if status == 401:
+        body.headers["WWW-Authenticate"] = 'Bearer realm="calories"'
+    return body, status
 
 
 def handle_http_error(exc):

@@ -3,10 +3,12 @@
 from flask import Blueprint
 
 from . import metrics, store
+from .auth import require_token
 from .errors import StoreUnavailable, ValidationFailed
 from .schemas import FEEDBACK_SCHEMA, load, read_json_object
 
 bp = Blueprint("feedback", __name__)
+bp.before_request(require_token("FEEDBACK_TOKEN"))
 MAX_FUTURE_SECONDS = 300  # client clocks drift; beyond this a ts is a bug, not drift
 STATUS = {"matched": 200, "duplicate": 200, "unmatched": 202}
 

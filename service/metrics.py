@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
+from . import multiproc
 from .store import OUTCOMES, StoreError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,13 @@ def exposition_registry(multiprocess, exporter_registry, store, model):
 @bp.get("/metrics")
 def metrics():
     """Prometheus text exposition."""
-    body = generate_latest(current_app.extensions["metrics_registry"])
+    directory = current_app.config.get("PROMETHEUS_MULTIPROC_DIR")
+    registry = current_app.extensions["metrics_registry"]
+    if directory:
+        with multiproc.locked(directory, exclusive=False):
+            body = generate_latest(registry)
+    else:
+        body = generate_latest(registry)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 

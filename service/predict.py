@@ -5,11 +5,13 @@ import logging
 from flask import Blueprint, current_app
 
 from . import metrics, model, store
+from .auth import require_token
 from .errors import NotReady
 from .schemas import load, read_json_object
 
 log = logging.getLogger(__name__)
 bp = Blueprint("predict", __name__)
+bp.before_request(require_token("PREDICT_TOKEN"))
 
 
 @bp.post("/predict")

@@ -1,6 +1,7 @@
 """SQLite feedback store: prediction events, FIFO join of late feedback, windowed quality."""
 
 import contextlib
+import logging
 import math
 import os
 import sqlite3
@@ -11,9 +12,16 @@ from importlib import resources
 
 from flask import current_app
 
-SCHEMA_VERSION = 1
+MIGRATIONS = sorted(p for p in resources.files(__package__).joinpath("migrations").iterdir()
+                    if p.name.endswith(".sql"))
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = len(MIGRATIONS)  # migrations/000N_*.sql brings a store to version N
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+PRUNE_BATCH = 1000        # rows per delete transaction: each holds the write lock for milliseconds
+PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
+PRUNE_LEASE_SECONDS = 60
 OUTCOMES = ("matched", "duplicate", "unmatched")
-# The window reads: each is answered from a covering index range (see schema.sql).
+# The window reads: each is answered from a covering index range (see migrations/0001_initial.sql).
 WINDOW_PAIRS_SQL = ("SELECT count(*), total(sle), total(ae) FROM feedback "
                     "WHERE outcome = 'matched' AND received_ts > ?")
 WINDOW_COVERAGE_SQL = "SELECT count(*), count(feedback_seq) FROM predictions WHERE ts > ?"
@@ -69,18 +77,27 @@ class FeedbackStore:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000,
                                    isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open feedback store {self.path}: {exc}") from exc
+        try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             # WAL: readers (scrapes) never block writers. NORMAL: a commit survives a process
             # crash; feedback commits raise it to FULL (see record_feedback).
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # After each checkpoint the WAL is truncated back to this size.
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self._ensure_schema(conn)
-            return conn
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
+            conn.close()
             raise StoreError(f"cannot open feedback store {self.path}: {exc}") from exc
+        except StoreError:
+            conn.close()
+            raise
+        return conn
 
     def _ensure_schema(self, conn):
-        """Create the schema once; BEGIN IMMEDIATE serialises workers starting together."""
+        """Migrate forward to SCHEMA_VERSION; BEGIN IMMEDIATE makes it one process at a time."""
         if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
@@ -88,20 +105,35 @@ class FeedbackStore:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {version}, newer than this "
-                                 f"service's {SCHEMA_VERSION}: refusing to use it")
-            if version < SCHEMA_VERSION:
-                for statement in _schema_statements():
+                                 f"service's {SCHEMA_VERSION}: refusing to use it (upgrade the service)")
+            for migration in MIGRATIONS[version:]:
+                for statement in _statements(migration.read_text()):
                     conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
-    def _run(self, work, durable=False):
-        """Run work(conn) in one write transaction; SQLite failures become StoreError."""
-        conn = self._conn()
+    @contextlib.contextmanager
+    def _guarded(self):
+        """SQLite errors become StoreError, and the connection is reopened next time (recovery)."""
         try:
+            yield
+        except sqlite3.Error as exc:
+            self._reset()
+            raise StoreError(f"feedback store: {exc}") from exc
+
+    def _reset(self):
+        conn, self._local.pid = getattr(self._local, "conn", None), None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _run(self, work, durable=False):
+        """Run work(conn) in one write transaction."""
+        with self._guarded():
+            conn = self._conn()
             if durable:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
@@ -109,29 +141,26 @@ class FeedbackStore:
                 result = work(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return result
-        except sqlite3.Error as exc:
-            raise StoreError(f"feedback store: {exc}") from exc
-        finally:
-            if durable:
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA synchronous = NORMAL")
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                if durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA synchronous = NORMAL")
+            return result
 
     def now(self):
         """The store's clock (server receive time)."""
         return self.clock()
 
     def record_prediction(self, id_, prediction, model_version):
-        """Record one answered prediction event; returns its receive time."""
+        """Record one answered prediction event (its own autocommit transaction)."""
         ts = self.clock()
-        try:
+        with self._guarded():
             self._conn().execute(
                 "INSERT INTO predictions (id, prediction, model_version, ts) VALUES (?, ?, ?, ?)",
                 (id_, prediction, model_version, ts))
-        except sqlite3.Error as exc:
-            raise StoreError(f"feedback store: {exc}") from exc
         return ts
 
     def record_feedback(self, id_, calories, event_ts=None):
@@ -143,16 +172,14 @@ class FeedbackStore:
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
         since = self.clock() - self.window
-        conn = self._conn()
-        try:
+        with self._guarded():
+            conn = self._conn()
             conn.execute("BEGIN")  # one snapshot for both reads
             try:
                 pairs, sle, ae = conn.execute(WINDOW_PAIRS_SQL, (since,)).fetchone()
                 predictions, joined = conn.execute(WINDOW_COVERAGE_SQL, (since,)).fetchone()
             finally:
                 conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"feedback store: {exc}") from exc
         rmsle = math.sqrt(sle / pairs) if pairs else math.nan
         mae = ae / pairs if pairs else math.nan
         return WindowStats(pairs, rmsle, mae, predictions, joined)
@@ -162,10 +189,53 @@ class FeedbackStore:
         self._run(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?)", (str(self.clock()),)))
 
+    def prune(self):
+        """Delete rows older than the retention, in small batches, if no other process is at it."""
+        now = self.clock()
+        if not self._run(lambda conn: _claim_lease(conn, now)):
+            return 0
+        cutoff, removed = now - self.retention, 0
+        try:
+            for _ in range(PRUNE_MAX_BATCHES):
+                batch = self._run(lambda conn: _delete_batch(conn, cutoff))
+                removed += batch
+                if batch == 0:
+                    break
+        finally:
+            self._run(lambda conn: conn.execute(
+                "UPDATE maintenance SET holder = NULL, lease_until = 0, last_run = ?, "
+                "rows_pruned = rows_pruned + ? WHERE task = 'prune'", (now, removed)))
+        with self._guarded():
+            # Move pruned pages out of the WAL so it is truncated to journal_size_limit.
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return removed
 
-def _schema_statements():
-    """The statements of schema.sql, in order."""
-    text = resources.files(__package__).joinpath("schema.sql").read_text()
+    def size_bytes(self):
+        """Bytes on disk: the database file plus its WAL."""
+        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
+
+def _claim_lease(conn, now):
+    """Take the prune lease unless another live holder has it; True when taken."""
+    cur = conn.execute("UPDATE maintenance SET holder = ?, lease_until = ? "
+                       "WHERE task = 'prune' AND lease_until < ?",
+                       (os.getpid(), now + PRUNE_LEASE_SECONDS, now))
+    return cur.rowcount == 1
+
+
+def _delete_batch(conn, cutoff):
+    """Delete up to PRUNE_BATCH old predictions and feedback; the number of rows removed."""
+    removed = conn.execute(
+        "DELETE FROM predictions WHERE seq IN (SELECT seq FROM predictions WHERE ts < ? LIMIT ?)",
+        (cutoff, PRUNE_BATCH)).rowcount
+    removed += conn.execute(
+        "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE received_ts < ? LIMIT ?)",
+        (cutoff, PRUNE_BATCH)).rowcount
+    return removed
+
+
+def _statements(text):
+    """The statements of a migration script, in order (executescript would commit on its own)."""
     lines = [line.split("--", 1)[0] for line in text.splitlines()]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
@@ -194,12 +264,34 @@ def _join(conn, id_, calories, event_ts, received_ts):
     return result
 
 
+def _prune_quietly(store):
+    """Prune, logging instead of raising: it runs after the response, nobody waits for it."""
+    try:
+        removed = store.prune()
+    except StoreError as exc:
+        log.warning("pruning skipped: %s", exc)
+        return
+    if removed:
+        log.info("pruned %d rows older than %g s", removed, store.retention)
+
+
 def init_app(app):
     """Attach a store configured from app.config; opening happens lazily in each process."""
     cfg = app.config
-    app.extensions["store"] = FeedbackStore(
-        cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
-        cfg["STORE_BUSY_TIMEOUT_MS"], cfg.get("CLOCK") or time.time)
+    store = FeedbackStore(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
+                          cfg["STORE_BUSY_TIMEOUT_MS"], cfg.get("CLOCK") or time.time)
+    app.extensions["store"] = store
+    interval, due = cfg["PRUNE_INTERVAL_SECONDS"], [0.0]
+
+    @app.after_request
+    def schedule_pruning(response):
+        # After the response is sent (call_on_close), at most once per interval per worker;
+        # the lease in the store makes it one worker at a time.
+        now = time.monotonic()
+        if now >= due[0]:
+            due[0] = now + interval
+            response.call_on_close(lambda: _prune_quietly(store))
+        return response
 
 
 def current():

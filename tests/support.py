@@ -66,12 +66,12 @@ class Gunicorn:
         self.log = self.tmp / f"gunicorn-{self.port}.log"
         self.env = {**os.environ, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
                     "MODEL_PATH": str(model_path), "FEEDBACK_DB": str(self.tmp / "feedback.db"),
-                    "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "prom"), "ACCESS_LOG": "",
+                    "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "prom"), "ACCESS_LOG": "off",
                     **(env or {})}
         self.proc = None
 
-    def start(self, timeout=60):
-        """Start and wait until every worker has booted and the service is ready."""
+    def start(self, timeout=60, probe="/readyz"):
+        """Start and wait until every worker has booted and answers `probe` (default: ready)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
@@ -80,14 +80,15 @@ class Gunicorn:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            if len(self.worker_pids()) == self.workers and self._ready():
+            if len(self.worker_pids()) == self.workers and self._answers(probe):
                 return self
             time.sleep(0.2)
+        self.stop(signal.SIGKILL)
         raise RuntimeError(f"gunicorn not ready in {timeout}s: {self.log.read_text()[-2000:]}")
 
-    def _ready(self):
+    def _answers(self, probe):
         with contextlib.suppress(requests.RequestException):
-            return all(requests.get(self.url + "/readyz", timeout=2).ok for _ in range(self.workers * 2))
+            return all(requests.get(self.url + probe, timeout=2).ok for _ in range(self.workers * 2))
         return False
 
     def worker_pids(self):
@@ -116,4 +117,8 @@ class Gunicorn:
         return self.start()
 
     def __exit__(self, *exc):
+        self.stop()
+
+    def close(self):
+        """contextlib.closing(server) for a server started by hand."""
         self.stop()

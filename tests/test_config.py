@@ -49,9 +49,3 @@ def test_thread_caps_split_half_the_cpus(monkeypatch):
     assert config.thread_env(16, {})["XGBOOST_NUM_THREADS"] == "1"
     assert "OMP_NUM_THREADS" not in config.thread_env(2, {"OMP_NUM_THREADS": "3"})
 
-
-def test_reset_multiproc_dir_removes_only_metric_files(tmp_path):
-    (tmp_path / "counter_1.db").write_text("")
-    (tmp_path / "keep.txt").write_text("")
-    config.reset_multiproc_dir(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

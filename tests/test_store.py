@@ -1,12 +1,19 @@
 """Store semantics: FIFO join, outcomes, lag, windows, coverage, persistence, schema version."""
 
 import math
+import pathlib
 import sqlite3
 
 import pytest
 from support import FakeClock
 
-from service.store import WINDOW_COVERAGE_SQL, WINDOW_PAIRS_SQL, FeedbackStore, StoreError
+from service.store import (
+    SCHEMA_VERSION,
+    WINDOW_COVERAGE_SQL,
+    WINDOW_PAIRS_SQL,
+    FeedbackStore,
+    StoreError,
+)
 
 
 @pytest.fixture
@@ -141,3 +148,94 @@ def test_window_queries_read_only_a_covering_index(store, query):
     store.record_prediction(1, 1.0, "v1")
     plan = store._conn().execute("EXPLAIN QUERY PLAN " + query, (0.0,)).fetchall()
     assert "USING COVERING INDEX" in plan[0][3], plan
+
+
+def v1_store(path):
+    """A store file exactly as schema version 1 wrote it (tests/data/store_v1.sql)."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript((pathlib.Path(__file__).parent / "data" / "store_v1.sql").read_text())
+    return path
+
+
+def test_v1_store_is_migrated_without_losing_rows(tmp_path):
+    path = v1_store(tmp_path / "v1.db")
+    store = FeedbackStore(path, window=300.0, retention=10**9, clock=FakeClock(1_800_000_020.0))
+    stats = store.window_stats()
+    assert (stats.pairs, stats.predictions, stats.joined) == (2, 4, 2)
+    # The second event of id 2 is still open and joins FIFO; id 1 is fully joined.
+    assert store.record_feedback(2, 60.0).outcome == "matched"
+    assert store.record_feedback(1, 90.0).outcome == "duplicate"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM feedback").fetchone()[0] == 5
+        assert conn.execute("SELECT task FROM maintenance").fetchall() == [("prune",)]
+
+
+def test_migration_is_one_process_at_a_time(tmp_path):
+    path = v1_store(tmp_path / "v1.db")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another worker migrating right now
+    store = FeedbackStore(path, 300.0, 3600.0, busy_timeout_ms=100, clock=FakeClock())
+    with pytest.raises(StoreError, match="locked"):
+        store.window_stats()
+    blocker.execute("ROLLBACK")
+    assert store.window_stats().predictions == 4  # once the other is done, it migrates and reads
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_store_stops_growing_with_retention(tmp_path):
+    clock = FakeClock()
+    store = FeedbackStore(tmp_path / "fb.db", window=300.0, retention=600.0, clock=clock)
+    sizes, rows = [], []
+    next_id = 0
+    for _step in range(120):  # two simulated hours, a minute at a time
+        for _ in range(200):
+            store.record_prediction(next_id, 50.0, "v1")
+            next_id += 1
+        for id_ in range(next_id - 200, next_id, 2):
+            store.record_feedback(id_, 55.0)
+        clock.advance(60)
+        store.prune()
+        sizes.append(store.size_bytes())
+        with sqlite3.connect(store.path) as conn:
+            rows.append(conn.execute("SELECT (SELECT count(*) FROM predictions) + "
+                                     "(SELECT count(*) FROM feedback)").fetchone()[0])
+    # Retention keeps 10 minutes: 10 steps of 300 rows (prediction + feedback), whatever the run length.
+    assert rows[-1] == rows[60] == 3000
+    assert max(sizes[60:]) <= 1.1 * max(sizes[20:40])
+
+
+def test_prune_runs_in_one_process_at_a_time(tmp_path):
+    clock = FakeClock()
+    store = FeedbackStore(tmp_path / "fb.db", 300.0, 600.0, clock=clock)
+    store.record_prediction(1, 1.0, "v1")
+    clock.advance(1000)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("UPDATE maintenance SET holder = 1, lease_until = ? WHERE task = 'prune'",
+                  (clock.now + 30,))
+    assert store.prune() == 0  # another process holds the lease
+    clock.advance(31)  # the holder died: its lease expires
+    assert store.prune() == 1
+    assert other.execute("SELECT holder, rows_pruned FROM maintenance").fetchone() == (None, 1)
+
+
+def test_prune_keeps_the_window(tmp_path):
+    clock = FakeClock()
+    store = FeedbackStore(tmp_path / "fb.db", window=300.0, retention=300.0, clock=clock)
+    store.record_prediction(1, 10.0, "v1")
+    store.record_feedback(1, 12.0)
+    clock.advance(299)
+    store.prune()
+    assert store.window_stats().pairs == 1
+
+
+def test_recovers_after_an_error_by_reopening(tmp_path):
+    store = FeedbackStore(tmp_path / "fb.db", 300.0, 600.0, busy_timeout_ms=50, clock=FakeClock())
+    store.record_prediction(1, 1.0, "v1")
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(StoreError, match="locked"):
+        store.record_feedback(1, 1.0)
+    locker.execute("COMMIT")
+    assert store.record_feedback(1, 1.0).outcome == "matched"

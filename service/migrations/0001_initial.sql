@@ -1,4 +1,4 @@
--- Feedback store, schema version 1 (PRAGMA user_version). Times are epoch seconds (server clock).
+-- Schema version 1: prediction events, feedback, meta. Times are epoch seconds (server clock).
 CREATE TABLE IF NOT EXISTS predictions (
     seq           INTEGER PRIMARY KEY,   -- insertion order: the FIFO order of the join
     id            INTEGER NOT NULL,      -- client record id; repeats are separate events

@@ -1,0 +1,75 @@
+"""The metrics directory: reset at start, dead workers archived, totals unchanged, files bounded."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from support import RECORD, Gunicorn, sample
+
+from service import multiproc
+
+
+def write_counter(directory, pid, value):
+    """A worker process of its own writes a counter file, as a gunicorn worker would."""
+    code = ("from prometheus_client import Counter; "
+            f"Counter('app_demo_total', 'demo', ['k']).labels('a').inc({value})")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    proc.wait()
+    return proc.pid
+
+
+def total(directory):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            if s.name == "app_demo_total":
+                return s.value
+    return None
+
+
+def test_archiving_keeps_totals_and_removes_files(tmp_path):
+    pids = [write_counter(tmp_path, None, v) for v in (1, 2, 3.5)]
+    assert total(tmp_path) == 6.5
+    for pid in pids:
+        assert multiproc.archive_dead_worker(tmp_path, pid) == 1
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db"]
+    assert total(tmp_path) == 6.5
+
+
+def test_reset_removes_only_metric_files(tmp_path):
+    (tmp_path / "counter_1.db").write_text("")
+    (tmp_path / "keep.txt").write_text("")
+    multiproc.reset(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_killed_workers_leave_no_files_and_totals_hold(tmp_path, model_path):
+    with Gunicorn(tmp_path, model_path, workers=2) as server:
+        sent = 0
+        for _round in range(5):
+            for _ in range(10):
+                assert requests.post(server.url + "/predict", json=RECORD, timeout=10).ok
+                sent += 1
+            victim = server.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while victim in server.worker_pids() or len(server.worker_pids()) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        metrics = server.metrics()
+        assert sample(metrics, "app_predictions_total") == sent
+        live = set(server.worker_pids())
+        owners = {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "prom").glob("*.db")}
+        # Only live workers and the archives own files: five dead workers left nothing behind.
+        assert owners <= {str(pid) for pid in live} | {"archive"}
