@@ -81,15 +81,17 @@ def test_schema_violations_are_422_naming_the_field(client, body, field):
     b'{"Age": -Infinity}', b'{"id": 1, "id": 2}', b"[" * 20000 + b"]" * 20000, b"\xff\xfe",
     b'{"Sex": "ma\x01le"}',
 ])
-def test_malformed_json_is_400(client, raw):
-    r = post(client, raw)
+@pytest.mark.parametrize("path", ["/predict", "/feedback"])
+def test_malformed_json_is_400(client, raw, path):
+    r = post(client, raw, path)
     assert r.status_code == 400
     assert r.json["error"]["code"] == "malformed_json"
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"42", b"null", b"true"])
-def test_json_that_is_not_an_object_is_422(client, raw):
-    r = post(client, raw)
+@pytest.mark.parametrize("path", ["/predict", "/feedback"])
+def test_json_that_is_not_an_object_is_422(client, raw, path):
+    r = post(client, raw, path)
     assert r.status_code == 422 and "_schema" in r.json["error"]["details"]
 
 
@@ -99,8 +101,9 @@ def test_huge_float_literal_is_refused(client):
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
-def test_wrong_content_type_is_415(client, content_type):
-    r = client.post("/predict", data=json.dumps(RECORD), content_type=content_type)
+@pytest.mark.parametrize("path", ["/predict", "/feedback"])
+def test_wrong_content_type_is_415(client, content_type, path):
+    r = client.post(path, data=json.dumps(RECORD), content_type=content_type)
     assert r.status_code == 415 and r.json["error"]["code"] == "unsupported_media_type"
 
 
