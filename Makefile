@@ -10,7 +10,7 @@ DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
 
-.PHONY: install data train model evaluate serve validate-a simulate-stream test lint soak bench clean
+.PHONY: install data train model evaluate serve validate-a simulate-stream observe test lint soak bench clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -41,6 +41,9 @@ validate-a: model  ## in-process smoke validation, log in logs/validate_iteratio
 simulate-stream: $(STAMP)  ## short simulator demo against a running `make serve`
 	$(BIN)/python -m simulator --url $(URL) --data "$(HANDOUT)/data_sample/train.csv" \
 		--feedback-delay 10 --cycles 3 --report reports/simulate-stream.json $(SIMFLAGS)
+
+observe: model  ## service + Prometheus (deploy/prometheus) on loopback, URLs printed
+	bash deploy/observe.sh
 
 test: $(STAMP)  ## full test suite and lint via tox
 	$(BIN)/tox
