@@ -57,20 +57,28 @@ def warn_on_version_drift(trained_with):
 
 
 class FastPath:
-    """The handout's feature function plus the raw booster: no pandas, no per-step validation."""
+    """The handout's feature function plus the trees (compiled, or the raw booster): no pandas."""
 
-    def __init__(self, estimator, features):
+    def __init__(self, estimator, features, compiled_trees=None):
         pipe = estimator.regressor_
         self.booster = pipe.steps[-1][1].get_booster()
+        self.compiled = compiled_trees
         self.columns = features.RAW_COLUMNS
         self.sex_codes = features.SEX_CODES
         self.feature_matrix = features.feature_matrix
         self.inverse = estimator.inverse_func
 
+    @property
+    def name(self):
+        """Which evaluator runs the trees."""
+        return "compiled" if self.compiled is not None else "booster"
+
     def predict_raw(self, raw):
         """Predictions for a float32 array of raw rows (Sex already coded)."""
-        out = self.booster.inplace_predict(self.feature_matrix(raw))
-        return self.inverse(out)
+        feats = self.feature_matrix(raw)
+        if self.compiled is not None:
+            return self.inverse(self.compiled.predict(feats))
+        return self.inverse(self.booster.inplace_predict(feats))
 
     def row(self, record):
         """One record as the raw float32 row the feature function expects."""
@@ -91,9 +99,10 @@ def fast_path_for(estimator, features):
 class ModelService:
     """Loads the artifact once per worker and answers predictions; `ready` says if it can."""
 
-    def __init__(self, model_path, handout_dir, threads=1, fast_path=True):
+    def __init__(self, model_path, handout_dir, threads=1, fast_path=True, compiled_dir=None):
         self.model_path, self.handout_dir = model_path, handout_dir
         self.threads, self.want_fast_path = threads, fast_path
+        self.compiled_dir = compiled_dir  # None: no compiled evaluator
         self.ready, self.error = False, None
         self.estimator = self.fast = self.features = None
         self.metrics = {}
@@ -129,6 +138,9 @@ class ModelService:
         warn_on_version_drift(self.metrics.get("versions", {}))
         self._cap_threads()
         self.fast = fast_path_for(self.estimator, self.features) if self.want_fast_path else None
+        if self.fast is not None and self.compiled_dir is not None:
+            from . import compiled
+            self.fast.compiled = compiled.load(self.fast.booster, self.compiled_dir)
         if self.fast is not None:
             self._check_parity()
 
@@ -148,12 +160,18 @@ class ModelService:
             return
         frame = pd.read_csv(sample)
         expected = self.estimator.predict(frame[self.features.RAW_COLUMNS])
-        got = self.fast.predict_raw(self.features.encode_frame(frame))
-        worst = float(np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1e-9)))
-        if worst > PARITY_RTOL:
-            log.error("fast path disagrees with Pipeline.predict (max rel %.3g > %g): using the pipeline",
-                      worst, PARITY_RTOL)
-            self.fast = None
+        raw = self.features.encode_frame(frame)
+        while self.fast is not None:
+            got = self.fast.predict_raw(raw)
+            worst = float(np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1e-9)))
+            if worst <= PARITY_RTOL:
+                return
+            log.error("%s fast path disagrees with Pipeline.predict (max rel %.3g > %g): falling back",
+                      self.fast.name, worst, PARITY_RTOL)
+            if self.fast.compiled is not None:
+                self.fast.compiled = None  # try the booster next
+            else:
+                self.fast = None
 
     def predict_one(self, record):
         """Predicted Calories for one validated record, as a Python float."""
@@ -167,14 +185,20 @@ class ModelService:
         """Labels of app_model_info."""
         versions = self.metrics.get("versions", {})
         return {"version": self.version, "sha256": self.metrics.get("artifact_sha256", "")[:12],
-                "xgboost": versions.get("xgboost", ""), "fast_path": str(self.fast is not None).lower()}
+                "xgboost": versions.get("xgboost", ""), "inference": self.inference}
+
+    @property
+    def inference(self):
+        """How predictions are computed: compiled, booster or pipeline."""
+        return self.fast.name if self.fast is not None else "pipeline"
 
 
 def init_app(app):
     """Load the model for this process; ALLOW_STARTUP_FAILURE decides if a failure is fatal."""
     cfg = app.config
+    compiled_dir = cfg["COMPILED_MODEL_DIR"] if cfg["MODEL_COMPILED"] else None
     service = ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], cfg["MODEL_THREADS"],
-                           cfg["MODEL_FAST_PATH"])
+                           cfg["MODEL_FAST_PATH"], compiled_dir)
     app.extensions["model"] = service
     try:
         service.load()
@@ -183,7 +207,7 @@ def init_app(app):
             raise
         log.error("%s (serving, not ready)", exc)
         return
-    log.info("model %s loaded (fast path: %s)", service.version, service.fast is not None)
+    log.info("model %s loaded (inference: %s)", service.version, service.inference)
 
 
 def current():

@@ -67,6 +67,7 @@ class Gunicorn:
         self.env = {**os.environ, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
                     "MODEL_PATH": str(model_path), "FEEDBACK_DB": str(self.tmp / "feedback.db"),
                     "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "prom"), "ACCESS_LOG": "off",
+                    "COMPILED_MODEL_DIR": str(pathlib.Path(model_path).parent / "compiled"),
                     **(env or {})}
         self.proc = None
 

@@ -84,4 +84,4 @@ def test_fast_path_falls_back_when_parity_fails(model_path, monkeypatch, caplog)
     monkeypatch.setattr(FastPath, "predict_raw", lambda self, raw: np.zeros(len(raw)))
     svc = loaded(model_path)
     assert svc.fast is None and "fast path disagrees" in caplog.text
-    assert svc.info()["fast_path"] == "false"
+    assert svc.info()["inference"] == "pipeline"

@@ -1,0 +1,79 @@
+"""The compiled tree evaluator: equal to XGBoost, cached per model, optional with a clean fallback."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from support import HANDOUT, PUBLIC_CSV, SAMPLE
+
+from service import compiled
+from service.model import ModelService
+
+
+@pytest.fixture(scope="module")
+def service(model_path):
+    svc = ModelService(model_path, HANDOUT, compiled_dir=model_path.parent / "compiled")
+    svc.load()
+    return svc
+
+
+def features_of(svc, csv):
+    return svc.features.feature_matrix(svc.features.encode_frame(pd.read_csv(csv)))
+
+
+def test_service_uses_the_compiled_evaluator(service):
+    assert service.inference == "compiled"
+
+
+@pytest.mark.parametrize("csv", [SAMPLE, PUBLIC_CSV], ids=["sample", "public"])
+def test_compiled_equals_xgboost(service, csv):
+    if not csv.exists():
+        pytest.skip(f"no data at {csv}")
+    x = features_of(service, csv)
+    expected = service.fast.booster.inplace_predict(x)
+    got = service.fast.compiled.predict(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_missing_values_follow_xgboost_default_directions(service):
+    x = features_of(service, SAMPLE)[:200].copy()
+    rng = np.random.default_rng(0)
+    x[rng.random(x.shape) < 0.3] = np.nan
+    np.testing.assert_allclose(service.fast.compiled.predict(x), service.fast.booster.inplace_predict(x),
+                               rtol=1e-6)
+
+
+def test_library_is_built_once_per_model(service, model_path):
+    cache = model_path.parent / "compiled"
+    libs = sorted(cache.glob("trees-*.so"))
+    assert len(libs) == 1
+    before = libs[0].stat().st_mtime_ns
+    assert compiled.library_for(service.fast.booster, cache) == libs[0]
+    assert libs[0].stat().st_mtime_ns == before
+
+
+def test_broken_compiler_falls_back_to_xgboost(model_path, tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: broken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    svc = ModelService(model_path, HANDOUT, compiled_dir=tmp_path / "cache")
+    svc.load()
+    assert svc.inference == "booster" and "compiled evaluator unavailable" in caplog.text
+    record = {"Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "Duration": 29,
+              "Heart_Rate": 105.0, "Body_Temp": 40.8}
+    assert svc.predict_one(record) > 0
+
+
+def test_disabled_compiled_evaluator(model_path):
+    svc = ModelService(model_path, HANDOUT, compiled_dir=None)
+    svc.load()
+    assert svc.inference == "booster"
+
+
+def test_unsupported_model_kinds_are_refused(service):
+    model = json.loads(service.fast.booster.save_raw("json"))
+    assert compiled.supported(model)
+    model["learner"]["objective"]["name"] = "reg:logistic"
+    assert not compiled.supported(model)
