@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
+BENCHFLAGS ?=
 
 .PHONY: install data train model evaluate serve validate-a simulate-stream observe test lint soak bench clean
 
@@ -54,8 +55,8 @@ lint: $(STAMP)
 soak: $(STAMP)  ## the concurrency soak of the fault tests, 10 minutes by default
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/tox -e py3 -- tests/test_faults.py -k soak
 
-bench:
-	@echo "make bench: not yet (issue 5, fast inference path and benchmark)" >&2; exit 2
+bench: model  ## /predict vs a bare-Flask reference (wrk), cost breakdown, memory, /metrics scrape
+	$(BIN)/python -m bench $(BENCHFLAGS)
 
 clean:
 	rm -rf var logs reports .tox .pytest_cache

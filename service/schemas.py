@@ -135,7 +135,11 @@ def read_json_object():
     """The request body as a JSON object, or the contract's 400/415/422 error."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
-    body = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH this raises 413
+    return parse_json_object(request.get_data(cache=False))  # past MAX_CONTENT_LENGTH: 413
+
+
+def parse_json_object(body):
+    """A JSON object from bytes: strict JSON (no NaN, no duplicate keys), else 400 or 422."""
     if not body.strip():
         raise MalformedJSON("request body is empty")
     try:

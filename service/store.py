@@ -1,12 +1,14 @@
 """SQLite feedback store: prediction events, FIFO join of late feedback, windowed quality."""
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from importlib import resources
 
@@ -17,6 +19,7 @@ MIGRATIONS = sorted(p for p in resources.files(__package__).joinpath("migrations
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = len(MIGRATIONS)  # migrations/000N_*.sql brings a store to version N
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+CHECKPOINT_EVERY = 1000  # writes per process between WAL checkpoints (SQLite's default pages)
 PRUNE_BATCH = 1000        # rows per delete transaction: each holds the write lock for milliseconds
 PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
 PRUNE_LEASE_SECONDS = 60
@@ -72,6 +75,39 @@ class FeedbackStore:
             local.conn, local.pid = self._open(), os.getpid()
         return local.conn
 
+    def checkpoint_due(self):
+        """True once this process has written CHECKPOINT_EVERY rows since its last checkpoint."""
+        return getattr(self._local, "writes", 0) >= CHECKPOINT_EVERY
+
+    def checkpoint(self):
+        """Copy the WAL into the database without taking the write lock (PASSIVE)."""
+        self._local.writes = 0
+        with self._guarded():
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the instance's write lock: a waiting worker wakes the moment it frees.
+
+        SQLite's own busy handler sleeps 1 ms or more per retry, which is most of a request.
+        The kernel releases the lock if its holder dies, and a holder waits at most its busy
+        timeout on SQLite, so no worker can block the others for good.
+        """
+        local = self._local
+        if getattr(local, "lock_pid", None) != os.getpid():
+            try:
+                fd = os.open(self.path + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"cannot open the store's write lock: {exc}") from exc
+            weakref.finalize(self, os.close, fd)
+            local.lock, local.lock_pid = fd, os.getpid()
+        fcntl.flock(local.lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(local.lock, fcntl.LOCK_UN)
+            local.writes = getattr(local, "writes", 0) + 1
+
     def _open(self):
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -87,6 +123,9 @@ class FeedbackStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             # After each checkpoint the WAL is truncated back to this size.
             conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            # No checkpoint inside a request's commit (and its write lock): workers run them
+            # after the response instead (checkpoint_due / checkpoint).
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._ensure_schema(conn)
         except sqlite3.Error as exc:
             conn.close()
@@ -132,7 +171,7 @@ class FeedbackStore:
 
     def _run(self, work, durable=False):
         """Run work(conn) in one write transaction."""
-        with self._guarded():
+        with self._guarded(), self._writing():
             conn = self._conn()
             if durable:
                 conn.execute("PRAGMA synchronous = FULL")
@@ -157,7 +196,7 @@ class FeedbackStore:
     def record_prediction(self, id_, prediction, model_version):
         """Record one answered prediction event (its own autocommit transaction)."""
         ts = self.clock()
-        with self._guarded():
+        with self._guarded(), self._writing():
             self._conn().execute(
                 "INSERT INTO predictions (id, prediction, model_version, ts) VALUES (?, ?, ?, ?)",
                 (id_, prediction, model_version, ts))
@@ -205,9 +244,7 @@ class FeedbackStore:
             self._run(lambda conn: conn.execute(
                 "UPDATE maintenance SET holder = NULL, lease_until = 0, last_run = ?, "
                 "rows_pruned = rows_pruned + ? WHERE task = 'prune'", (now, removed)))
-        with self._guarded():
-            # Move pruned pages out of the WAL so it is truncated to journal_size_limit.
-            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.checkpoint()  # move pruned pages out of the WAL, so it is truncated to its limit
         return removed
 
     def size_bytes(self):
@@ -275,6 +312,14 @@ def _prune_quietly(store):
         log.info("pruned %d rows older than %g s", removed, store.retention)
 
 
+def _checkpoint_quietly(store):
+    """Checkpoint the WAL after a response; a failure only delays it to the next one."""
+    try:
+        store.checkpoint()
+    except StoreError as exc:
+        log.warning("checkpoint skipped: %s", exc)
+
+
 def init_app(app):
     """Attach a store configured from app.config; opening happens lazily in each process."""
     cfg = app.config
@@ -284,13 +329,15 @@ def init_app(app):
     interval, due = cfg["PRUNE_INTERVAL_SECONDS"], [0.0]
 
     @app.after_request
-    def schedule_pruning(response):
-        # After the response is sent (call_on_close), at most once per interval per worker;
-        # the lease in the store makes it one worker at a time.
+    def schedule_maintenance(response):
+        # After the response is sent (call_on_close): pruning at most once per interval per
+        # worker (the lease in the store makes it one worker at a time), checkpoints by volume.
         now = time.monotonic()
         if now >= due[0]:
             due[0] = now + interval
             response.call_on_close(lambda: _prune_quietly(store))
+        elif store.checkpoint_due():
+            response.call_on_close(lambda: _checkpoint_quietly(store))
         return response
 
 

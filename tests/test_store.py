@@ -5,9 +5,10 @@ import pathlib
 import sqlite3
 
 import pytest
-from support import FakeClock
+from support import RECORD, FakeClock
 
 from service.store import (
+    CHECKPOINT_EVERY,
     SCHEMA_VERSION,
     WINDOW_COVERAGE_SQL,
     WINDOW_PAIRS_SQL,
@@ -239,3 +240,17 @@ def test_recovers_after_an_error_by_reopening(tmp_path):
         store.record_feedback(1, 1.0)
     locker.execute("COMMIT")
     assert store.record_feedback(1, 1.0).outcome == "matched"
+
+
+
+def test_wal_checkpoint_runs_after_the_response_not_inside_the_commit(client, app):
+    store = app.extensions["store"]
+    for _ in range(CHECKPOINT_EVERY + 10):
+        response = client.post("/predict", json=RECORD)
+        if store.checkpoint_due():
+            break
+        response.close()  # a finished response runs what the worker scheduled after it
+    assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    assert store.checkpoint_due()  # the commit that reached the threshold did not checkpoint
+    response.close()
+    assert not store.checkpoint_due()

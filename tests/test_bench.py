@@ -1,0 +1,36 @@
+"""make bench runs end to end (short form); figures are printed, never asserted as timings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from support import ROOT, Gunicorn
+
+from bench import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_runs_and_reports_every_figure(tmp_path, model_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "MODEL_PATH": str(model_path),
+           "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--duration", "1",
+                           "--scrape-predictions", "20000", "--scrape-feedback", "10000", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for figure in ("ratio predict/reference", "p99", "PSS total", "/metrics with the big store",
+                   "validation", "model", "store", "metrics"):
+        assert figure in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["ratio"] > 0 and report["pss_total_mb"] > 0
+    assert {r["errors"] for rounds in report["rounds"].values() for r in rounds} == {0}
+    assert report["costs_us"]["inference"] == "compiled"
+
+
+def test_python_load_generator_fallback(tmp_path, model_path):
+    with Gunicorn(tmp_path, model_path, workers=2) as server:
+        figures = run.python_load(server.url, 1, 2)
+    assert figures["rps"] > 0 and figures["errors"] == 0 and figures["p99_ms"] >= figures["p50_ms"]
