@@ -62,15 +62,22 @@ def check_parity(svc, frame):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_fast_path_equals_pipeline_on_the_sample(model_path):
-    svc = loaded(model_path)
-    assert svc.fast is not None
-    check_parity(svc, pd.read_csv(SAMPLE))
+@pytest.fixture(params=["compiled", "booster"])
+def fast_service(request, model_path):
+    """The service's fast path with either tree evaluator."""
+    compiled_dir = model_path.parent / "compiled" if request.param == "compiled" else None
+    svc = loaded(model_path, compiled_dir=compiled_dir)
+    assert svc.inference == request.param
+    return svc
+
+
+def test_fast_path_equals_pipeline_on_the_sample(fast_service):
+    check_parity(fast_service, pd.read_csv(SAMPLE))
 
 
 @pytest.mark.skipif(not PUBLIC_CSV.exists(), reason=f"public data not at {PUBLIC_CSV}")
-def test_fast_path_equals_pipeline_on_the_public_data(model_path):
-    check_parity(loaded(model_path), pd.read_csv(PUBLIC_CSV))
+def test_fast_path_equals_pipeline_on_the_public_data(fast_service):
+    check_parity(fast_service, pd.read_csv(PUBLIC_CSV))
 
 
 def test_pipeline_path_when_fast_path_disabled(model_path):

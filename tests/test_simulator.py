@@ -97,8 +97,13 @@ def test_help_documents_every_flag():
 
 
 def test_send_ts_carries_the_observation_time(server, tmp_path):
+    # Ids no other test sent: FIFO would otherwise join this feedback to their older open events.
+    lines = SAMPLE.read_text().splitlines()
+    fresh = tmp_path / "fresh.csv"
+    fresh.write_text("\n".join([lines[0]] + [f"{50_000_000 + i}," + line.split(",", 1)[1]
+                                               for i, line in enumerate(lines[1:41])]) + "\n")
     before = server.metrics()
-    code = main(["--url", server.url, "--data", str(SAMPLE), "--cycles", "1", "--burst-rps", "20",
+    code = main(["--url", server.url, "--data", str(fresh), "--cycles", "1", "--burst-rps", "20",
                  "--burst-duration", "1", "--feedback-delay", "1", "--send-ts", "--quiet"])
     after = server.metrics()
     count = sample(after, "app_feedback_lag_seconds_count") - sample(before, "app_feedback_lag_seconds_count")
