@@ -76,6 +76,8 @@ def test_absent_ts_means_receipt_time(client, clock, config):
     ({"ts": "2027-01-15T08:00:00"}, "ts"),  # no zone: ambiguous
     ({"ts": -5}, "ts"),
     ({"ts": 1e300}, "ts"),
+    ({"ts": 10**400}, "ts"),  # valid JSON; must not overflow on the way to a float
+    ({"Calories": 10**400}, "Calories"),
     ({"ts": True}, "ts"),
     ({"prediction": 3}, "prediction"),
 ])
