@@ -45,16 +45,16 @@ class Timestamp(fields.Field):
     }
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise self.make_error("invalid")
-        if isinstance(value, (int, float)):
-            # Compared, never converted first: a 400-digit integer must not overflow a float,
-            # and NaN or infinity fail the comparison.
-            if not 0 <= value < 1e11:
-                raise self.make_error("invalid")
-            return float(value)
-        if not isinstance(value, str):
+        ts = self._from_text(value) if isinstance(value, str) else value
+        # Compared, never converted first: a 400-digit integer must not overflow a float, and
+        # NaN or infinity fail the comparison. Before 1970 is as invalid in either form.
+        if not 0 <= ts < 1e11:
             raise self.make_error("invalid")
+        return float(ts)
+
+    def _from_text(self, value):
         try:
             when = dt.datetime.fromisoformat(value)
         except ValueError:

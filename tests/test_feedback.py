@@ -77,6 +77,7 @@ def test_absent_ts_means_receipt_time(client, clock, config):
     ({"ts": -5}, "ts"),
     ({"ts": 1e300}, "ts"),
     ({"ts": 10**400}, "ts"),  # valid JSON; must not overflow on the way to a float
+    ({"ts": "1969-12-31T23:59:59Z"}, "ts"),  # before the epoch, as -1 would be
     ({"Calories": 10**400}, "Calories"),
     ({"ts": True}, "ts"),
     ({"prediction": 3}, "prediction"),
