@@ -1,0 +1,53 @@
+"""gunicorn.conf.py: defaults from the environment, command-line overrides, the metrics directory."""
+
+import os
+import re
+import runpy
+import subprocess
+import sys
+
+from support import ROOT
+
+
+def print_config(*args, env=None):
+    """gunicorn's own view of the resolved settings."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("BIND", "WEB_CONCURRENCY")}
+    out = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app",
+                          "--print-config", *args], cwd=ROOT, env={**environ, **(env or {})},
+                         capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"^(\w+)\s+= (.*)$", out, re.MULTILINE))
+
+
+def test_defaults():
+    cfg = print_config()
+    assert cfg["bind"] == "['127.0.0.1:8000']"
+    assert int(cfg["workers"]) >= 2
+    assert (cfg["worker_class"], cfg["preload_app"], cfg["max_requests"]) == ("sync", "False", "0")
+    assert cfg["control_socket_disable"] == "True"
+
+
+def test_environment_then_command_line():
+    env = {"BIND": "127.0.0.1:9001", "WEB_CONCURRENCY": "3"}
+    cfg = print_config(env=env)
+    assert (cfg["bind"], cfg["workers"]) == ("['127.0.0.1:9001']", "3")
+    cfg = print_config("-b", "127.0.0.1:9002", "-w", "5", env=env)
+    assert (cfg["bind"], cfg["workers"]) == ("['127.0.0.1:9002']", "5")
+
+
+def test_metrics_directory_defaults_under_var():
+    # In a process of its own: the config sets the variable for everything that runs after it.
+    code = ("import os, runpy; runpy.run_path('gunicorn.conf.py'); "
+            "print(os.environ['PROMETHEUS_MULTIPROC_DIR'])")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == str(ROOT / "var" / "prometheus")
+
+
+def test_an_explicit_metrics_directory_is_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    (tmp_path / "counter_123.db").write_text("")
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path)
+    settings["on_starting"](None)  # the master empties it before any worker exists
+    assert not list(tmp_path.glob("*.db"))
