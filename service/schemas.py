@@ -55,6 +55,8 @@ class Timestamp(fields.Field):
         return float(ts)
 
     def _from_text(self, value):
+        if value[-1:] in ("Z", "z"):  # fromisoformat takes "Z" only from Python 3.11 on
+            value = value[:-1] + "+00:00"
         try:
             when = dt.datetime.fromisoformat(value)
         except ValueError:
