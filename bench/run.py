@@ -1,6 +1,7 @@
 """make bench: /predict against a bare-Flask reference in one run, its cost breakdown, memory, scrape."""
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -165,7 +166,7 @@ def build_store(path, predictions, feedback, span, now):
 
     FeedbackStore(path, 300.0, 30 * 86400.0).window_stats()  # creates the schema
     step = span / predictions
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.executemany(
             "INSERT INTO predictions (seq, id, prediction, model_version, ts, feedback_seq) "
             "VALUES (?,?,?,?,?,?)",
@@ -176,6 +177,7 @@ def build_store(path, predictions, feedback, span, now):
             "prediction, lag, sle, ae) VALUES (?,?,?,?,?,'matched',?,?,?,?,?)",
             ((i, i, 90.0, now - span + i * step + 60, now - span + i * step + 60, i, 100.0, 60.0, 0.011,
               10.0) for i in range(1, feedback + 1)))
+        conn.commit()
 
 
 def scrape(url, n=30):

@@ -73,6 +73,7 @@ class FeedbackStore:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             local.conn, local.pid = self._open(), os.getpid()
+            weakref.finalize(self, local.conn.close)  # closing twice is harmless
         return local.conn
 
     def checkpoint_due(self):

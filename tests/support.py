@@ -5,6 +5,7 @@ import os
 import pathlib
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -39,6 +40,16 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def sqlite(path, **kwargs):
+    """A SQLite connection in autocommit mode, closed on exit (sqlite3's own `with` only commits)."""
+    conn = sqlite3.connect(path, isolation_level=None, **kwargs)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def parse_metrics(text):

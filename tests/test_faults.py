@@ -7,14 +7,13 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
 
 import pytest
 import requests
-from support import RECORD, Gunicorn, sample
+from support import RECORD, Gunicorn, sample, sqlite
 
 pytestmark = pytest.mark.slow
 IS_ROOT = os.geteuid() == 0
@@ -68,7 +67,7 @@ def run_clients(url, threads, per_thread, during=None):
 
 
 def store_rows(db, sql):
-    with sqlite3.connect(db) as conn:
+    with sqlite(db) as conn:
         return conn.execute(sql).fetchall()
 
 
@@ -169,10 +168,10 @@ def assert_recovered(server):
 
 def test_store_locked_by_another_process(tmp_path, model_path):
     with Gunicorn(tmp_path, model_path, workers=2, env={"STORE_BUSY_TIMEOUT_MS": "200"}) as server:
-        locker = sqlite3.connect(tmp_path / "feedback.db", isolation_level=None)
-        locker.execute("BEGIN EXCLUSIVE")
-        assert_degraded(server)
-        locker.execute("COMMIT")
+        with sqlite(tmp_path / "feedback.db") as locker:
+            locker.execute("BEGIN EXCLUSIVE")
+            assert_degraded(server)
+            locker.execute("COMMIT")
         assert_recovered(server)
 
 
@@ -207,7 +206,7 @@ def test_disk_full(tmp_path, model_path, small_disk):
     server = Gunicorn(tmp_path, model_path, workers=2, env={"FEEDBACK_DB": str(db)})
     with server:
         requests.post(server.url + "/predict", json=record(1), timeout=10).raise_for_status()
-    with contextlib.closing(sqlite3.connect(db)) as conn:  # fold the WAL in and remove it
+    with sqlite(db) as conn:  # fold the WAL in and remove it
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     # Full before the service writes again: every write needs space (a WAL) that is not there.
     # (Mid-run, SQLite flaps on a full disk: a closing connection may delete the WAL and free

@@ -1,11 +1,10 @@
 """POST /feedback: outcomes and status codes, ts handling, durability, counters."""
 
 import datetime as dt
-import sqlite3
 
 import pytest
 from prometheus_client import REGISTRY
-from support import RECORD
+from support import RECORD, sqlite
 
 
 def feedback(client, **body):
@@ -52,7 +51,7 @@ def test_ts_sets_the_lag(client, clock, config, ts, lag):
     client.post("/predict", json=RECORD)
     clock.advance(100)
     assert feedback(client, ts=ts).status_code == 200
-    with sqlite3.connect(config["FEEDBACK_DB"]) as conn:
+    with sqlite(config["FEEDBACK_DB"]) as conn:
         assert conn.execute("SELECT lag FROM feedback").fetchone()[0] == pytest.approx(lag)
 
 
@@ -60,7 +59,7 @@ def test_absent_ts_means_receipt_time(client, clock, config):
     client.post("/predict", json=RECORD)
     clock.advance(7.5)
     feedback(client)
-    with sqlite3.connect(config["FEEDBACK_DB"]) as conn:
+    with sqlite(config["FEEDBACK_DB"]) as conn:
         assert conn.execute("SELECT lag, event_ts, received_ts FROM feedback").fetchone() == (
             7.5, clock.now, clock.now)
 
@@ -97,7 +96,7 @@ def test_ts_more_than_five_minutes_ahead_is_refused(client, clock):
 
 def test_store_failure_is_503_and_not_acknowledged(client, config):
     client.post("/predict", json=RECORD)
-    with sqlite3.connect(config["FEEDBACK_DB"]) as conn:
+    with sqlite(config["FEEDBACK_DB"]) as conn:
         conn.execute("DROP TABLE feedback")
     r = feedback(client)
     assert r.status_code == 503 and r.json["error"]["code"] == "store_unavailable"

@@ -1,16 +1,15 @@
 """POST /predict: answer, stored event, counters."""
 
-import sqlite3
 
 from prometheus_client import REGISTRY
-from support import RECORD
+from support import RECORD, sqlite
 
 
 def test_prediction_is_the_stored_value(client, config):
     r = client.post("/predict", json=RECORD)
     assert r.status_code == 200
     assert list(r.json) == ["id", "Calories"]
-    with sqlite3.connect(config["FEEDBACK_DB"]) as conn:
+    with sqlite(config["FEEDBACK_DB"]) as conn:
         rows = conn.execute("SELECT id, prediction, model_version FROM predictions").fetchall()
     assert rows == [(7, r.json["Calories"], client.application.extensions["model"].version)]
 
@@ -23,7 +22,7 @@ def test_prediction_is_plausible(client):
 def test_repeated_id_is_a_new_event(client, config):
     for _ in range(3):
         assert client.post("/predict", json=RECORD).status_code == 200
-    with sqlite3.connect(config["FEEDBACK_DB"]) as conn:
+    with sqlite(config["FEEDBACK_DB"]) as conn:
         assert conn.execute("SELECT count(*) FROM predictions WHERE id = 7").fetchone()[0] == 3
 
 
@@ -39,7 +38,7 @@ def test_refused_request_records_nothing(client, config):
     before = REGISTRY.get_sample_value("app_predictions_total")
     assert client.post("/predict", json={**RECORD, "Age": 500}).status_code == 422
     assert REGISTRY.get_sample_value("app_predictions_total") == before
-    with sqlite3.connect(config["FEEDBACK_DB"]) as conn:
+    with sqlite(config["FEEDBACK_DB"]) as conn:
         exists = conn.execute("SELECT name FROM sqlite_master WHERE name = 'predictions'").fetchone()
         assert not exists or conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 0
 
@@ -47,7 +46,7 @@ def test_refused_request_records_nothing(client, config):
 def test_store_failure_still_answers_and_counts(client, config):
     client.post("/predict", json=RECORD)  # open the store
     before = REGISTRY.get_sample_value("app_store_errors_total", {"operation": "prediction"})
-    with sqlite3.connect(config["FEEDBACK_DB"]) as conn:
+    with sqlite(config["FEEDBACK_DB"]) as conn:
         conn.execute("DROP TABLE predictions")  # every insert now fails
     r = client.post("/predict", json=RECORD)
     assert r.status_code == 200

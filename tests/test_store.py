@@ -2,10 +2,9 @@
 
 import math
 import pathlib
-import sqlite3
 
 import pytest
-from support import RECORD, FakeClock
+from support import RECORD, FakeClock, sqlite
 
 from service.store import (
     CHECKPOINT_EVERY,
@@ -129,7 +128,7 @@ def test_store_persists_across_reopen(tmp_path, clock):
 
 def test_store_from_a_newer_schema_is_refused(tmp_path):
     path = tmp_path / "fb.db"
-    with sqlite3.connect(path) as conn:
+    with sqlite(path) as conn:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="newer"):
         FeedbackStore(path, 300.0, 3600.0, clock=FakeClock()).window_stats()
@@ -153,7 +152,7 @@ def test_window_queries_read_only_a_covering_index(store, query):
 
 def v1_store(path):
     """A store file exactly as schema version 1 wrote it (tests/data/store_v1.sql)."""
-    with sqlite3.connect(path) as conn:
+    with sqlite(path) as conn:
         conn.executescript((pathlib.Path(__file__).parent / "data" / "store_v1.sql").read_text())
     return path
 
@@ -166,7 +165,7 @@ def test_v1_store_is_migrated_without_losing_rows(tmp_path):
     # The second event of id 2 is still open and joins FIFO; id 1 is fully joined.
     assert store.record_feedback(2, 60.0).outcome == "matched"
     assert store.record_feedback(1, 90.0).outcome == "duplicate"
-    with sqlite3.connect(path) as conn:
+    with sqlite(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT count(*) FROM feedback").fetchone()[0] == 5
         assert conn.execute("SELECT task FROM maintenance").fetchall() == [("prune",)]
@@ -174,14 +173,14 @@ def test_v1_store_is_migrated_without_losing_rows(tmp_path):
 
 def test_migration_is_one_process_at_a_time(tmp_path):
     path = v1_store(tmp_path / "v1.db")
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # another worker migrating right now
     store = FeedbackStore(path, 300.0, 3600.0, busy_timeout_ms=100, clock=FakeClock())
-    with pytest.raises(StoreError, match="locked"):
-        store.window_stats()
-    blocker.execute("ROLLBACK")
+    with sqlite(path) as blocker:
+        blocker.execute("BEGIN IMMEDIATE")  # another worker migrating right now
+        with pytest.raises(StoreError, match="locked"):
+            store.window_stats()
+        blocker.execute("ROLLBACK")
     assert store.window_stats().predictions == 4  # once the other is done, it migrates and reads
-    with sqlite3.connect(path) as conn:
+    with sqlite(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
@@ -199,7 +198,7 @@ def test_store_stops_growing_with_retention(tmp_path):
         clock.advance(60)
         store.prune()
         sizes.append(store.size_bytes())
-        with sqlite3.connect(store.path) as conn:
+        with sqlite(store.path) as conn:
             rows.append(conn.execute("SELECT (SELECT count(*) FROM predictions) + "
                                      "(SELECT count(*) FROM feedback)").fetchone()[0])
     # Retention keeps 10 minutes: 10 steps of 300 rows (prediction + feedback), whatever the run length.
@@ -212,13 +211,13 @@ def test_prune_runs_in_one_process_at_a_time(tmp_path):
     store = FeedbackStore(tmp_path / "fb.db", 300.0, 600.0, clock=clock)
     store.record_prediction(1, 1.0, "v1")
     clock.advance(1000)
-    other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("UPDATE maintenance SET holder = 1, lease_until = ? WHERE task = 'prune'",
-                  (clock.now + 30,))
-    assert store.prune() == 0  # another process holds the lease
-    clock.advance(31)  # the holder died: its lease expires
-    assert store.prune() == 1
-    assert other.execute("SELECT holder, rows_pruned FROM maintenance").fetchone() == (None, 1)
+    with sqlite(store.path) as other:
+        other.execute("UPDATE maintenance SET holder = 1, lease_until = ? WHERE task = 'prune'",
+                      (clock.now + 30,))
+        assert store.prune() == 0  # another process holds the lease
+        clock.advance(31)  # the holder died: its lease expires
+        assert store.prune() == 1
+        assert other.execute("SELECT holder, rows_pruned FROM maintenance").fetchone() == (None, 1)
 
 
 def test_prune_keeps_the_window(tmp_path):
@@ -234,11 +233,11 @@ def test_prune_keeps_the_window(tmp_path):
 def test_recovers_after_an_error_by_reopening(tmp_path):
     store = FeedbackStore(tmp_path / "fb.db", 300.0, 600.0, busy_timeout_ms=50, clock=FakeClock())
     store.record_prediction(1, 1.0, "v1")
-    locker = sqlite3.connect(store.path, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    with pytest.raises(StoreError, match="locked"):
-        store.record_feedback(1, 1.0)
-    locker.execute("COMMIT")
+    with sqlite(store.path) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match="locked"):
+            store.record_feedback(1, 1.0)
+        locker.execute("COMMIT")
     assert store.record_feedback(1, 1.0).outcome == "matched"
 
 
