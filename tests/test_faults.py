@@ -180,7 +180,9 @@ def test_store_file_read_only(tmp_path, model_path):
     db = tmp_path / "feedback.db"
     with Gunicorn(tmp_path, model_path, workers=2) as server:
         pass  # creates the store, then closes it cleanly
-    subprocess.run(["chattr", "+i", str(db)], check=True)
+    made = subprocess.run(["chattr", "+i", str(db)], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"this filesystem has no immutable flag: {made.stderr.strip()}")
     try:
         server.start(probe="/healthz")  # it cannot become ready: that is the point
         with contextlib.closing(server):

@@ -1,0 +1,61 @@
+"""README's make targets that write into the handout, run in a copy of the tree (never the real one)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from support import PUBLIC_CSV, ROOT
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(),
+                                 reason="make install has not run")]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The tracked files in a fresh folder, sharing the installed .venv."""
+    copy = tmp_path_factory.mktemp("tree") / "project"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    (copy / ".venv").symlink_to(ROOT / ".venv")
+    return copy
+
+
+def make(tree, *args):
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "PROMETHEUS_MULTIPROC_DIR")}
+    out = subprocess.run(["make", "--no-print-directory", *args], cwd=tree, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+def test_make_data_reproduces_the_sample(tree):
+    sample = tree / "handout_from DS_agent" / "data_sample" / "train.csv"
+    before = sample.read_bytes()
+    make(tree, "data")
+    assert sample.read_bytes() == before
+
+
+def test_make_train_then_evaluate(tree):
+    make(tree, "train")
+    metrics = json.loads((tree / "handout_from DS_agent" / "metrics.json").read_text())
+    assert metrics["n_estimators"] == 400
+    if PUBLIC_CSV.exists():
+        out = make(tree, "evaluate", f"DATA={PUBLIC_CSV}")
+        rmsle = float(re.search(r"RMSLE=([\d.]+)", out).group(1))
+        assert rmsle <= 0.05
+
+
+def test_make_validate_a(tree):
+    make(tree, "validate-a")  # trains first if the model is missing
+    log = (tree / "logs" / "validate_iteration_a.log").read_text()
+    assert "Startup: model loaded OK" in log and "validate-a: OK" in log
+
+
+def test_make_lint(tree):
+    make(tree, "lint")
