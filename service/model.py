@@ -130,11 +130,14 @@ class ModelService:
         if str(self.handout_dir) not in sys.path:
             sys.path.insert(0, str(self.handout_dir))
         import joblib
+        writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ there
         try:
             self.features = importlib.import_module("features")
             self.estimator = joblib.load(self.model_path)
         except Exception as exc:  # unpickling can fail in many ways; all mean "not loadable"
             raise ModelLoadError(f"Model artifact {self.model_path} cannot be loaded: {exc!r}") from exc
+        finally:
+            sys.dont_write_bytecode = writes_bytecode
         warn_on_version_drift(self.metrics.get("versions", {}))
         self._cap_threads()
         self.fast = fast_path_for(self.estimator, self.features) if self.want_fast_path else None
