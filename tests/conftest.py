@@ -1,5 +1,6 @@
 """Fixtures: a small model trained once into a temporary folder, an app over a temporary store."""
 
+import os
 import subprocess
 import sys
 
@@ -7,6 +8,23 @@ import pytest
 from support import HANDOUT, FakeClock
 
 from service import create_app
+
+# The handout's scripts run from its folder; their bytecode cache must not land there either.
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def handout_untouched():
+    """Tests never write into the handout: it is compared before and after the whole session."""
+    before = _snapshot(HANDOUT)
+    yield
+    after = _snapshot(HANDOUT)
+    changed = sorted(str(p) for p in set(before) | set(after) if before.get(p) != after.get(p))
+    assert not changed, f"tests wrote into the handout: {changed}"
 
 
 @pytest.fixture(scope="session")

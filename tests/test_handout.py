@@ -80,7 +80,8 @@ def test_artifact_loads_in_a_fresh_process_with_only_the_handout_on_path(model_p
             "m = joblib.load(sys.argv[2]); f = pd.read_csv(sys.argv[3]).head(5); "
             "print(m.predict(f.drop(columns=['id', 'Calories'])).round(1).tolist())")
     # -I: no project root, no PYTHONPATH; only the handout is added, as the service does.
-    out = run(["-I", "-c", code, str(HANDOUT), str(model_path), str(SAMPLE)], cwd=tmp_path).stdout
+    # -B: -I ignores PYTHONDONTWRITEBYTECODE, and the handout must get no __pycache__.
+    out = run(["-I", "-B", "-c", code, str(HANDOUT), str(model_path), str(SAMPLE)], cwd=tmp_path).stdout
     assert len(json.loads(out)) == 5
 
 
