@@ -1,5 +1,6 @@
 """Every metric the service exposes, the /metrics endpoint, and the store-backed gauges."""
 
+import contextlib
 import logging
 import math
 
@@ -129,12 +130,9 @@ def exposition_registry(multiprocess, exporter_registry, store, model):
 def metrics():
     """Prometheus text exposition."""
     directory = current_app.config.get("PROMETHEUS_MULTIPROC_DIR")
-    registry = current_app.extensions["metrics_registry"]
-    if directory:
-        with multiproc.locked(directory, exclusive=False):
-            body = generate_latest(registry)
-    else:
-        body = generate_latest(registry)
+    lock = multiproc.locked(directory, exclusive=False) if directory else contextlib.nullcontext()
+    with lock:
+        body = generate_latest(current_app.extensions["metrics_registry"])
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -7,6 +7,7 @@ from flask import request
 from marshmallow import Schema, ValidationError, fields, validate
 
 from .errors import MalformedJSON, UnsupportedMediaType, ValidationFailed
+from .store import OUTCOMES
 
 MAX_ID = 2**63 - 1
 
@@ -101,7 +102,7 @@ class FeedbackResponseSchema(Schema):
     """How the feedback was joined."""
 
     id = fields.Integer(required=True)
-    outcome = fields.String(validate=validate.OneOf(["matched", "duplicate", "unmatched"]))
+    outcome = fields.String(validate=validate.OneOf(OUTCOMES))
 
 
 class ErrorSchema(Schema):

@@ -117,7 +117,6 @@ class FeedbackStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open feedback store {self.path}: {exc}") from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             # WAL: readers (scrapes) never block writers. NORMAL: a commit survives a process
             # crash; feedback commits raise it to FULL (see record_feedback).
             conn.execute("PRAGMA journal_mode = WAL")

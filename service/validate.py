@@ -1,12 +1,13 @@
 """In-process validator (`make validate-a`): every endpoint through the Flask test client, logged."""
 
 import argparse
-import csv
 import logging
 import pathlib
 import signal
 import sys
 import tempfile
+
+from simulator import records
 
 from . import create_app
 from .config import ROOT
@@ -39,15 +40,6 @@ def _expect(response, status, step):
     return response
 
 
-def _first_record(app):
-    """The first row of the handout sample, as a /predict body and its label."""
-    with open(app.config["HANDOUT_DIR"] / "data_sample" / "train.csv") as fh:
-        row = next(csv.DictReader(fh))
-    truth = float(row.pop("Calories"))
-    record = {k: (v if k == "Sex" else int(v) if k == "id" else float(v)) for k, v in row.items()}
-    return record, truth
-
-
 def run(log, store_dir):
     """Every step in order; raises ValidationStepFailed at the first wrong answer."""
     app = create_app({"FEEDBACK_DB": store_dir / "feedback.db", "PROMETHEUS_MULTIPROC_DIR": None,
@@ -56,7 +48,8 @@ def run(log, store_dir):
     client = app.test_client()
     log.info("healthz: %s", _expect(client.get("/healthz"), 200, "healthz").json)
     log.info("readyz: %s", _expect(client.get("/readyz"), 200, "readyz").json)
-    record, truth = _first_record(app)
+    # The first row of the handout sample, read as the simulator reads any data file.
+    record, truth = records.load(app.config["HANDOUT_DIR"] / "data_sample" / "train.csv", limit=1)[0]
     log.info("predict: %s", _expect(client.post("/predict", json=record), 200, "predict").json)
     body = {"id": record["id"], "Calories": truth}
     log.info("feedback: %s", _expect(client.post("/feedback", json=body), 200, "feedback").json)
