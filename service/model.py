@@ -7,6 +7,7 @@ import logging
 import sys
 
 import numpy as np
+from flask import current_app
 
 log = logging.getLogger(__name__)
 PARITY_RTOL = 1e-5
@@ -59,10 +60,10 @@ def warn_on_version_drift(trained_with):
 class FastPath:
     """The handout's feature function plus the trees (compiled, or the raw booster): no pandas."""
 
-    def __init__(self, estimator, features, compiled_trees=None):
+    def __init__(self, estimator, features):
         pipe = estimator.regressor_
         self.booster = pipe.steps[-1][1].get_booster()
-        self.compiled = compiled_trees
+        self.compiled = None  # a compiled.CompiledTrees once built
         self.columns = features.RAW_COLUMNS
         self.sex_codes = features.SEX_CODES
         self.feature_matrix = features.feature_matrix
@@ -215,5 +216,4 @@ def init_app(app):
 
 def current():
     """The model of the running app."""
-    from flask import current_app
     return current_app.extensions["model"]

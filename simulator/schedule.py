@@ -49,7 +49,6 @@ class FeedbackQueue:
         self._heap = []
         self._order = itertools.count()
         self._cond = threading.Condition()
-        self.closed = False
 
     def __len__(self):
         with self._cond:
@@ -81,7 +80,6 @@ class FeedbackQueue:
     def close(self):
         """Wake every waiter: no more items will come."""
         with self._cond:
-            self.closed = True
             self._cond.notify_all()
 
     def drain(self):
