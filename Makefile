@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HANDOUT := handout_from DS_agent
-MODEL := $(HANDOUT)/model.joblib
+# The artifact every target serves, as service/config.py resolves it: the environment wins.
+MODEL_PATH ?= $(or $(HANDOUT_DIR),$(HANDOUT))/model.joblib
 STAMP := $(VENV)/.installed-stamp
 DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
@@ -27,11 +28,13 @@ data: $(STAMP)  ## regenerate the handout's deterministic data sample
 train: $(STAMP)  ## train model.joblib + metrics.json into the handout
 	cd "$(HANDOUT)" && ../$(BIN)/python train.py
 
-model: $(STAMP)  ## train only if the artifact is missing
-	@test -f "$(MODEL)" || $(MAKE) --no-print-directory train
+model: $(STAMP)  ## train only if the artifact is missing (never over a MODEL_PATH elsewhere)
+	@if test -f "$(MODEL_PATH)"; then :; \
+	elif test "$(MODEL_PATH)" = "$(HANDOUT)/model.joblib"; then $(MAKE) --no-print-directory train; \
+	else echo "MODEL_PATH=$(MODEL_PATH): no such file (make train writes $(HANDOUT)/model.joblib)" >&2; exit 1; fi
 
 evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
-	$(BIN)/python "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))"
+	$(BIN)/python "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"
 
 serve: model  ## run the service (gunicorn) on $${BIND:-127.0.0.1:8000}
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app

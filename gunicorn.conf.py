@@ -9,6 +9,9 @@ _server = service_config.server_settings()
 
 # prometheus_client reads this at import time, in each worker: set it before any worker exists.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_server["multiproc_dir"]))
+# Made here too, not only in on_starting: `--print-config` and `--check-config` load the app
+# (creating metrics) without ever starting a server.
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 # Where and how many: -b and -w on the command line still override these.
 bind = [_server["bind"]]

@@ -6,11 +6,12 @@ import runpy
 import subprocess
 import sys
 
+import pytest
 from support import ROOT
 
 
 def print_config(*args, env=None):
-    """gunicorn's own view of the resolved settings."""
+    """gunicorn's own view of the resolved settings (it loads the app too, over a fresh metrics dir)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("BIND", "WEB_CONCURRENCY")}
     out = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app",
                           "--print-config", *args], cwd=ROOT, env={**environ, **(env or {})},
@@ -18,16 +19,22 @@ def print_config(*args, env=None):
     return dict(re.findall(r"^(\w+)\s+= (.*)$", out, re.MULTILINE))
 
 
-def test_defaults():
-    cfg = print_config()
+@pytest.fixture
+def fresh_metrics_dir(tmp_path):
+    """As on a clean clone: the metrics directory does not exist yet."""
+    return {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "not-yet")}
+
+
+def test_defaults(fresh_metrics_dir):
+    cfg = print_config(env=fresh_metrics_dir)
     assert cfg["bind"] == "['127.0.0.1:8000']"
     assert int(cfg["workers"]) >= 2
     assert (cfg["worker_class"], cfg["preload_app"], cfg["max_requests"]) == ("sync", "False", "0")
     assert cfg["control_socket_disable"] == "True"
 
 
-def test_environment_then_command_line():
-    env = {"BIND": "127.0.0.1:9001", "WEB_CONCURRENCY": "3"}
+def test_environment_then_command_line(fresh_metrics_dir):
+    env = {"BIND": "127.0.0.1:9001", "WEB_CONCURRENCY": "3", **fresh_metrics_dir}
     cfg = print_config(env=env)
     assert (cfg["bind"], cfg["workers"]) == ("['127.0.0.1:9001']", "3")
     cfg = print_config("-b", "127.0.0.1:9002", "-w", "5", env=env)

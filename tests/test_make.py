@@ -26,10 +26,13 @@ def tree(tmp_path_factory):
     return copy
 
 
-def make(tree, *args):
-    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "PROMETHEUS_MULTIPROC_DIR")}
-    out = subprocess.run(["make", "--no-print-directory", *args], cwd=tree, env=env, capture_output=True,
-                         text=True, timeout=600)
+def make(tree, *args, env=None, ok=True):
+    """Run a make target in the copy; by default assert it succeeded and return its stdout."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "PROMETHEUS_MULTIPROC_DIR")}
+    out = subprocess.run(["make", "--no-print-directory", *args], cwd=tree, env={**environ, **(env or {})},
+                         capture_output=True, text=True, timeout=600)
+    if not ok:
+        return out
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out.stdout
 
@@ -39,6 +42,20 @@ def test_make_data_reproduces_the_sample(tree):
     before = sample.read_bytes()
     make(tree, "data")
     assert sample.read_bytes() == before
+
+
+def test_make_model_serves_the_model_path_of_the_environment(tree, model_path, tmp_path):
+    # Targets that need a model (serve, observe, validate-a, bench) check the artifact the service
+    # will load: one given by MODEL_PATH is used as is and nothing is trained into the handout.
+    handout_model = tree / "handout_from DS_agent" / "model.joblib"
+    before = handout_model.stat().st_mtime_ns if handout_model.exists() else None
+    make(tree, "model", env={"MODEL_PATH": str(model_path)})
+    assert (handout_model.stat().st_mtime_ns if handout_model.exists() else None) == before
+    # A MODEL_PATH that does not exist is an error, not a reason to train somewhere else.
+    missing = tmp_path / "elsewhere" / "model.joblib"
+    out = make(tree, "model", env={"MODEL_PATH": str(missing)}, ok=False)
+    assert out.returncode != 0 and f"MODEL_PATH={missing}: no such file" in out.stderr
+    assert (handout_model.stat().st_mtime_ns if handout_model.exists() else None) == before
 
 
 def test_make_train_then_evaluate(tree):
