@@ -6,6 +6,7 @@ leaves are summed in float32 in tree order from base_score, as XGBoost's CPU pre
 so the result equals XGBoost's (the service checks it at startup and falls back if not).
 """
 
+import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -20,6 +21,8 @@ import tempfile
 import numpy as np
 
 log = logging.getLogger(__name__)
+# Libraries kept in the cache: the current model and a few before it (rollbacks start fast).
+KEEP_LIBRARIES = 3
 CFLAGS = ["-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"]  # exact IEEE float32
 
 
@@ -85,28 +88,48 @@ def _build(source, target):
         os.replace(lib, target)
 
 
-def library_for(booster, cache_dir):
-    """Path of the compiled library for this booster, building it once per content (workers wait)."""
+@contextlib.contextmanager
+def _cache_locked(cache_dir):
+    """The cache directory, held exclusively: one process at a time builds, loads or prunes in it."""
+    cache = pathlib.Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield cache
+
+
+def _library(booster, cache):
+    """Path of the compiled library for this booster in the (locked) cache, built once per content."""
     model = json.loads(booster.save_raw("json"))
     if not supported(model):
         raise CompileError("model kind not supported by the compiled evaluator")
     source = c_source(model)
-    cache = pathlib.Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"trees-{hashlib.sha256(source.encode()).hexdigest()[:20]}.so"
-    with open(cache / ".build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker compiles; the others find it built
-        if not target.exists():
-            trees = model["learner"]["gradient_booster"]["model"]["trees"]
-            log.info("compiling %d trees into %s", len(trees), target)
-            _build(source, target)
+    if not target.exists():
+        trees = model["learner"]["gradient_booster"]["model"]["trees"]
+        log.info("compiling %d trees into %s", len(trees), target)
+        _build(source, target)
+    os.utime(target)  # mtime = last use: pruning keeps the libraries of the models served lately
     return target
+
+
+def _prune(cache, current, keep):
+    """Keep `current` and the `keep - 1` libraries used last before it; delete builds a crash left."""
+    # Safe under the lock: no build is running, and a process that loaded a deleted library keeps
+    # its mapping (the file goes when the last one is gone); the next process to need it rebuilds.
+    for stale in cache.glob("tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    others = [p for p in cache.glob("trees-*.so") if p != current]
+    for old in sorted(others, key=lambda p: p.stat().st_mtime_ns, reverse=True)[max(keep - 1, 0):]:
+        log.info("pruning compiled library %s", old.name)
+        old.unlink(missing_ok=True)
 
 
 class CompiledTrees:
     """The compiled library: margins for float32 feature rows."""
 
     def __init__(self, path, n_features):
+        self.path = path
         self.lib = ctypes.CDLL(str(path))
         self.fn = self.lib.predict
         self.fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
@@ -123,10 +146,14 @@ class CompiledTrees:
         return out
 
 
-def load(booster, cache_dir):
+def load(booster, cache_dir, keep=KEEP_LIBRARIES):
     """A CompiledTrees for the booster, or None (logged) when it cannot be built here."""
     try:
-        return CompiledTrees(library_for(booster, cache_dir), booster.num_features())
+        with _cache_locked(cache_dir) as cache:
+            # Loaded before the lock is released, so no other process prunes it in between.
+            trees = CompiledTrees(_library(booster, cache), booster.num_features())
+            _prune(cache, trees.path, keep)
+            return trees
     except (CompileError, OSError) as exc:
         log.warning("compiled evaluator unavailable, using XGBoost: %s", exc)
         return None

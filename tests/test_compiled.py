@@ -1,6 +1,7 @@
 """The compiled tree evaluator: equal to XGBoost, cached per model, optional with a clean fallback."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -48,9 +49,32 @@ def test_library_is_built_once_per_model(service, model_path):
     cache = model_path.parent / "compiled"
     libs = sorted(cache.glob("trees-*.so"))
     assert len(libs) == 1
-    before = libs[0].stat().st_mtime_ns
-    assert compiled.library_for(service.fast.booster, cache) == libs[0]
-    assert libs[0].stat().st_mtime_ns == before
+    inode = libs[0].stat().st_ino  # a rebuild replaces the file: a new inode
+    assert compiled.load(service.fast.booster, cache).path == libs[0]
+    assert libs[0].stat().st_ino == inode
+
+
+def test_cache_keeps_the_libraries_used_last(service, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # Libraries of earlier models, used at t = 1000 .. 5000 s, and a build a crash left behind.
+    for i in range(5):
+        old = cache / f"trees-old{i}.so"
+        old.write_bytes(b"")
+        os.utime(old, (1000 * (i + 1), 1000 * (i + 1)))
+    (cache / "tmpcrashed").mkdir()
+    (cache / "tmpcrashed" / "trees.c").write_text("int x;")
+    trees = compiled.load(service.fast.booster, cache, keep=3)
+    assert sorted(p.name for p in cache.glob("trees-*.so")) == sorted(
+        [trees.path.name, "trees-old3.so", "trees-old4.so"])
+    assert not list(cache.glob("tmp*"))
+    # The one being loaded is kept even when the others look newer (a clock set back).
+    for p in cache.glob("trees-old*.so"):
+        os.utime(p, (4e9, 4e9))
+    assert compiled.load(service.fast.booster, cache, keep=1).path == trees.path
+    assert [p.name for p in cache.glob("trees-*.so")] == [trees.path.name]
+    x = features_of(service, SAMPLE)[:50]
+    np.testing.assert_array_equal(trees.predict(x), service.fast.compiled.predict(x))
 
 
 def test_broken_compiler_falls_back_to_xgboost(model_path, tmp_path, monkeypatch, caplog):
