@@ -30,7 +30,8 @@ train: $(STAMP)  ## train model.joblib + metrics.json into the handout
 
 model: $(STAMP)  ## train only if the artifact is missing (never over a MODEL_PATH elsewhere)
 	@if test -f "$(MODEL_PATH)"; then :; \
-	elif test "$(MODEL_PATH)" = "$(HANDOUT)/model.joblib"; then $(MAKE) --no-print-directory train; \
+	elif test "$$(realpath -m "$(MODEL_PATH)")" = "$$(realpath -m "$(HANDOUT)/model.joblib")"; then \
+		$(MAKE) --no-print-directory train; \
 	else echo "MODEL_PATH=$(MODEL_PATH): no such file (make train writes $(HANDOUT)/model.joblib)" >&2; exit 1; fi
 
 evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from support import HANDOUT, FakeClock
+from support import HANDOUT, FakeClock, snapshot
 
 from service import create_app
 
@@ -13,16 +13,12 @@ from service import create_app
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 
 
-def _snapshot(folder):
-    return {p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-
-
 @pytest.fixture(scope="session", autouse=True)
 def handout_untouched():
     """Tests never write into the handout: it is compared before and after the whole session."""
-    before = _snapshot(HANDOUT)
+    before = snapshot(HANDOUT)
     yield
-    after = _snapshot(HANDOUT)
+    after = snapshot(HANDOUT)
     changed = sorted(str(p) for p in set(before) | set(after) if before.get(p) != after.get(p))
     assert not changed, f"tests wrote into the handout: {changed}"
 

@@ -22,6 +22,11 @@ RECORD = {"id": 7, "Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "D
           "Heart_Rate": 105.0, "Body_Temp": 40.8}
 
 
+def snapshot(folder):
+    """Size and mtime of every file under folder: any write shows as a difference."""
+    return {p.relative_to(folder): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
 class FakeClock:
     """A settable clock for the store's windows."""
 

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from support import PUBLIC_CSV, ROOT
+from support import PUBLIC_CSV, ROOT, snapshot
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(),
@@ -47,15 +47,20 @@ def test_make_data_reproduces_the_sample(tree):
 def test_make_model_serves_the_model_path_of_the_environment(tree, model_path, tmp_path):
     # Targets that need a model (serve, observe, validate-a, bench) check the artifact the service
     # will load: one given by MODEL_PATH is used as is and nothing is trained into the handout.
-    handout_model = tree / "handout_from DS_agent" / "model.joblib"
-    before = handout_model.stat().st_mtime_ns if handout_model.exists() else None
+    handout = tree / "handout_from DS_agent"
+    before = snapshot(handout)
     make(tree, "model", env={"MODEL_PATH": str(model_path)})
-    assert (handout_model.stat().st_mtime_ns if handout_model.exists() else None) == before
+    assert snapshot(handout) == before
     # A MODEL_PATH that does not exist is an error, not a reason to train somewhere else.
     missing = tmp_path / "elsewhere" / "model.joblib"
     out = make(tree, "model", env={"MODEL_PATH": str(missing)}, ok=False)
     assert out.returncode != 0 and f"MODEL_PATH={missing}: no such file" in out.stderr
-    assert (handout_model.stat().st_mtime_ns if handout_model.exists() else None) == before
+    assert snapshot(handout) == before
+    # The handout's own artifact, however spelled, is trained when missing.
+    for name in ("model.joblib", "metrics.json"):
+        (handout / name).unlink(missing_ok=True)
+    make(tree, "model", env={"MODEL_PATH": str(handout / "." / "model.joblib")})
+    assert (handout / "model.joblib").exists() and (handout / "metrics.json").exists()
 
 
 def test_make_train_then_evaluate(tree):
