@@ -15,12 +15,13 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """200 only when the model is loaded and the store takes writes; else 503 with the reason."""
+    """200 when the model is loaded, else 503; the store's state is in the body, never the status.
+
+    With a store shared by several instances, failing readiness on a store outage would take every
+    instance out of its balancer at once, though /predict still answers: so the store only reports.
+    """
     svc = model.current()
+    state = store.current().health()
     if not svc.ready:
-        return {"status": "not ready", "reason": f"model: {svc.error}"}, 503
-    try:
-        store.current().check_writable()
-    except store.StoreError as exc:
-        return {"status": "not ready", "reason": f"store: {exc}"}, 503
-    return {"status": "ready", "model_version": svc.version}
+        return {"status": "not ready", "reason": f"model: {svc.error}", "store": state}, 503
+    return {"status": "ready", "model_version": svc.version, "store": state}

@@ -84,10 +84,13 @@ class StoreCollector:
         self.store, self.model = store, model
 
     def collect(self):
-        """Rolling quality and coverage, plus which model is loaded."""
+        """Rolling quality and coverage, which model is loaded, and whether the store takes writes."""
         yield _gauge("app_model_info", "The loaded model (value 1).", 1.0, self.model.info())
         holdout = self.model.metrics.get("holdout_rmsle", math.nan) if self.model.ready else math.nan
         yield _gauge("app_model_holdout_rmsle", "Holdout RMSLE recorded by training.", holdout)
+        # Per instance: this instance can write to the store now (readiness reports it, never fails on it).
+        up = float(self.store.health()["up"])
+        yield _gauge("app_store_up", "1 when a write transaction to the store commits now, else 0.", up)
         try:
             stats = self.store.window_stats()
         except StoreError as exc:

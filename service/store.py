@@ -228,6 +228,14 @@ class FeedbackStore:
         self._run(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?)", (str(self.clock()),)))
 
+    def health(self):
+        """The store's state for /readyz and app_store_up: whether a write commits now, and why not."""
+        try:
+            self.check_writable()
+        except StoreError as exc:
+            return {"backend": "sqlite", "up": False, "reason": str(exc)}
+        return {"backend": "sqlite", "up": True}
+
     def prune(self):
         """Delete rows older than the retention, in small batches, if no other process is at it."""
         now = self.clock()
