@@ -1,4 +1,4 @@
 """WSGI entry point: `gunicorn -c gunicorn.conf.py wsgi:app`."""
-from service import create_app
+from service import wsgi_app
 
-app = create_app()
+app = wsgi_app()

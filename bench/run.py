@@ -162,9 +162,9 @@ def build_store(path, predictions, feedback, span, now):
     sys.path.insert(0, str(ROOT))
     import sqlite3
 
-    from service.store import FeedbackStore
+    from service.store.sqlite import SQLiteStore
 
-    FeedbackStore(path, 300.0, 30 * 86400.0).window_stats()  # creates the schema
+    SQLiteStore(path, 300.0, 30 * 86400.0).window_stats()  # creates the schema
     step = span / predictions
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.executemany(

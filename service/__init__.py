@@ -29,7 +29,7 @@ def create_app(overrides=None):
     app.config["DEBUG"] = False  # never the interactive debugger, whatever FLASK_DEBUG says
     app.json.sort_keys = False  # answers read {id, Calories} in the documented order
     _use_gunicorn_logging()
-    for key in ("HANDOUT_DIR", "MODEL_PATH", "FEEDBACK_DB"):
+    for key in ("HANDOUT_DIR", "MODEL_PATH"):
         app.config[key] = pathlib.Path(app.config[key])
     spec = json.loads((app.config["HANDOUT_DIR"] / "schema.json").read_text())
     app.extensions["predict_schema"] = schemas.predict_schema(spec)
@@ -41,3 +41,16 @@ def create_app(overrides=None):
         app.register_blueprint(module.bp)
     app.extensions["openapi"] = openapi.build_spec(app.extensions["predict_schema"])
     return app
+
+
+def wsgi_app():
+    """create_app() for gunicorn: a refusal to start is one clear line, and the master stops."""
+    from .model import ModelLoadError
+    from .store import StoreError
+
+    try:
+        return create_app()
+    except (config.ConfigError, ModelLoadError, StoreError) as exc:
+        from .startup import refuse
+
+        refuse(exc)

@@ -61,7 +61,8 @@ def from_env(env=None):
     return {
         "HANDOUT_DIR": handout,
         "MODEL_PATH": pathlib.Path(_get(env, "MODEL_PATH", handout / "model.joblib", str)),
-        "FEEDBACK_DB": pathlib.Path(_get(env, "FEEDBACK_DB", DEFAULT_VAR / "feedback.db", str)),
+        # One string: a postgresql:// URL or a SQLite path; the store decides which (never a Path here).
+        "FEEDBACK_DB": _get(env, "FEEDBACK_DB", str(DEFAULT_VAR / "feedback.db"), str),
         "PREDICTION_WINDOW_SECONDS": window,
         # Retention shorter than the window would silently shrink the rolling metrics.
         "RETENTION_SECONDS": max(retention, window),

@@ -15,7 +15,7 @@ def reset(directory):
     """Create the directory and remove the metric files of earlier runs."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
+    for stale in [*directory.glob("*.db"), *directory.glob("refused-*.marker")]:
         stale.unlink()
 
 

@@ -1,12 +1,16 @@
 """Fixtures: a small model trained once into a temporary folder, an app over a temporary store."""
 
+import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
-from support import HANDOUT, FakeClock, snapshot
+from support import HANDOUT, FakeClock, missing, snapshot
 
+from scaleout import postgres as pg
 from service import create_app
 
 # The handout's scripts run from its folder; their bytecode cache must not land there either.
@@ -62,3 +66,28 @@ def app(config):
 def client(app):
     """Flask test client."""
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster on loopback for the session (its own user when we are root)."""
+    try:
+        pg.bindir()
+    except pg.PostgresError as exc:
+        missing("PostgreSQL", f"{exc}; .ci/run installs Debian's postgresql")
+    # Not under pytest's tmp_path (mode 0700, root's): the server's own user must enter it.
+    base = tempfile.mkdtemp(prefix="calories-pg-")
+    os.chmod(base, 0o755)
+    cluster = pg.Cluster(base).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh, empty database (and its owner role) in the session's cluster: its postgresql:// URL."""
+    return postgres.create_database(f"calories_t{next(_databases)}")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +21,26 @@ PUBLIC_CSV = pathlib.Path(
     os.environ.get("CALORIES_PUBLIC_CSV", ROOT.parent / "shared" / "data" / "calories_public.csv"))
 RECORD = {"id": 7, "Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "Duration": 29,
           "Heart_Rate": 105.0, "Body_Temp": 40.8}
+
+
+def missing(what, hint):
+    """A tool or privilege the test needs is absent: a failure in CI (never a silent skip), else a skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing in CI: {hint}")
+    pytest.skip(f"{what} is missing ({hint})")
+
+
+def query(target, sql, params=()):
+    """Rows of one statement against a store, SQLite path or PostgreSQL URL, whichever it is."""
+    target = os.fspath(target)
+    if target.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else None
+    with sqlite(target) as conn:
+        return conn.execute(sql, params).fetchall()
 
 
 def snapshot(folder):

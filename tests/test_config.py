@@ -11,7 +11,8 @@ def test_defaults():
     cfg = config.from_env({})
     assert cfg["HANDOUT_DIR"].name == "handout_from DS_agent"
     assert cfg["MODEL_PATH"] == cfg["HANDOUT_DIR"] / "model.joblib"
-    assert cfg["FEEDBACK_DB"] == config.ROOT / "var" / "feedback.db"
+    # A string, never a Path: the store decides whether it is a file or a URL.
+    assert cfg["FEEDBACK_DB"] == str(config.ROOT / "var" / "feedback.db")
     assert cfg["PREDICTION_WINDOW_SECONDS"] == 300.0
     assert cfg["ALLOW_STARTUP_FAILURE"] is True
 

@@ -1,24 +1,52 @@
-"""Store semantics: FIFO join, outcomes, lag, windows, coverage, persistence, schema version."""
+"""The store contract, one suite for both backends: FIFO join, outcomes, lag, windows, coverage,
+persistence, migrations, retention, recovery, concurrency. Backend-only details live in
+test_store_sqlite.py and test_store_postgresql.py."""
 
+import concurrent.futures
+import contextlib
 import math
 import pathlib
+import threading
 
 import pytest
-from support import RECORD, FakeClock, sqlite
+from support import FakeClock, free_port, query, sqlite
 
-from service.store import (
-    CHECKPOINT_EVERY,
-    SCHEMA_VERSION,
-    WINDOW_COVERAGE_SQL,
-    WINDOW_PAIRS_SQL,
-    FeedbackStore,
-    StoreError,
-)
+from service.store import FutureTimestamp, StoreError, open_store
+from service.store import postgresql as pg_store
+from service.store import sqlite as sqlite_store
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    """Where the store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fb.db")
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
-def store(tmp_path, clock):
-    return FeedbackStore(tmp_path / "fb.db", window=300.0, retention=3600.0, clock=clock)
+def make_store(target, clock):
+    """Open a store at the test's target (again and again: persistence), closed afterwards."""
+    opened = []
+
+    def make(window=300.0, retention=3600.0, busy_timeout_ms=5000, clock=clock):
+        opened.append(open_store(target, window, retention, busy_timeout_ms, clock))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store):
+    return make_store()
+
+
+def is_pg(target):
+    return target.startswith("postgresql://")
 
 
 def test_feedback_joins_its_prediction(store, clock):
@@ -42,17 +70,20 @@ def test_repeated_ids_join_fifo(store, clock):
     assert (second.outcome, second.ae, second.lag) == ("matched", 0.0, 0.0)
 
 
-def test_feedback_after_every_event_joined_is_duplicate(store):
+def test_feedback_after_every_event_joined_is_duplicate(store, target):
     store.record_prediction(3, 50.0, "v1")
     assert store.record_feedback(3, 40.0).outcome == "matched"
     dup = store.record_feedback(3, 40.0)
     assert dup.outcome == "duplicate" and dup.sle is None
-    stats = store.window_stats()
-    assert stats.pairs == 1  # a retry never counts twice
+    assert store.window_stats().pairs == 1  # a retry never counts twice
+    # Stored for audit all the same.
+    assert query(target, "SELECT outcome FROM feedback ORDER BY seq") == [("matched",), ("duplicate",)]
 
 
-def test_feedback_without_prediction_is_unmatched_and_never_joins_later(store):
+def test_feedback_without_prediction_is_unmatched_stored_and_never_joins_later(store, target):
     assert store.record_feedback(9, 40.0).outcome == "unmatched"
+    assert query(target, "SELECT id, calories, outcome, prediction_seq FROM feedback") == \
+        [(9, 40.0, "unmatched", None)]
     store.record_prediction(9, 41.0, "v1")
     assert store.window_stats().joined == 0
     assert store.record_feedback(9, 40.0).outcome == "matched"
@@ -68,6 +99,16 @@ def test_client_ts_sets_lag_not_window(store, clock):
     assert store.record_feedback(2, 100.0, event_ts=t0).lag == 0.0
     # The window counts by receive time, so both pairs are in it whatever ts said.
     assert store.window_stats().pairs == 2
+
+
+def test_ts_too_far_in_the_future_is_refused_and_not_stored(store, clock, target):
+    store.record_prediction(1, 100.0, "v1")
+    assert store.record_feedback(1, 100.0, event_ts=clock.now + 300).outcome == "matched"  # the limit
+    store.record_prediction(2, 100.0, "v1")
+    with pytest.raises(FutureTimestamp):
+        store.record_feedback(2, 100.0, event_ts=clock.now + 300.001)
+    assert query(target, "SELECT id FROM feedback") == [(1,)]
+    assert store.record_feedback(2, 100.0).outcome == "matched"  # the event stayed open
 
 
 def test_window_boundaries(store, clock):
@@ -86,7 +127,7 @@ def test_empty_window_is_nan(store):
     assert math.isnan(stats.rmsle) and math.isnan(stats.mae) and math.isnan(stats.coverage)
 
 
-def test_rolling_values_match_independent_computation(store, clock):
+def test_rolling_values_match_independent_computation(store):
     pairs = [(10.0, 12.0), (100.0, 90.0), (250.5, 260.0), (3.0, 1.0)]
     for i, (pred, _) in enumerate(pairs):
         store.record_prediction(i, pred, "v1")
@@ -116,113 +157,151 @@ def test_coverage_is_joined_fraction_of_window_predictions(store, clock):
     assert stats.pairs == 1 and stats.coverage == 0.0
 
 
-def test_store_persists_across_reopen(tmp_path, clock):
-    path = tmp_path / "fb.db"
-    first = FeedbackStore(path, 300.0, 3600.0, clock=clock)
+def test_store_persists_across_reopen(make_store):
+    first = make_store()
     first.record_prediction(1, 10.0, "v1")
     first.record_feedback(1, 11.0)
-    again = FeedbackStore(path, 300.0, 3600.0, clock=clock)
+    again = make_store()
     assert again.window_stats().pairs == 1
     assert again.record_feedback(1, 11.0).outcome == "duplicate"
 
 
-def test_store_from_a_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "fb.db"
-    with sqlite(path) as conn:
-        conn.execute("PRAGMA user_version = 99")
+def set_schema_version(target, version):
+    """Make the store at target claim a schema version (as a newer service would have left it)."""
+    if is_pg(target):
+        query(target, "CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at timestamptz)")
+        query(target, "INSERT INTO schema_version (version) VALUES (?)", (version,))
+    else:
+        with sqlite(target) as conn:
+            conn.execute(f"PRAGMA user_version = {version}")
+
+
+def test_store_from_a_newer_schema_is_refused(make_store, target):
+    set_schema_version(target, 99)
     with pytest.raises(StoreError, match="newer"):
-        FeedbackStore(path, 300.0, 3600.0, clock=FakeClock()).window_stats()
+        make_store().window_stats()
 
 
-def test_unwritable_location_raises_store_error(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    store = FeedbackStore(blocker / "fb.db", 300.0, 3600.0, clock=FakeClock())
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_unusable_target_raises_store_error(tmp_path, backend):
+    if backend == "sqlite":
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        where = str(blocker / "fb.db")  # a "directory" that is a file
+    else:
+        where = f"postgresql://u:p@127.0.0.1:{free_port()}/db"  # nothing listens there
+    store = open_store(where, 300.0, 3600.0, clock=FakeClock())
     with pytest.raises(StoreError):
         store.record_prediction(1, 1.0, "v1")
+    assert store.health()["up"] is False
 
 
-@pytest.mark.parametrize("query", [WINDOW_PAIRS_SQL, WINDOW_COVERAGE_SQL])
-def test_window_queries_read_only_a_covering_index(store, query):
-    # A scrape reads the window's index range only, never every stored row.
-    store.record_prediction(1, 1.0, "v1")
-    plan = store._conn().execute("EXPLAIN QUERY PLAN " + query, (0.0,)).fetchall()
-    assert "USING COVERING INDEX" in plan[0][3], plan
+def load_v1(target):
+    """A store exactly as schema version 1 wrote it (frozen files in tests/data)."""
+    if is_pg(target):
+        query(target, (DATA / "store_v1_postgresql.sql").read_text())
+    else:
+        with sqlite(target) as conn:
+            conn.executescript((DATA / "store_v1.sql").read_text())
 
 
-def v1_store(path):
-    """A store file exactly as schema version 1 wrote it (tests/data/store_v1.sql)."""
-    with sqlite(path) as conn:
-        conn.executescript((pathlib.Path(__file__).parent / "data" / "store_v1.sql").read_text())
-    return path
+def schema_version(target):
+    if is_pg(target):
+        return query(target, "SELECT max(version) FROM schema_version")[0][0]
+    return query(target, "PRAGMA user_version")[0][0]
 
 
-def test_v1_store_is_migrated_without_losing_rows(tmp_path):
-    path = v1_store(tmp_path / "v1.db")
-    store = FeedbackStore(path, window=300.0, retention=10**9, clock=FakeClock(1_800_000_020.0))
+def test_v1_store_is_migrated_without_losing_rows(make_store, target, clock):
+    load_v1(target)
+    clock.now = 1_800_000_020.0
+    store = make_store(retention=10**9)
     stats = store.window_stats()
     assert (stats.pairs, stats.predictions, stats.joined) == (2, 4, 2)
     # The second event of id 2 is still open and joins FIFO; id 1 is fully joined.
     assert store.record_feedback(2, 60.0).outcome == "matched"
     assert store.record_feedback(1, 90.0).outcome == "duplicate"
-    with sqlite(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert conn.execute("SELECT count(*) FROM feedback").fetchone()[0] == 5
-        assert conn.execute("SELECT task FROM maintenance").fetchall() == [("prune",)]
+    expected = len(sqlite_store.MIGRATIONS)
+    assert len(pg_store.MIGRATIONS) == expected  # the two dialects keep matching numbers
+    assert schema_version(target) == expected
+    assert query(target, "SELECT count(*) FROM feedback")[0][0] == 5
+    assert query(target, "SELECT task FROM maintenance") == [("prune",)]
 
 
-def test_migration_is_one_process_at_a_time(tmp_path):
-    path = v1_store(tmp_path / "v1.db")
-    store = FeedbackStore(path, 300.0, 3600.0, busy_timeout_ms=100, clock=FakeClock())
-    with sqlite(path) as blocker:
-        blocker.execute("BEGIN IMMEDIATE")  # another worker migrating right now
-        with pytest.raises(StoreError, match="locked"):
-            store.window_stats()
-        blocker.execute("ROLLBACK")
+@contextlib.contextmanager
+def migration_in_progress(target):
+    """Another process holds the migration lock of the store right now."""
+    if is_pg(target):
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", pg_store.MIGRATION_LOCK)
+            yield
+    else:
+        with sqlite(target) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+
+
+def test_migration_is_one_process_at_a_time(make_store, target):
+    load_v1(target)
+    store = make_store(busy_timeout_ms=100)
+    with migration_in_progress(target), pytest.raises(StoreError, match="lock"):
+        store.window_stats()
     assert store.window_stats().predictions == 4  # once the other is done, it migrates and reads
-    with sqlite(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert schema_version(target) == len(sqlite_store.MIGRATIONS)
 
 
-def test_store_stops_growing_with_retention(tmp_path):
-    clock = FakeClock()
-    store = FeedbackStore(tmp_path / "fb.db", window=300.0, retention=600.0, clock=clock)
+def test_store_stops_growing_with_retention(make_store, target, clock):
+    store = make_store(window=300.0, retention=600.0)
     sizes, rows = [], []
     next_id = 0
-    for _step in range(120):  # two simulated hours, a minute at a time
-        for _ in range(200):
+    for _step in range(60):  # an hour, a minute at a time
+        for _ in range(100):
             store.record_prediction(next_id, 50.0, "v1")
             next_id += 1
-        for id_ in range(next_id - 200, next_id, 2):
+        for id_ in range(next_id - 100, next_id, 2):
             store.record_feedback(id_, 55.0)
         clock.advance(60)
         store.prune()
-        sizes.append(store.size_bytes())
-        with sqlite(store.path) as conn:
-            rows.append(conn.execute("SELECT (SELECT count(*) FROM predictions) + "
-                                     "(SELECT count(*) FROM feedback)").fetchone()[0])
-    # Retention keeps 10 minutes: 10 steps of 300 rows (prediction + feedback), whatever the run length.
-    assert rows[-1] == rows[60] == 3000
-    assert max(sizes[60:]) <= 1.1 * max(sizes[20:40])
+        if not is_pg(target):
+            sizes.append(store.size_bytes())
+        rows.append(query(target, "SELECT (SELECT count(*) FROM predictions) + "
+                                  "(SELECT count(*) FROM feedback)")[0][0])
+    # Retention keeps 10 minutes: 10 steps of 150 rows (prediction + feedback), whatever the run length.
+    assert rows[-1] == rows[30] == 1500
+    if sizes:
+        assert max(sizes[30:]) <= 1.1 * max(sizes[15:25])
 
 
-def test_prune_runs_in_one_process_at_a_time(tmp_path):
-    clock = FakeClock()
-    store = FeedbackStore(tmp_path / "fb.db", 300.0, 600.0, clock=clock)
+@contextlib.contextmanager
+def prune_lease_held(target, clock):
+    """Another process (of any instance) is pruning right now."""
+    if is_pg(target):
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", pg_store.PRUNE_LOCK)
+            yield
+    else:
+        query(target, "UPDATE maintenance SET holder = 1, lease_until = ? WHERE task = 'prune'",
+              (clock.now + 30,))
+        yield
+        clock.advance(31)  # the holder died: its lease expires
+
+
+def test_prune_runs_in_one_process_at_a_time(make_store, target, clock):
+    store = make_store(window=300.0, retention=600.0)
     store.record_prediction(1, 1.0, "v1")
     clock.advance(1000)
-    with sqlite(store.path) as other:
-        other.execute("UPDATE maintenance SET holder = 1, lease_until = ? WHERE task = 'prune'",
-                      (clock.now + 30,))
+    with prune_lease_held(target, clock):
         assert store.prune() == 0  # another process holds the lease
-        clock.advance(31)  # the holder died: its lease expires
-        assert store.prune() == 1
-        assert other.execute("SELECT holder, rows_pruned FROM maintenance").fetchone() == (None, 1)
+    assert store.prune() == 1
+    assert query(target, "SELECT rows_pruned FROM maintenance") == [(1,)]
 
 
-def test_prune_keeps_the_window(tmp_path):
-    clock = FakeClock()
-    store = FeedbackStore(tmp_path / "fb.db", window=300.0, retention=300.0, clock=clock)
+def test_prune_keeps_the_window(make_store, clock):
+    store = make_store(window=300.0, retention=300.0)
     store.record_prediction(1, 10.0, "v1")
     store.record_feedback(1, 12.0)
     clock.advance(299)
@@ -230,26 +309,66 @@ def test_prune_keeps_the_window(tmp_path):
     assert store.window_stats().pairs == 1
 
 
-def test_recovers_after_an_error_by_reopening(tmp_path):
-    store = FeedbackStore(tmp_path / "fb.db", 300.0, 600.0, busy_timeout_ms=50, clock=FakeClock())
+@contextlib.contextmanager
+def tables_locked(target):
+    """Another process holds the store's write lock: an injected fault that goes away on exit."""
+    if is_pg(target):
+        import psycopg
+
+        with psycopg.connect(target) as conn:  # a transaction, held until the block ends
+            conn.execute("LOCK TABLE predictions, feedback, meta IN ACCESS EXCLUSIVE MODE")
+            yield
+            conn.rollback()
+    else:
+        with sqlite(target) as conn:
+            conn.execute("BEGIN EXCLUSIVE")
+            yield
+            conn.execute("COMMIT")
+
+
+def test_recovers_after_an_error(make_store, target):
+    store = make_store(busy_timeout_ms=100)
     store.record_prediction(1, 1.0, "v1")
-    with sqlite(store.path) as locker:
-        locker.execute("BEGIN EXCLUSIVE")
-        with pytest.raises(StoreError, match="locked"):
+    with tables_locked(target):
+        with pytest.raises(StoreError, match="lock"):
             store.record_feedback(1, 1.0)
-        locker.execute("COMMIT")
+        with pytest.raises(StoreError):
+            store.record_prediction(2, 1.0, "v1")
+        assert store.health()["up"] is False
+    # Nothing half-done was kept, and the next operation works on a reopened connection.
     assert store.record_feedback(1, 1.0).outcome == "matched"
+    assert store.health() == {"backend": store.backend, "up": True}
+    assert query(target, "SELECT count(*) FROM feedback")[0][0] == 1
 
 
+def test_concurrent_feedback_storm_joins_each_event_once_fifo(make_store, target):
+    # Three open events per id, feedback for all of them (plus one extra each) from 6 writers at once.
+    ids, events, writers = range(40), 3, 6
+    for k in range(events):
+        seed = make_store()
+        for id_ in ids:
+            seed.record_prediction(id_, 10.0 * (k + 1), "v1")
+    stores = [make_store() for _ in range(writers)]
+    jobs = [(id_, 1.0) for id_ in ids for _ in range(events + 1)]
+    lock, outcomes = threading.Lock(), []
 
-def test_wal_checkpoint_runs_after_the_response_not_inside_the_commit(client, app):
-    store = app.extensions["store"]
-    for _ in range(CHECKPOINT_EVERY + 10):
-        response = client.post("/predict", json=RECORD)
-        if store.checkpoint_due():
-            break
-        response.close()  # a finished response runs what the worker scheduled after it
-    assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    assert store.checkpoint_due()  # the commit that reached the threshold did not checkpoint
-    response.close()
-    assert not store.checkpoint_due()
+    def send(worker):
+        for id_, truth in jobs[worker::writers]:
+            result = stores[worker].record_feedback(id_, truth)
+            with lock:
+                outcomes.append((id_, result.outcome))
+
+    with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        list(pool.map(send, range(writers)))
+    for id_ in ids:
+        mine = [o for i, o in outcomes if i == id_]
+        assert sorted(mine) == ["duplicate"] + ["matched"] * events  # duplicate only once none was open
+    joined = query(target, "SELECT p.id, p.seq, f.seq FROM predictions p JOIN feedback f "
+                           "ON f.prediction_seq = p.seq ORDER BY p.id, p.seq")
+    assert len(joined) == len(ids) * events
+    assert len({f for _, _, f in joined}) == len(joined)  # no feedback row joined twice
+    assert query(target, "SELECT count(*) FROM predictions WHERE feedback_seq IS NULL")[0][0] == 0
+    # FIFO: within an id, earlier events were joined by earlier feedback.
+    for id_ in ids:
+        fseqs = [f for i, _, f in joined if i == id_]
+        assert fseqs == sorted(fseqs)

@@ -1,72 +1,67 @@
-"""SQLite feedback store: prediction events, FIFO join of late feedback, windowed quality."""
+"""The embedded backend: one SQLite file shared by the workers of one instance."""
 
 import contextlib
 import fcntl
-import logging
-import math
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from dataclasses import dataclass
-from importlib import resources
 
-from flask import current_app
+from . import base, migrations
+from .base import StoreError
 
-MIGRATIONS = sorted(p for p in resources.files(__package__).joinpath("migrations").iterdir()
-                    if p.name.endswith(".sql"))
-log = logging.getLogger(__name__)
-SCHEMA_VERSION = len(MIGRATIONS)  # migrations/000N_*.sql brings a store to version N
+MIGRATIONS = migrations.scripts("sqlite")
+SCHEMA_VERSION = len(MIGRATIONS)  # migrations/sqlite/000N_*.sql brings a store to version N
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 CHECKPOINT_EVERY = 1000  # writes per process between WAL checkpoints (SQLite's default pages)
-PRUNE_BATCH = 1000        # rows per delete transaction: each holds the write lock for milliseconds
-PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
 PRUNE_LEASE_SECONDS = 60
-OUTCOMES = ("matched", "duplicate", "unmatched")
-# The window reads: each is answered from a covering index range (see migrations/0001_initial.sql).
+# The window reads: each is answered from a covering index range (see migrations/sqlite/0001).
 WINDOW_PAIRS_SQL = ("SELECT count(*), total(sle), total(ae) FROM feedback "
                     "WHERE outcome = 'matched' AND received_ts > ?")
 WINDOW_COVERAGE_SQL = "SELECT count(*), count(feedback_seq) FROM predictions WHERE ts > ?"
 
 
-class StoreError(RuntimeError):
-    """The store could not complete an operation (locked, read-only, full, corrupt)."""
+class _Join:
+    """The join's statements on one SQLite transaction."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def oldest_open(self, id_):
+        return self.conn.execute(
+            "SELECT seq, prediction, ts FROM predictions WHERE id = ? AND feedback_seq IS NULL "
+            "ORDER BY seq LIMIT 1", (id_,)).fetchone()
+
+    def seen(self, id_):
+        row = self.conn.execute("SELECT 1 FROM predictions WHERE id = ? LIMIT 1", (id_,)).fetchone()
+        return row is not None
+
+    def insert_feedback(self, id_, calories, event_ts, received, outcome, pseq, prediction, result):
+        return self.conn.execute(
+            "INSERT INTO feedback (id, calories, event_ts, received_ts, outcome, prediction_seq, "
+            "prediction, lag, sle, ae) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id_, calories, event_ts, received, outcome, pseq, prediction, result.lag, result.sle, result.ae),
+        ).lastrowid
+
+    def close_event(self, pseq, fseq):
+        self.conn.execute("UPDATE predictions SET feedback_seq = ? WHERE seq = ?", (fseq, pseq))
 
 
-@dataclass(frozen=True)
-class FeedbackResult:
-    """How one feedback was recorded; error fields are set for matched feedback only."""
-
-    outcome: str
-    lag: float | None = None
-    sle: float | None = None
-    ae: float | None = None
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    """Quality over the rolling window, as the gauges expose it."""
-
-    pairs: int
-    rmsle: float
-    mae: float
-    predictions: int
-    joined: int
-
-    @property
-    def coverage(self):
-        """Fraction of the window's prediction events that have feedback; NaN if none."""
-        return self.joined / self.predictions if self.predictions else math.nan
-
-
-class FeedbackStore:
+class SQLiteStore(base.Store):
     """One SQLite file shared by all workers of an instance; a connection per process and thread."""
 
-    def __init__(self, path, window, retention, busy_timeout_ms=5000, clock=time.time):
-        self.path, self.window, self.retention = str(path), window, retention
-        self.busy_timeout_ms, self.clock = busy_timeout_ms, clock
+    backend = "sqlite"
+
+    def __init__(self, path, window, retention, busy_timeout_ms=5000, clock=None):
+        super().__init__(window, retention)
+        self.path = os.fspath(path)
+        self.busy_timeout_ms, self.clock = busy_timeout_ms, clock or time.time
         self._local = threading.local()
+
+    def describe(self):
+        """Where the store is, for log lines."""
+        return f"sqlite {self.path}"
 
     def _conn(self):
         """This process's connection, opened here and never inherited across fork."""
@@ -145,8 +140,8 @@ class FeedbackStore:
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {version}, newer than this "
                                  f"service's {SCHEMA_VERSION}: refusing to use it (upgrade the service)")
-            for migration in MIGRATIONS[version:]:
-                for statement in _statements(migration.read_text()):
+            for script in MIGRATIONS[version:]:
+                for statement in migrations.statements(script.read_text()):
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -160,17 +155,18 @@ class FeedbackStore:
         try:
             yield
         except sqlite3.Error as exc:
-            self._reset()
+            self.close()
             raise StoreError(f"feedback store: {exc}") from exc
 
-    def _reset(self):
+    def close(self):
+        """Close this process's connection; the next use reopens it."""
         conn, self._local.pid = getattr(self._local, "conn", None), None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
     def _run(self, work, durable=False):
-        """Run work(conn) in one write transaction."""
+        """Run work(conn) in one write transaction; durable ones fsync the WAL at commit."""
         with self._guarded(), self._writing():
             conn = self._conn()
             if durable:
@@ -189,10 +185,6 @@ class FeedbackStore:
                         conn.execute("PRAGMA synchronous = NORMAL")
             return result
 
-    def now(self):
-        """The store's clock (server receive time)."""
-        return self.clock()
-
     def record_prediction(self, id_, prediction, model_version):
         """Record one answered prediction event (its own autocommit transaction)."""
         ts = self.clock()
@@ -200,13 +192,12 @@ class FeedbackStore:
             self._conn().execute(
                 "INSERT INTO predictions (id, prediction, model_version, ts) VALUES (?, ?, ?, ?)",
                 (id_, prediction, model_version, ts))
-        return ts
 
     def record_feedback(self, id_, calories, event_ts=None):
         """Durably record feedback, joined FIFO to the oldest open prediction event of the id."""
         received = self.clock()
-        event = received if event_ts is None else event_ts
-        return self._run(lambda conn: _join(conn, id_, calories, event, received), durable=True)
+        # The write lock and BEGIN IMMEDIATE serialise every join of the instance.
+        return self._run(lambda conn: base.join(_Join(conn), id_, calories, event_ts, received), durable=True)
 
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
@@ -219,22 +210,12 @@ class FeedbackStore:
                 predictions, joined = conn.execute(WINDOW_COVERAGE_SQL, (since,)).fetchone()
             finally:
                 conn.execute("COMMIT")
-        rmsle = math.sqrt(sle / pairs) if pairs else math.nan
-        mae = ae / pairs if pairs else math.nan
-        return WindowStats(pairs, rmsle, mae, predictions, joined)
+        return base.window_stats(pairs, sle, ae, predictions, joined)
 
     def check_writable(self):
         """Raise StoreError unless a write transaction commits now."""
         self._run(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?)", (str(self.clock()),)))
-
-    def health(self):
-        """The store's state for /readyz and app_store_up: whether a write commits now, and why not."""
-        try:
-            self.check_writable()
-        except StoreError as exc:
-            return {"backend": "sqlite", "up": False, "reason": str(exc)}
-        return {"backend": "sqlite", "up": True}
 
     def prune(self):
         """Delete rows older than the retention, in small batches, if no other process is at it."""
@@ -243,11 +224,7 @@ class FeedbackStore:
             return 0
         cutoff, removed = now - self.retention, 0
         try:
-            for _ in range(PRUNE_MAX_BATCHES):
-                batch = self._run(lambda conn: _delete_batch(conn, cutoff))
-                removed += batch
-                if batch == 0:
-                    break
+            removed = base.prune_batches(lambda: self._run(lambda conn: _delete_batch(conn, cutoff)))
         finally:
             self._run(lambda conn: conn.execute(
                 "UPDATE maintenance SET holder = NULL, lease_until = 0, last_run = ?, "
@@ -262,6 +239,7 @@ class FeedbackStore:
 
 def _claim_lease(conn, now):
     """Take the prune lease unless another live holder has it; True when taken."""
+    # One instance per SQLite file, so a pid names the holder well enough for the log.
     cur = conn.execute("UPDATE maintenance SET holder = ?, lease_until = ? "
                        "WHERE task = 'prune' AND lease_until < ?",
                        (os.getpid(), now + PRUNE_LEASE_SECONDS, now))
@@ -272,83 +250,8 @@ def _delete_batch(conn, cutoff):
     """Delete up to PRUNE_BATCH old predictions and feedback; the number of rows removed."""
     removed = conn.execute(
         "DELETE FROM predictions WHERE seq IN (SELECT seq FROM predictions WHERE ts < ? LIMIT ?)",
-        (cutoff, PRUNE_BATCH)).rowcount
+        (cutoff, base.PRUNE_BATCH)).rowcount
     removed += conn.execute(
         "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE received_ts < ? LIMIT ?)",
-        (cutoff, PRUNE_BATCH)).rowcount
+        (cutoff, base.PRUNE_BATCH)).rowcount
     return removed
-
-
-def _statements(text):
-    """The statements of a migration script, in order (executescript would commit on its own)."""
-    lines = [line.split("--", 1)[0] for line in text.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
-def _join(conn, id_, calories, event_ts, received_ts):
-    """Insert one feedback row and join it to the oldest open event of the id, if any."""
-    row = conn.execute(
-        "SELECT seq, prediction, ts FROM predictions WHERE id = ? AND feedback_seq IS NULL "
-        "ORDER BY seq LIMIT 1", (id_,)).fetchone()
-    if row is None:
-        seen = conn.execute("SELECT 1 FROM predictions WHERE id = ? LIMIT 1", (id_,)).fetchone()
-        result = FeedbackResult("duplicate" if seen else "unmatched")
-        conn.execute("INSERT INTO feedback (id, calories, event_ts, received_ts, outcome) "
-                     "VALUES (?, ?, ?, ?, ?)", (id_, calories, event_ts, received_ts, result.outcome))
-        return result
-    pseq, prediction, predicted_at = row
-    result = FeedbackResult("matched", lag=max(0.0, event_ts - predicted_at),
-                            sle=(math.log1p(prediction) - math.log1p(calories)) ** 2,
-                            ae=abs(prediction - calories))
-    fseq = conn.execute(
-        "INSERT INTO feedback (id, calories, event_ts, received_ts, outcome, prediction_seq, "
-        "prediction, lag, sle, ae) VALUES (?, ?, ?, ?, 'matched', ?, ?, ?, ?, ?)",
-        (id_, calories, event_ts, received_ts, pseq, prediction, result.lag, result.sle, result.ae),
-    ).lastrowid
-    conn.execute("UPDATE predictions SET feedback_seq = ? WHERE seq = ?", (fseq, pseq))
-    return result
-
-
-def _prune_quietly(store):
-    """Prune, logging instead of raising: it runs after the response, nobody waits for it."""
-    try:
-        removed = store.prune()
-    except StoreError as exc:
-        log.warning("pruning skipped: %s", exc)
-        return
-    if removed:
-        log.info("pruned %d rows older than %g s", removed, store.retention)
-
-
-def _checkpoint_quietly(store):
-    """Checkpoint the WAL after a response; a failure only delays it to the next one."""
-    try:
-        store.checkpoint()
-    except StoreError as exc:
-        log.warning("checkpoint skipped: %s", exc)
-
-
-def init_app(app):
-    """Attach a store configured from app.config; opening happens lazily in each process."""
-    cfg = app.config
-    store = FeedbackStore(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
-                          cfg["STORE_BUSY_TIMEOUT_MS"], cfg.get("CLOCK") or time.time)
-    app.extensions["store"] = store
-    interval, due = cfg["PRUNE_INTERVAL_SECONDS"], [0.0]
-
-    @app.after_request
-    def schedule_maintenance(response):
-        # After the response is sent (call_on_close): pruning at most once per interval per
-        # worker (the lease in the store makes it one worker at a time), checkpoints by volume.
-        now = time.monotonic()
-        if now >= due[0]:
-            due[0] = now + interval
-            response.call_on_close(lambda: _prune_quietly(store))
-        elif store.checkpoint_due():
-            response.call_on_close(lambda: _checkpoint_quietly(store))
-        return response
-
-
-def current():
-    """The store of the running app."""
-    return current_app.extensions["store"]

@@ -1,0 +1,139 @@
+"""What every store backend guarantees: outcomes, the FIFO join rule, windows, retention batches."""
+
+import math
+from dataclasses import dataclass
+
+OUTCOMES = ("matched", "duplicate", "unmatched")
+MAX_FUTURE_SECONDS = 300  # client clocks drift; a ts further ahead than this is a bug, not drift
+PRUNE_BATCH = 1000        # rows per delete transaction: each holds its locks for milliseconds
+PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
+
+
+class StoreError(RuntimeError):
+    """The store could not complete an operation (unreachable, locked, read-only, full, corrupt)."""
+
+
+class FutureTimestamp(ValueError):
+    """A feedback ts more than MAX_FUTURE_SECONDS after the store's own clock: refused, not stored."""
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """How one feedback was recorded; error fields are set for matched feedback only."""
+
+    outcome: str
+    lag: float | None = None
+    sle: float | None = None
+    ae: float | None = None
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Quality over the rolling window, as the gauges expose it."""
+
+    pairs: int
+    rmsle: float
+    mae: float
+    predictions: int
+    joined: int
+
+    @property
+    def coverage(self):
+        """Fraction of the window's prediction events that have feedback; NaN if none."""
+        return self.joined / self.predictions if self.predictions else math.nan
+
+
+def window_stats(pairs, sle_sum, ae_sum, predictions, joined):
+    """WindowStats from the window's sums and counts (NaN quality when there is no pair)."""
+    rmsle = math.sqrt(sle_sum / pairs) if pairs else math.nan
+    mae = ae_sum / pairs if pairs else math.nan
+    return WindowStats(int(pairs), rmsle, mae, int(predictions), int(joined))
+
+
+def join(tx, id_, calories, event_ts, received):
+    """Record one feedback, joined to the oldest open prediction event of its id (DESIGN.md).
+
+    `tx` is a backend's transaction, already holding whatever serialises joins of this id:
+    oldest_open(id) -> (seq, prediction, ts) | None, seen(id) -> bool,
+    insert_feedback(id, calories, event_ts, received, outcome, pseq, prediction, result) -> seq,
+    close_event(pseq, fseq).
+    """
+    if event_ts is None:
+        event_ts = received
+    elif event_ts > received + MAX_FUTURE_SECONDS:
+        raise FutureTimestamp(f"ts {event_ts} is more than {MAX_FUTURE_SECONDS} s after {received}")
+    row = tx.oldest_open(id_)
+    if row is None:
+        # Every event of the id has its feedback (a retry: audit only) or there is none at all.
+        result = FeedbackResult("duplicate" if tx.seen(id_) else "unmatched")
+        tx.insert_feedback(id_, calories, event_ts, received, result.outcome, None, None, result)
+        return result
+    pseq, prediction, predicted_at = row
+    result = FeedbackResult("matched", lag=max(0.0, event_ts - predicted_at),
+                            sle=(math.log1p(prediction) - math.log1p(calories)) ** 2,
+                            ae=abs(prediction - calories))
+    fseq = tx.insert_feedback(id_, calories, event_ts, received, "matched", pseq, prediction, result)
+    tx.close_event(pseq, fseq)
+    return result
+
+
+def prune_batches(delete_batch):
+    """Call delete_batch() until it removes nothing, at most PRUNE_MAX_BATCHES times; rows removed."""
+    removed = 0
+    for _ in range(PRUNE_MAX_BATCHES):
+        batch = delete_batch()
+        removed += batch
+        if batch == 0:
+            break
+    return removed
+
+
+class Store:
+    """The contract both backends implement (see DESIGN.md, "Store semantics")."""
+
+    backend = "?"
+
+    def __init__(self, window, retention):
+        self.window, self.retention = window, retention
+
+    def record_prediction(self, id_, prediction, model_version):
+        """Record one answered prediction event."""
+        raise NotImplementedError
+
+    def record_feedback(self, id_, calories, event_ts=None):
+        """Durably record feedback, joined FIFO; FutureTimestamp when ts is too far ahead."""
+        raise NotImplementedError
+
+    def window_stats(self):
+        """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
+        raise NotImplementedError
+
+    def check_writable(self):
+        """Raise StoreError unless a write transaction commits now."""
+        raise NotImplementedError
+
+    def prune(self):
+        """Delete rows older than the retention in small batches, one process at a time; rows removed."""
+        raise NotImplementedError
+
+    def health(self):
+        """The store's state for /readyz and app_store_up: whether a write commits now, and why not."""
+        try:
+            self.check_writable()
+        except StoreError as exc:
+            return {"backend": self.backend, "up": False, "reason": str(exc)}
+        return {"backend": self.backend, "up": True}
+
+    def describe(self):
+        """Where the store is, for log lines (never a password)."""
+        return self.backend
+
+    def checkpoint_due(self):
+        """Whether maintenance is owed after this response (SQLite's WAL checkpoints)."""
+        return False
+
+    def checkpoint(self):
+        """Backend housekeeping after a response; nothing by default."""
+
+    def close(self):
+        """Close this process's connection (it reopens on the next use)."""

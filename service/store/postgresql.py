@@ -1,0 +1,268 @@
+"""The shared backend: one PostgreSQL database for any number of instances (psycopg 3).
+
+Every worker process holds one connection, opened after fork and reopened after any error.
+Times come from the database server's clock, read in the statements themselves, so instances
+whose clocks disagree still agree. Predictions commit asynchronously (the session default);
+feedback turns synchronous commit on for its own transaction, so it is on disk before any 2xx.
+"""
+
+import contextlib
+import math
+import os
+import select
+import socket
+import threading
+import weakref
+
+import psycopg
+from psycopg import conninfo, pq
+
+from . import base, migrations
+from .base import StoreError
+from .location import Scrubber
+
+MIGRATIONS = migrations.scripts("postgresql")
+SCHEMA_VERSION = len(MIGRATIONS)
+# Advisory locks in the two-int key space (joins lock single bigint ids, a separate space).
+MIGRATION_LOCK = (0x43414C, 1)
+PRUNE_LOCK = (0x43414C, 2)
+# Stable (not clock_timestamp(): volatile), so index bounds can use it; float8 like the columns.
+SERVER_NOW = "extract(epoch from statement_timestamp())::float8"
+
+
+def connection_params(url, busy_timeout_ms, scrub):
+    """libpq parameters: the URL's own, over defaults that keep a stuck database from hanging a worker."""
+    try:
+        given = conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        reason = f"FEEDBACK_DB={scrub.redacted} is not a valid PostgreSQL URL: {exc}"
+        raise StoreError(scrub(reason)) from None
+    defaults = {
+        "connect_timeout": max(2, math.ceil(busy_timeout_ms / 1000)),  # libpq's minimum is 2 s
+        # A peer that vanished (host down, network cut) is noticed in about 11 s, not hours, and
+        # well before gunicorn's worker timeout: waiting for an answer, only keepalives can tell.
+        "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+        "tcp_user_timeout": busy_timeout_ms,
+        "application_name": f"calories@{socket.gethostname()}"[:63],
+    }
+    return {**defaults, **given}
+
+
+def closed_by_server(conn):
+    """True when the server has closed this idle connection (restart, terminate); nothing is sent.
+
+    A statement is never replayed after it may have reached the server; so a dead connection
+    must be noticed before use, from what the server already sent: its FATAL message, then EOF.
+    """
+    if conn.closed:
+        return True
+    pgconn = conn.pgconn
+    for _ in range(3):
+        if pgconn.status != pq.ConnStatus.OK:
+            return True
+        if not select.select([pgconn.socket], [], [], 0)[0]:
+            return False
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return True
+    return pgconn.status != pq.ConnStatus.OK
+
+
+class _Join:
+    """The join's statements on one PostgreSQL transaction (holding the id's advisory lock)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def oldest_open(self, id_):
+        return self.conn.execute(
+            "SELECT seq, prediction, ts FROM predictions WHERE id = %s AND feedback_seq IS NULL "
+            "ORDER BY seq LIMIT 1", (id_,)).fetchone()
+
+    def seen(self, id_):
+        row = self.conn.execute("SELECT 1 FROM predictions WHERE id = %s LIMIT 1", (id_,)).fetchone()
+        return row is not None
+
+    def insert_feedback(self, id_, calories, event_ts, received, outcome, pseq, prediction, result):
+        return self.conn.execute(
+            "INSERT INTO feedback (id, calories, event_ts, received_ts, outcome, prediction_seq, "
+            "prediction, lag, sle, ae) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq",
+            (id_, calories, event_ts, received, outcome, pseq, prediction, result.lag, result.sle, result.ae),
+        ).fetchone()[0]
+
+    def close_event(self, pseq, fseq):
+        self.conn.execute("UPDATE predictions SET feedback_seq = %s WHERE seq = %s", (fseq, pseq))
+
+
+class PostgresStore(base.Store):
+    """A PostgreSQL database shared by every instance; one connection per worker process."""
+
+    backend = "postgresql"
+
+    def __init__(self, url, window, retention, busy_timeout_ms=5000, clock=None):
+        super().__init__(window, retention)
+        self.scrub = Scrubber(url)
+        self.params = connection_params(url, busy_timeout_ms, self.scrub)
+        self.busy_timeout_ms = busy_timeout_ms
+        # Tests inject a clock; in service the database server's clock is read in each statement.
+        self.clock = clock
+        self._local = threading.local()
+        now = "%(now)s" if clock else SERVER_NOW
+        self._sql = {
+            "prediction": "INSERT INTO predictions (id, prediction, model_version, ts) "
+                          f"VALUES (%(id)s, %(prediction)s, %(version)s, {now})",
+            # Durable commit for this transaction only; the id's joins one at a time, FIFO kept.
+            "lock": "SELECT set_config('synchronous_commit', 'on', true), "
+                    f"pg_advisory_xact_lock(%(id)s), {now}",
+            # One statement, one snapshot, one `now` for both halves of the window.
+            "window": "SELECT f.pairs, f.sle, f.ae, p.predictions, p.joined FROM "
+                      "(SELECT count(*) AS pairs, coalesce(sum(sle), 0) AS sle, coalesce(sum(ae), 0) AS ae "
+                      f" FROM feedback WHERE outcome = 'matched' AND received_ts > {now} - %(window)s) f, "
+                      "(SELECT count(*) AS predictions, count(feedback_seq) AS joined "
+                      f" FROM predictions WHERE ts > {now} - %(window)s) p",
+            "probe": "INSERT INTO meta (key, value) VALUES ('ready_probe', "
+                     f"({now})::text) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            "prune_predictions": "DELETE FROM predictions WHERE seq IN (SELECT seq FROM predictions "
+                                 f"WHERE ts < {now} - %(retention)s LIMIT %(batch)s)",
+            "prune_feedback": "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback "
+                              f"WHERE received_ts < {now} - %(retention)s LIMIT %(batch)s)",
+            "pruned": f"UPDATE maintenance SET holder = %(holder)s, last_run = {now}, "
+                      "rows_pruned = rows_pruned + %(removed)s WHERE task = 'prune'",
+        }
+
+    def describe(self):
+        """Where the store is, for log lines (password redacted)."""
+        return f"postgresql {self.scrub.redacted}"
+
+    def _args(self, **values):
+        """Statement parameters, with the injected clock's time when there is one."""
+        if self.clock:
+            values["now"] = self.clock()
+        return values
+
+    def _conn(self):
+        """This process's connection: opened after fork, reopened when the server closed it."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid() or closed_by_server(conn):
+            self.close()
+            local.conn, local.pid = self._connect(), os.getpid()
+            # Closed when the store goes away, whichever thread opened it; close() runs it sooner.
+            local.closer = weakref.finalize(self, _close_quietly, local.conn)
+        return local.conn
+
+    def _connect(self):
+        try:
+            conn = psycopg.connect(**self.params, autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreError(self.scrub(f"cannot connect to {self.scrub.redacted}: {exc}")) from None
+        try:
+            # No lock wait lasts longer than the busy timeout, no statement twice that, no transaction
+            # sits idle (a worker stopped mid-way) holding locks; predictions commit asynchronously.
+            busy, statement = str(self.busy_timeout_ms), str(2 * self.busy_timeout_ms)
+            conn.execute("SELECT set_config('statement_timeout', %(statement)s, false), "
+                         "set_config('lock_timeout', %(busy)s, false), "
+                         "set_config('idle_in_transaction_session_timeout', %(statement)s, false), "
+                         "set_config('synchronous_commit', 'off', false)",
+                         {"busy": busy, "statement": statement})
+            self._ensure_schema(conn)
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            raise
+        return conn
+
+    def _ensure_schema(self, conn):
+        """Migrate forward to SCHEMA_VERSION, one process at a time (an advisory lock)."""
+        if _schema_version(conn) == SCHEMA_VERSION:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", MIGRATION_LOCK)
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                         "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            version = _schema_version(conn)
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.scrub.redacted} has schema version {version}, newer than this "
+                                 f"service's {SCHEMA_VERSION}: refusing to use it (upgrade the service)")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                conn.execute(script.read_text())
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+
+    @contextlib.contextmanager
+    def _guarded(self):
+        """Driver errors become StoreError (secrets scrubbed); the connection is reopened next time."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreError(self.scrub(f"feedback store: {type(exc).__name__}: {exc}")) from None
+
+    def close(self):
+        """Close this thread's connection; the next use opens a new one."""
+        local = self._local
+        if getattr(local, "conn", None) is not None and local.pid == os.getpid():
+            local.closer()  # never in a forked child: closing would end the parent's session
+        local.conn = None
+
+    def record_prediction(self, id_, prediction, model_version):
+        """Record one answered prediction event (one autocommit statement, asynchronous commit)."""
+        with self._guarded():
+            self._conn().execute(self._sql["prediction"],
+                                 self._args(id=id_, prediction=prediction, version=model_version))
+
+    def record_feedback(self, id_, calories, event_ts=None):
+        """Durably record feedback, joined FIFO; the id's advisory lock serialises its joins.
+
+        Under READ COMMITTED a plain SELECT ... FOR UPDATE can wait for another join, then find
+        no row and answer `duplicate` wrongly, and SKIP LOCKED can break FIFO: so the id is locked.
+        """
+        with self._guarded():
+            conn = self._conn()
+            with conn.transaction():
+                received = conn.execute(self._sql["lock"], self._args(id=id_)).fetchone()[2]
+                return base.join(_Join(conn), id_, calories, event_ts, received)
+
+    def window_stats(self):
+        """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
+        with self._guarded():
+            row = self._conn().execute(self._sql["window"], self._args(window=self.window)).fetchone()
+        return base.window_stats(*row)
+
+    def check_writable(self):
+        """Raise StoreError unless a write commits now."""
+        with self._guarded():
+            self._conn().execute(self._sql["probe"], self._args())
+
+    def prune(self):
+        """Delete rows older than the retention in batches, under a cluster-wide advisory lock."""
+        with self._guarded():
+            conn = self._conn()
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", PRUNE_LOCK).fetchone()[0]:
+                return 0
+            try:
+                removed = base.prune_batches(lambda: self._delete_batch(conn))
+                conn.execute(self._sql["pruned"], self._args(
+                    holder=f"{socket.gethostname()}:{os.getpid()}", removed=removed))
+            finally:
+                # On a broken connection the server has released the session lock already.
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", PRUNE_LOCK)
+        return removed
+
+    def _delete_batch(self, conn):
+        args = self._args(retention=self.retention, batch=base.PRUNE_BATCH)
+        return (conn.execute(self._sql["prune_predictions"], args).rowcount
+                + conn.execute(self._sql["prune_feedback"], args).rowcount)
+
+
+def _close_quietly(conn):
+    with contextlib.suppress(psycopg.Error, OSError):
+        conn.close()
+
+
+def _schema_version(conn):
+    """The store's schema version; 0 for an empty database."""
+    if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
