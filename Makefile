@@ -12,7 +12,9 @@ URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
 BENCHFLAGS ?=
 
-.PHONY: install data train model evaluate serve validate-a simulate-stream observe test lint soak bench clean
+SCALEOUTFLAGS ?=
+
+.PHONY: install data train model evaluate serve validate-a simulate-stream observe scaleout test lint soak bench clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -49,6 +51,9 @@ simulate-stream: $(STAMP)  ## short simulator demo against a running `make serve
 
 observe: model  ## service + Prometheus (deploy/prometheus) on loopback, URLs printed
 	bash deploy/observe.sh
+
+scaleout: model  ## PostgreSQL + 2 instances + nginx on loopback (state in ./var/scaleout); Ctrl-C stops all
+	$(BIN)/python -m scaleout $(SCALEOUTFLAGS)
 
 test: $(STAMP)  ## full test suite and lint via tox
 	$(BIN)/tox

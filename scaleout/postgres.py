@@ -12,9 +12,10 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
+
+from . import free_port
 
 SUPERUSER = "postgres"
 SETTINGS = {
@@ -60,13 +61,6 @@ def run_as():
             entry = pwd.getpwnam(name)
             return entry.pw_uid, entry.pw_gid
     raise PostgresError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
-
-
-def free_port():
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

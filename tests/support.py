@@ -3,16 +3,14 @@
 import contextlib
 import os
 import pathlib
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+from scaleout import free_port  # noqa: F401 (the tests' too)
+from scaleout.instance import Instance
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HANDOUT = ROOT / "handout_from DS_agent"
@@ -61,13 +59,6 @@ class FakeClock:
         self.now += seconds
 
 
-def free_port():
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def sqlite(path, **kwargs):
     """A SQLite connection in autocommit mode, closed on exit (sqlite3's own `with` only commits)."""
@@ -92,71 +83,17 @@ def sample(metrics, name, **labels):
     return metrics.get((name, frozenset(labels.items())))
 
 
-class Gunicorn:
-    """`gunicorn -c gunicorn.conf.py wsgi:app` on a free loopback port, as `make serve` runs it."""
+class Gunicorn(Instance):
+    """An instance on a free loopback port with the session's model and its own temporary store."""
 
-    def __init__(self, tmp, model_path, workers=4, env=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tmp = pathlib.Path(tmp)
-        self.workers = workers
-        self.log = self.tmp / f"gunicorn-{self.port}.log"
-        self.env = {**os.environ, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
-                    "MODEL_PATH": str(model_path), "FEEDBACK_DB": str(self.tmp / "feedback.db"),
-                    "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "prom"), "ACCESS_LOG": "off",
-                    "COMPILED_MODEL_DIR": str(pathlib.Path(model_path).parent / "compiled"),
-                    **(env or {})}
-        self.proc = None
-
-    def start(self, timeout=60, probe="/readyz"):
-        """Start and wait until every worker has booted and answers `probe` (default: ready)."""
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            if len(self.worker_pids()) == self.workers and self._answers(probe):
-                return self
-            time.sleep(0.2)
-        self.stop(signal.SIGKILL)
-        raise RuntimeError(f"gunicorn not ready in {timeout}s: {self.log.read_text()[-2000:]}")
-
-    def _answers(self, probe):
-        with contextlib.suppress(requests.RequestException):
-            return all(requests.get(self.url + probe, timeout=2).ok for _ in range(self.workers * 2))
-        return False
-
-    def worker_pids(self):
-        """PIDs of the master's current children."""
-        path = pathlib.Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        with contextlib.suppress(OSError):
-            return [int(p) for p in path.read_text().split()]
-        return []
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        """Stop the master (and so the workers) and wait for it."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
+    def __init__(self, tmp, model_path, workers=4, env=None, wrapper=()):
+        defaults = {"MODEL_PATH": str(model_path), "ACCESS_LOG": "off",
+                    "PROMETHEUS_MULTIPROC_DIR": str(pathlib.Path(tmp) / "prom"),
+                    "COMPILED_MODEL_DIR": str(pathlib.Path(model_path).parent / "compiled")}
+        super().__init__(tmp, workers, {**defaults, **(env or {})}, wrapper=wrapper)
+        self.tmp = self.workdir
 
     def metrics(self):
         """Parsed /metrics of whichever worker answers."""
         return parse_metrics(requests.get(self.url + "/metrics", timeout=10).text)
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def close(self):
-        """contextlib.closing(server) for a server started by hand."""
-        self.stop()

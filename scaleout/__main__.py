@@ -1,0 +1,99 @@
+"""`make scaleout`: PostgreSQL, N instances and nginx on loopback until Ctrl-C."""
+
+import argparse
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+from service.store.location import redact
+
+from . import free_port
+from .instance import ROOT, Instance
+from .nginx import Nginx, NginxError
+from .postgres import Cluster, PostgresError
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m scaleout", description=__doc__)
+    p.add_argument("--instances", type=int, default=2, help="service instances (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance (default 2)")
+    p.add_argument("--port", type=int, default=8080, help="nginx port on 127.0.0.1 (default 8080)")
+    p.add_argument("--state", type=pathlib.Path, default=ROOT / "var" / "scaleout",
+                   help="where everything lives; wiped at start (default ./var/scaleout)")
+    return p.parse_args(argv)
+
+
+def start_cluster(state):
+    """A fresh cluster under state/, or under /tmp when the server's user cannot reach state/."""
+    try:
+        return Cluster(state / "postgres").start()
+    except PostgresError as exc:
+        if "not traversable" not in str(exc):
+            raise
+        print(f"note: {exc}", file=sys.stderr)
+        base = tempfile.mkdtemp(prefix="calories-scaleout-pg-")
+        os.chmod(base, 0o755)
+        return Cluster(base).start()
+
+
+def run(args, stack):
+    """Start everything (registering each stop on the stack), print the addresses, then wait."""
+    shutil.rmtree(args.state, ignore_errors=True)
+    args.state.mkdir(parents=True)
+    cluster = start_cluster(args.state)
+    stack.callback(cluster.stop)
+    url = cluster.create_database("calories")
+    instances = []
+    for i in range(args.instances):
+        instance = Instance(args.state / f"instance-{i + 1}", args.workers, {"FEEDBACK_DB": url})
+        stack.callback(instance.stop)
+        instances.append(instance.start(timeout=120))
+    port = args.port if _free(args.port) else free_port()
+    nginx = Nginx(args.state / "nginx", [f"127.0.0.1:{i.port}" for i in instances], port=port)
+    stack.callback(nginx.stop)
+    nginx.start()
+    print(f"service (nginx): {nginx.url}")
+    for i, instance in enumerate(instances, 1):
+        print(f"instance {i}:      {instance.url}  (scrape {instance.url}/metrics)")
+    print(f"store:           {redact(url)}  (cluster in {cluster.base})")
+    print(f"simulate:        .venv/bin/python -m simulator --url {nginx.url} "
+          f"--data '{ROOT / 'handout_from DS_agent' / 'data_sample' / 'train.csv'}'")
+    print("Ctrl-C stops everything.", flush=True)
+    while all(i.proc.poll() is None for i in instances) and nginx.proc.poll() is None:
+        time.sleep(0.5)
+    print("a process exited; stopping", file=sys.stderr)
+    return 1
+
+
+def _free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def main(argv=None):
+    """Run the local scale-out; 0 after Ctrl-C, 1 when something could not start or died."""
+    args = parse(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.ExitStack() as stack:
+        try:
+            return run(args, stack)
+        except (PostgresError, NginxError, RuntimeError) as exc:
+            print(f"scaleout: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
