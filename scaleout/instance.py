@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 class Instance:
     """A gunicorn master and its workers; its own metrics directory; the store FEEDBACK_DB names."""
 
-    def __init__(self, workdir, workers=2, env=None, port=None, wrapper=()):
+    def __init__(self, workdir, workers=2, env=None, port=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = pathlib.Path(workdir)
@@ -27,8 +27,7 @@ class Instance:
         self.env = {**os.environ, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
                     "FEEDBACK_DB": str(self.workdir / "feedback.db"),
                     "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / f"prom-{self.port}"), **(env or {})}
-        # A wrapper runs the master under another command (e.g. faketime for a skewed clock).
-        self.cmd = [*wrapper, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        self.cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
         self.proc = None
 
     def start(self, timeout=60, probe="/readyz"):
@@ -51,10 +50,6 @@ class Instance:
         with contextlib.suppress(requests.RequestException):
             return all(requests.get(self.url + probe, timeout=2).ok for _ in range(self.workers * 2))
         return False
-
-    def master_pid(self):
-        """The gunicorn master's pid (under a wrapper such as faketime, the exec'd process keeps it)."""
-        return self.proc.pid
 
     def worker_pids(self):
         """PIDs of the master's current children."""

@@ -86,11 +86,11 @@ def sample(metrics, name, **labels):
 class Gunicorn(Instance):
     """An instance on a free loopback port with the session's model and its own temporary store."""
 
-    def __init__(self, tmp, model_path, workers=4, env=None, wrapper=()):
+    def __init__(self, tmp, model_path, workers=4, env=None):
         defaults = {"MODEL_PATH": str(model_path), "ACCESS_LOG": "off",
                     "PROMETHEUS_MULTIPROC_DIR": str(pathlib.Path(tmp) / "prom"),
                     "COMPILED_MODEL_DIR": str(pathlib.Path(model_path).parent / "compiled")}
-        super().__init__(tmp, workers, {**defaults, **(env or {})}, wrapper=wrapper)
+        super().__init__(tmp, workers, {**defaults, **(env or {})})
         self.tmp = self.workdir
 
     def metrics(self):
