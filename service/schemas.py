@@ -67,6 +67,12 @@ class Timestamp(fields.Field):
                    "(2027-01-15T08:00:42Z, 2027-01-15T09:00:42.5+01:00).",
     }
 
+    # What _deserialize accepts, as JSON Schema (null: as if absent).
+    FORMS = [{"type": "number", "minimum": 0, "exclusiveMaximum": MAX_EPOCH, "description": "epoch seconds"},
+             {"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN,
+              "description": "RFC 3339 date-time with a zone, year 1970 or later as written"},
+             {"type": "null"}]
+
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
             return self._from_text(value)
@@ -121,16 +127,12 @@ class FeedbackRequestSchema(Schema):
         "description": "observed kcal", "maximum": sys.float_info.max})  # finite: 1e400 is refused
     ts = Timestamp(load_default=None, metadata={
         "description": "when the ground truth was observed; absent or null: when the service receives it",
-        "oneOf": [{"type": "number", "minimum": 0, "exclusiveMaximum": MAX_EPOCH,
-                   "description": "epoch seconds"},
-                  {"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN,
-                   "description": "RFC 3339 date-time with a zone, year 1970 or later as written"},
-                  {"type": "null"}]})
+        "oneOf": Timestamp.FORMS})
 
 
 def outcome_schema(outcomes, name):
     """FeedbackResponse schema of one status: the id and one of the outcomes that status answers."""
-    return Schema.from_dict({"id": RecordId(required=True),
+    return Schema.from_dict({"id": RecordId(required=True, metadata={"description": "the feedback's id"}),
                              "outcome": fields.String(required=True, validate=validate.OneOf(outcomes))},
                             name=name)
 
