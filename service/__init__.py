@@ -39,7 +39,7 @@ def create_app(overrides=None):
     metrics.init_app(app)
     for module in (predict, feedback, health, openapi):
         app.register_blueprint(module.bp)
-    app.extensions["openapi"] = openapi.build_spec(app.extensions["predict_schema"])
+    app.extensions["openapi"] = openapi.build_spec(app.extensions["predict_schema"], app.config)
     return app
 
 

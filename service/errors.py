@@ -76,14 +76,23 @@ def handle_service_error(exc):
     return body, status
 
 
+def http_error_code(exc):
+    """The code of one of werkzeug's HTTP errors: its name in snake case (`method_not_allowed`)."""
+    return (exc.name or "error").lower().replace(" ", "_")
+
+
 def handle_http_error(exc):
     """Render werkzeug's HTTP errors (404, 405, 413, and 500 for unhandled exceptions) as JSON."""
     if exc.code >= 500:
         # The original exception stays in the log, never in the response.
         log.error("unhandled error: %r", getattr(exc, "original_exception", exc))
         return error_response(exc.code, "internal_error", "internal server error")
-    code = (exc.name or "error").lower().replace(" ", "_")
-    return error_response(exc.code, code, exc.description or exc.name)
+    body, status = error_response(exc.code, http_error_code(exc), exc.description or exc.name)
+    # werkzeug's own headers, such as the Allow that RFC 9110 requires on a 405; ours is JSON.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            body.headers[name] = value
+    return body, status
 
 
 def init_app(app):

@@ -1,11 +1,19 @@
 """Request validation: the schema.json ranges, JSON strictness, and the error contract."""
 
+import datetime as dt
+import functools
 import json
+import sys
 
+import jsonschema_rs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import HANDOUT, RECORD
 
-from service.schemas import MAX_ID
+from service import openapi
+from service.errors import ValidationFailed
+from service.schemas import DATE_TIME_PATTERN, FEEDBACK_SCHEMA, MAX_ID, load, predict_schema
 
 SPEC = json.loads((HANDOUT / "schema.json").read_text())
 
@@ -125,3 +133,132 @@ def test_wrong_method_and_unknown_path_are_json(client, method, path, status):
     r = getattr(client, method)(path)
     assert r.status_code == status
     assert r.is_json and set(r.json["error"]) == {"code", "message", "details"}
+    if status == 405:  # RFC 9110: a 405 lists the methods the resource supports, in any order
+        methods = set(r.headers["Allow"].split(", "))
+        assert methods in ({"POST", "OPTIONS"}, {"GET", "HEAD", "OPTIONS"})
+
+
+# The published request schemas (OpenAPI 3.1, JSON Schema 2020-12, formats asserted) and the
+# service's own validation must agree on every body: what one accepts, the other accepts.
+PREDICT_SCHEMA = predict_schema(SPEC)
+DOC = openapi.build_spec(PREDICT_SCHEMA, {"MAX_CONTENT_LENGTH": 65536})
+
+
+@functools.cache
+def published(name):
+    """A validator for one published component schema."""
+    root = {"$ref": f"#/components/schemas/{name}", "components": DOC["components"]}
+    return jsonschema_rs.Draft202012Validator(root, validate_formats=True)
+
+
+def service_accepts(schema, body):
+    """Whether the service's validation loads the body."""
+    try:
+        load(schema, body)
+    except ValidationFailed:
+        return False
+    return True
+
+
+# A valid RFC 3339 date-time with at most one part replaced by a near miss, valid or not: years
+# around 1970, impossible days, other separators, 24:00, leap seconds, comma fractions, zones
+# without a colon, lower case, a trailing newline.
+EDGES = [
+    ["1969", "1970", "0000", "1900", "2100", "19700", "197"],
+    ["02-29", "02-30", "04-31", "06-30", "13-01", "00-10", "12-31", "12-32", "2-01"],
+    ["t", " ", "_", ""],
+    ["00", "23", "24", "7"], ["59", "60"], ["59", "60", "61", "5"],
+    ["", ".5", ".123456789012", ",5", "."],
+    ["Z", "z", "+00:00", "-00:00", "+23:59", "+24:00", "+01:60", "+0100", "+01", "", "Z\n", "Z "],
+]
+
+
+@st.composite
+def ts_text(draw):
+    """A date-time string as defined above."""
+    day = draw(st.dates(dt.date(1970, 1, 1), dt.date(9999, 12, 31)))
+    parts = [f"{day.year:04d}", day.strftime("%m-%d"), "T", *(f"{draw(st.integers(0, high)):02d}" for high in
+             (23, 59, 59)), draw(st.sampled_from(["", ".5", ".123"])), draw(st.sampled_from(["Z", "+01:00"]))]
+    index = draw(st.integers(0, len(parts)))  # len(parts): nothing replaced
+    if index < len(parts):
+        parts[index] = draw(st.sampled_from(EDGES[index]))
+    return "{}-{}{}{}:{}:{}{}{}".format(*parts)
+
+
+TS_TEXT = ts_text() | st.from_regex(DATE_TIME_PATTERN)
+NUMBERS = (st.integers() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+           | st.integers(-10, 2**64).map(float) | st.floats(-1, 2e11)
+           | st.sampled_from([7.0, 1e2, -0.0, MAX_ID, MAX_ID + 1, 9.2e18, 1e308, 5e-324, 10**400, 1e11,
+                              99999999999.99998, sys.float_info.max]))
+# float("inf") stands for a literal such as 1e400, which Python's JSON reader turns into infinity.
+VALUES = (NUMBERS | TS_TEXT | st.text(max_size=25)
+          | st.sampled_from([None, True, False, "male", "female", "7", [], {}]))
+EXACT = settings(max_examples=200, deadline=None)
+
+
+def utc(*fields):
+    return dt.datetime(*fields, tzinfo=dt.timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("ts, epoch", [
+    ("2027-01-15T08:00:42Z", 1_800_000_042),
+    ("2027-01-15t08:00:42z", 1_800_000_042),
+    ("2027-01-15T09:00:42.25+01:00", 1_800_000_042.25),
+    ("2027-01-14T20:01:42.000000000001-11:59", 1_800_000_042),
+    ("2027-01-15T08:00:42-00:00", 1_800_000_042),
+    ("2028-02-29T00:00:00Z", utc(2028, 2, 29)),
+    ("2000-02-29T23:59:59.5Z", utc(2000, 2, 29, 23, 59, 59, 500000)),
+    ("1970-01-01T00:00:00Z", 0),
+    ("1970-01-01T00:00:00+01:00", -3600),  # the year as written bounds text, not the instant
+    ("9999-12-31T23:59:59Z", 253_402_300_799),
+])
+def test_rfc3339_text_is_read_exactly(ts, epoch):
+    body = {"id": 7, "Calories": 10, "ts": ts}
+    assert FEEDBACK_SCHEMA.load(body)["ts"] == pytest.approx(epoch, abs=1e-6)
+    assert published("FeedbackRequest").is_valid(body)
+
+
+@pytest.mark.parametrize("ts", [
+    "2027-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2027-04-31T00:00:00Z", "2027-13-01T00:00:00Z",
+    "2027-01-15T23:59:60Z", "2027-01-15T24:00:00Z", "2027-01-15T08:60:00Z", "2027-01-15 08:00:42Z",
+    "2027-01-15T08:00Z", "2027-01-15T08:00:42", "2027-01-15T08:00:42,5Z", "2027-01-15T08:00:42.Z",
+    "2027-01-15T08:00:42+0100", "2027-01-15T08:00:42+01", "2027-01-15T08:00:42+24:00",
+    "2027-01-15T08:00:42+01:60", "20270115T080042Z", "2027-W03-1T08:00:00Z", "2027-015T08:00:42Z",
+    "1969-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2027-01-15T08:00:42Z\n", " 2027-01-15T08:00:42Z",
+    "\uff12\uff10\uff12\uff17-01-15T08:00:42Z", "2027-01-15T08:00:42.5.5Z", "+2027-01-15T08:00:42Z",
+    "12027-01-15T08:00:42Z", "2027-01-15", "",
+])
+def test_text_other_than_rfc3339_from_1970_is_refused(ts):
+    body = {"id": 7, "Calories": 10, "ts": ts}
+    assert not service_accepts(FEEDBACK_SCHEMA, body)
+    assert not published("FeedbackRequest").is_valid(body)
+
+
+@EXACT
+@given(changes=st.dictionaries(st.sampled_from([*RECORD, "Calories", "x"]), VALUES, max_size=4),
+       drop=st.sets(st.sampled_from(list(RECORD)), max_size=2))
+def test_published_predict_schema_accepts_exactly_what_the_service_does(changes, drop):
+    body = {k: v for k, v in {**RECORD, **changes}.items() if k not in drop}
+    assert published("PredictRequest").is_valid(body) == service_accepts(PREDICT_SCHEMA, body), body
+
+
+@EXACT
+@given(changes=st.dictionaries(st.sampled_from(["id", "Calories", "ts", "x"]), VALUES, max_size=3),
+       drop=st.sets(st.sampled_from(["id", "Calories"]), max_size=1))
+def test_published_feedback_schema_accepts_exactly_what_the_service_does(changes, drop):
+    body = {k: v for k, v in {"id": 7, "Calories": 10, **changes}.items() if k not in drop}
+    assert published("FeedbackRequest").is_valid(body) == service_accepts(FEEDBACK_SCHEMA, body), body
+
+
+@settings(max_examples=400, deadline=None)
+@given(ts=TS_TEXT)
+def test_published_ts_text_is_exactly_what_the_service_reads(ts):
+    body = {"id": 7, "Calories": 10, "ts": ts}
+    assert published("FeedbackRequest").is_valid(body) == service_accepts(FEEDBACK_SCHEMA, body), ts
+
+
+@EXACT
+@given(ts=NUMBERS | st.just(float("inf")))
+def test_published_ts_number_is_exactly_what_the_service_reads(ts):
+    body = {"id": 7, "Calories": 10, "ts": ts}
+    assert published("FeedbackRequest").is_valid(body) == service_accepts(FEEDBACK_SCHEMA, body), ts
