@@ -41,7 +41,8 @@ def rules(kind):
 
 
 def test_promtool_checks_config_and_rules():
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", *map(str, RULE_FILES)]):
+    for args in (["check", "config", "prometheus.yml"], ["check", "config", "prometheus-instances.yml"],
+                 ["check", "rules", *map(str, RULE_FILES)]):
         out = promtool(*args)
         assert out.returncode == 0, out.stdout + out.stderr
 
@@ -80,16 +81,17 @@ def test_rules_name_no_job():
 
 
 class PrometheusServer:
-    """A real Prometheus scraping one target every second with the shipped rule files."""
+    """A real Prometheus scraping its targets every second with a shipped config and rule files."""
 
-    def __init__(self, tmp, target):
+    def __init__(self, tmp, targets, config_name="prometheus.yml"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        config = yaml.safe_load((PROM_DIR / config_name).read_text())
         config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(f) for f in RULE_FILES]
         config["scrape_configs"][0]["job_name"] = "whatever-the-platform-calls-it"
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.cmd = [binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
                     f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",

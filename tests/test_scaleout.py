@@ -255,6 +255,8 @@ def test_sigkill_of_one_instance_under_load(stack):
     assert acked <= stored  # no acknowledged feedback lost
     scraped = parse_metrics(requests.get(stack.instances[0].url + "/metrics", timeout=10).text)
     assert sample(scraped, "app_store_up") == 1
+    victim.start()  # back in the balancer's rotation, on the same store
+    assert_gauges_agree(stack)
 
 
 def _group_alive(pgid):
@@ -263,3 +265,25 @@ def _group_alive(pgid):
     except ProcessLookupError:
         return False
     return True
+
+
+def test_prometheus_scrapes_every_instance_and_the_rules_aggregate_them(stack, tmp_path):
+    from test_observability import PrometheusServer, wait_until
+
+    live = stack.instances
+    targets = [f"127.0.0.1:{i.port}" for i in live]
+    with PrometheusServer(tmp_path, targets, "prometheus-instances.yml") as prom:
+        wait_until(lambda: prom.value("count(up == 1)") == len(live), "every instance up")
+        body = {**RECORD, "id": 31337}
+        requests.post(stack.nginx.url + "/predict", json=body, timeout=10).raise_for_status()
+        requests.post(stack.nginx.url + "/feedback", json={"id": 31337, "Calories": 100.0},
+                      timeout=10).raise_for_status()
+        pairs = stack.total("app_feedback_squared_log_error_count")
+        wait_until(lambda: prom.value("sum(app_feedback_squared_log_error_count)") == pairs, "last scrape")
+        time.sleep(2.5)  # a rule evaluation after that scrape
+        gauges = [prom.value(f'app_rolling_pairs_5m{{instance="{t}"}}') for t in targets]
+        assert len(set(gauges)) == 1  # every instance reports the same store-wide value ...
+        assert prom.value("job:app_rolling_pairs_5m:max") == gauges[0]  # ... aggregated with max
+        assert prom.value("sum(app_rolling_pairs_5m)") == len(live) * gauges[0]  # (what sum would say)
+        assert prom.value("job:app_rolling_rmsle_5m:max") == pytest.approx(
+            prom.value("max(app_rolling_rmsle_5m)"), rel=1e-12)
