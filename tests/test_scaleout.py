@@ -14,13 +14,14 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
 
 import pytest
 import requests
-from support import RECORD, SAMPLE, Gunicorn, missing, parse_metrics, query, sample
+from support import RECORD, ROOT, SAMPLE, Gunicorn, free_port, missing, parse_metrics, query, sample
 
 from scaleout.nginx import Nginx, NginxError
 from scaleout.postgres import Cluster
@@ -287,3 +288,33 @@ def test_prometheus_scrapes_every_instance_and_the_rules_aggregate_them(stack, t
         assert prom.value("sum(app_rolling_pairs_5m)") == len(live) * gauges[0]  # (what sum would say)
         assert prom.value("job:app_rolling_rmsle_5m:max") == pytest.approx(
             prom.value("max(app_rolling_rmsle_5m)"), rel=1e-12)
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="make install has not run")
+def test_make_scaleout_runs_until_ctrl_c(tmp_path, model_path, postgres):
+    port = free_port()
+    env = {**os.environ, "MODEL_PATH": str(model_path), "ACCESS_LOG": "off",
+           "SCALEOUTFLAGS": f"--port {port} --state {tmp_path / 'state'}"}
+    proc = subprocess.Popen(["make", "--no-print-directory", "scaleout"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 180
+        while not any("Ctrl-C" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(proc.stdout.readline())
+        assert f"service (nginx): http://127.0.0.1:{port}" in "".join(lines)
+        assert "postgresql://calories:***@127.0.0.1:" in "".join(lines)  # never the password
+        report = tmp_path / "report.json"
+        assert simulate(["--url", f"http://127.0.0.1:{port}", "--data", str(SAMPLE), "--limit", "20",
+                         "--cycles", "1", "--burst-rps", "20", "--burst-duration", "1",
+                         "--idle-duration", "0", "--feedback-delay", "0.5", "--report", str(report),
+                         "--quiet"]) == 0
+        assert json.loads(report.read_text())["feedback"]["outcomes"] == {"matched": 20}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+        lines.append(proc.communicate(timeout=60)[0])
+    cluster = re.search(r"cluster in (\S+)\)", "".join(lines)).group(1)
+    for where in (str(tmp_path), cluster):  # postgres, gunicorn and nginx all stopped
+        leftovers = subprocess.run(["pgrep", "-af", where], capture_output=True, text=True).stdout
+        assert not leftovers.strip(), leftovers
