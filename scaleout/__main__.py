@@ -29,8 +29,9 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def start_cluster(state):
-    """A fresh cluster under state/, or under /tmp when the server's user cannot reach state/."""
+def start_cluster(state, stack):
+    """A fresh cluster under state/, or under /tmp (removed at exit) when the server's user cannot
+    reach state/."""
     try:
         return Cluster(state / "postgres").start()
     except PostgresError as exc:
@@ -38,6 +39,7 @@ def start_cluster(state):
             raise
         print(f"note: {exc}", file=sys.stderr)
         base = tempfile.mkdtemp(prefix="calories-scaleout-pg-")
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
         os.chmod(base, 0o755)
         return Cluster(base).start()
 
@@ -46,7 +48,7 @@ def run(args, stack):
     """Start everything (registering each stop on the stack), print the addresses, then wait."""
     shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True)
-    cluster = start_cluster(args.state)
+    cluster = start_cluster(args.state, stack)
     stack.callback(cluster.stop)
     url = cluster.create_database("calories")
     instances = []
