@@ -9,68 +9,30 @@ import pathlib
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import requests
 
+from scaleout.instance import Instance
+from scaleout.postgres import Cluster, PostgresError
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RECORD = {"id": 1, "Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "Duration": 29,
           "Heart_Rate": 105.0, "Body_Temp": 40.8}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def server(app, workdir, env=None):
+    """An instance exactly as make serve runs it (2 workers), on a free loopback port."""
+    return Instance(workdir, workers=2, env=env, app=app)
 
 
-class Server:
-    """`gunicorn -c gunicorn.conf.py APP` with 2 workers on a free loopback port, as make serve runs it."""
-
-    def __init__(self, app, workdir, env=None):
-        self.app, self.port = app, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / "gunicorn.log"
-        self.env = {**os.environ, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": "2",
-                    "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prom"),
-                    "FEEDBACK_DB": str(workdir / "feedback.db"), **(env or {})}
-
-    def __enter__(self):
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", self.app],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=2).ok and len(self.pids()) == 3:
-                    return self
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError(f"{self.app} did not start: {self.log.read_text()[-1500:]}")
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(30)
-
-    def pids(self):
-        """The master and its workers."""
-        try:
-            children = pathlib.Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except OSError:
-            return []
-        return [self.proc.pid, *map(int, children.split())]
+def pids(instance):
+    """The master and its workers."""
+    return [instance.proc.pid, *instance.worker_pids()]
 
 
 def _ms(text):
@@ -138,28 +100,46 @@ def _timed(fn, n):
     return (time.perf_counter() - started) / n * 1e6
 
 
-def breakdown(workdir, n=3000):
+def _per_call(fn, n):
+    """Median and p99 of single calls (us): a store round trip varies more than it averages."""
+    for _ in range(min(200, n)):
+        fn()
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e6)
+    q = statistics.quantiles(times, n=100)
+    return {"p50_us": statistics.median(times), "p99_us": q[98]}
+
+
+def breakdown(workdir, pg_url=None, n=3000):
     """Microseconds per request in each stage, measured in-process on the service's own objects."""
-    sys.path.insert(0, str(ROOT))
     from service import create_app, metrics, schemas
+    from service.store import open_store
 
     app = create_app({"FEEDBACK_DB": workdir / "breakdown.db", "PROMETHEUS_MULTIPROC_DIR": None})
     model, store, schema = (app.extensions[k] for k in ("model", "store", "predict_schema"))
     body = json.dumps(RECORD)
     client = app.test_client()
-    return {"inference": model.inference,
-            "parse_json_us": _timed(lambda: schemas.parse_json_object(body.encode()), n),
-            "validation_us": _timed(lambda: schema.load(RECORD), n),
-            "model_us": _timed(lambda: model.predict_one(RECORD), n),
-            "store_us": _timed(lambda: store.record_prediction(1, 1.0, "v"), n),
-            "metrics_us": _timed(lambda: metrics.observe_prediction(1.0), n),
-            "flask_request_us": _timed(lambda: client.post("/predict", data=body,
-                                                             content_type="application/json"), n // 3)}
+    costs = {"inference": model.inference,
+             "parse_json_us": _timed(lambda: schemas.parse_json_object(body.encode()), n),
+             "validation_us": _timed(lambda: schema.load(RECORD), n),
+             "model_us": _timed(lambda: model.predict_one(RECORD), n),
+             "store_us": _timed(lambda: store.record_prediction(1, 1.0, "v"), n),
+             "metrics_us": _timed(lambda: metrics.observe_prediction(1.0), n),
+             "flask_request_us": _timed(lambda: client.post("/predict", data=body,
+                                                              content_type="application/json"), n // 3)}
+    costs["store_insert_sqlite"] = _per_call(lambda: store.record_prediction(1, 1.0, "v"), n)
+    if pg_url:
+        pg = open_store(pg_url, 300.0, 86400.0)
+        costs["store_insert_postgresql"] = _per_call(lambda: pg.record_prediction(1, 1.0, "v"), n)
+        pg.close()
+    return costs
 
 
 def build_store(path, predictions, feedback, span, now):
-    """A store holding `predictions` events spread over `span` seconds, the first `feedback` joined."""
-    sys.path.insert(0, str(ROOT))
+    """A SQLite store holding `predictions` events over `span` seconds, the first `feedback` joined."""
     import sqlite3
 
     from service.store.sqlite import SQLiteStore
@@ -180,6 +160,28 @@ def build_store(path, predictions, feedback, span, now):
         conn.commit()
 
 
+def build_pg_store(url, predictions, feedback, span):
+    """The same content in PostgreSQL, generated server-side, then analysed as autovacuum would."""
+    import psycopg
+
+    from service.store import open_store
+
+    open_store(url, 300.0, 30 * 86400.0).window_stats()  # creates the schema
+    step = span / predictions
+    with psycopg.connect(url, autocommit=True) as conn:
+        now = conn.execute("SELECT extract(epoch from now())::float8").fetchone()[0]
+        conn.execute("INSERT INTO predictions (id, prediction, model_version, ts, feedback_seq) "
+                     "OVERRIDING SYSTEM VALUE SELECT g, 100, 'bench', %s + g * %s, "
+                     "CASE WHEN g <= %s THEN g END FROM generate_series(1, %s) g",
+                     (now - span, step, feedback, predictions))
+        conn.execute("INSERT INTO feedback (id, calories, event_ts, received_ts, outcome, prediction_seq, "
+                     "prediction, lag, sle, ae) SELECT g, 90, t, t, 'matched', g, 100, 60, 0.011, 10 "
+                     "FROM (SELECT g, %s + g * %s + 60 AS t FROM generate_series(1, %s) g) s",
+                     (now - span, step, feedback))
+        conn.execute("VACUUM ANALYZE predictions")
+        conn.execute("VACUUM ANALYZE feedback")
+
+
 def scrape(url, n=30):
     """p50 and max of GET /metrics (ms)."""
     times = []
@@ -190,35 +192,49 @@ def scrape(url, n=30):
     return {"p50_ms": statistics.median(times), "max_ms": max(times)}
 
 
-def run_load(args, work):
+def run_load(args, work, pg_url):
+    """Alternating rounds: the reference, the service on SQLite, the service on PostgreSQL."""
     load = wrk if shutil.which("wrk") else python_load
     generator = f"wrk -t1 -c{args.connections}" if load is wrk else "python (wrk not found)"
     print(f"load generator: {generator}")
-    results = {"service": [], "reference": []}
-    with Server("wsgi:app", work / "service") as svc, \
-            Server("bench.reference:app", work / "reference") as ref:
-        for server in (svc, ref):
-            load(server.url, 2, args.connections)  # warm up
+    servers = {"reference": server("bench.reference:app", work / "reference"),
+               "service": server("wsgi:app", work / "service")}
+    if pg_url:
+        servers["service_postgresql"] = server("wsgi:app", work / "service-pg", {"FEEDBACK_DB": pg_url})
+    results = {name: [] for name in servers}
+    with contextlib.ExitStack() as stack:
+        for instance in servers.values():
+            stack.enter_context(contextlib.closing(instance))
+            instance.start(timeout=120, probe="/healthz")
+            load(instance.url, 2, args.connections)  # warm up
         for r in range(args.rounds):
-            for name, server in (("reference", ref), ("service", svc)):
-                figures = load(server.url, args.duration, args.connections)
+            for name, instance in servers.items():
+                figures = load(instance.url, args.duration, args.connections)
                 results[name].append(figures)
-                print(f"round {r + 1} {name:9} {figures['rps']:8.0f} req/s  p50 {figures['p50_ms']:6.2f} ms  "
-                      f"p99 {figures['p99_ms']:6.2f} ms  non-2xx {figures['errors']}")
-        mem = memory(svc.pids())
+                print(f"round {r + 1} {name:18} {figures['rps']:8.0f} req/s  "
+                      f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
+                      f"non-2xx {figures['errors']}")
+        mem = memory(pids(servers["service"]))
     return results, mem
 
 
-def run_scrape(args, work):
-    now = time.time()
+def run_scrape(args, work, pg_url):
+    """/metrics over a big store, SQLite and (when there is one) PostgreSQL."""
     db = work / "scrape" / "feedback.db"
     db.parent.mkdir(parents=True)
-    print(f"building a store: {args.scrape_predictions:,} predictions, "
+    print(f"building stores: {args.scrape_predictions:,} predictions, "
           f"{args.scrape_feedback:,} feedback over 24 h")
-    build_store(db, args.scrape_predictions, args.scrape_feedback, 86400.0, now)
-    env = {"FEEDBACK_DB": str(db), "RETENTION_SECONDS": str(30 * 86400)}
-    with Server("wsgi:app", work / "scrape", env) as svc:
-        return scrape(svc.url)
+    build_store(db, args.scrape_predictions, args.scrape_feedback, 86400.0, time.time())
+    targets = {"sqlite": str(db)}
+    if pg_url:
+        build_pg_store(pg_url, args.scrape_predictions, args.scrape_feedback, 86400.0)
+        targets["postgresql"] = pg_url
+    scraped = {}
+    for name, target in targets.items():
+        env = {"FEEDBACK_DB": target, "RETENTION_SECONDS": str(30 * 86400)}
+        with server("wsgi:app", work / f"scrape-{name}", env) as instance:
+            scraped[name] = scrape(instance.url)
+    return scraped
 
 
 def summarize(results, mem, costs, scraped):
@@ -226,9 +242,11 @@ def summarize(results, mem, costs, scraped):
            for k, v in results.items()}
     ratio = med["service"]["rps"] / med["reference"]["rps"]
     pss = sum(p["pss_mb"] for p in mem)
-    lines = ["", f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-             f"{'':10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"]
-    lines += [f"{k:10} {v['rps']:8.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}" for k, v in med.items()]
+    cpu = _cpu_model()
+    lines = ["", f"machine: {cpu}, {platform.machine()}, {os.cpu_count()} CPUs, "
+                 f"Python {platform.python_version()}",
+             f"{'':18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines += [f"{k:18} {v['rps']:8.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f}" for k, v in med.items()]
     lines += [f"ratio predict/reference: {ratio:.2f}   (target >= 0.5, stretch 0.7)  "
               f"{'OK' if ratio >= 0.5 else 'MISSED'}",
               f"/predict p99 at c=8: {med['service']['p99_ms']:.2f} ms   (target <= 10)  "
@@ -238,12 +256,54 @@ def summarize(results, mem, costs, scraped):
               "memory: " + ", ".join(f"pid {p['pid']} RSS {p['rss_mb']:.0f} MB PSS {p['pss_mb']:.0f} MB"
                                      for p in mem),
               f"service PSS total: {pss:.0f} MB   (target <= 400)  {'OK' if pss <= 400 else 'MISSED'}"]
-    if scraped:
-        lines.append(f"/metrics with the big store: p50 {scraped['p50_ms']:.1f} ms, "
-                     f"max {scraped['max_ms']:.1f} ms   (target <= 50)  "
-                     f"{'OK' if scraped['p50_ms'] <= 50 else 'MISSED'}")
+    if "service_postgresql" in med:
+        pg, lite = costs["store_insert_postgresql"], costs["store_insert_sqlite"]
+        lines += [f"PostgreSQL store: /predict ratio to reference "
+                  f"{med['service_postgresql']['rps'] / med['reference']['rps']:.2f}, to SQLite "
+                  f"{med['service_postgresql']['rps'] / med['service']['rps']:.2f} "
+                  "(the server shares the 2 cores with the workers and wrk)",
+                  f"store insert per /predict, PostgreSQL: p50 {pg['p50_us']:.0f} us, "
+                  f"p99 {pg['p99_us']:.0f} us "
+                  f"(target p50 <= 100)  {'OK' if pg['p50_us'] <= 100 else 'MISSED'}; SQLite: "
+                  f"p50 {lite['p50_us']:.0f} us, p99 {lite['p99_us']:.0f} us"]
+    for name, figures in scraped.items():
+        lines.append(f"/metrics with the big store ({name}): p50 {figures['p50_ms']:.1f} ms, "
+                     f"max {figures['max_ms']:.1f} ms   (target <= 50)  "
+                     f"{'OK' if figures['p50_ms'] <= 50 else 'MISSED'}")
     print("\n".join(lines))
-    return {"median": med, "ratio": ratio, "pss_total_mb": pss}
+    return {"median": med, "ratio": ratio, "pss_total_mb": pss, "cpu": cpu}
+
+
+def _cpu_model():
+    """The CPU's model name, from /proc/cpuinfo (Linux)."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return found.group(1).strip() if found else "unknown CPU"
+
+
+@contextlib.contextmanager
+def postgres(enabled):
+    """A throwaway cluster and database for the PostgreSQL figures; None when disabled or absent."""
+    if not enabled:
+        yield None
+        return
+    base = tempfile.mkdtemp(prefix="calories-bench-pg-")
+    os.chmod(base, 0o755)  # the server's own user must enter it
+    try:
+        cluster = Cluster(base).start()
+    except PostgresError as exc:
+        print(f"PostgreSQL figures skipped: {exc}")
+        shutil.rmtree(base, ignore_errors=True)
+        yield None
+        return
+    try:
+        yield cluster.create_database("calories_bench")
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def main(argv=None):
@@ -254,13 +314,14 @@ def main(argv=None):
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--scrape-predictions", type=int, default=1_000_000)
     p.add_argument("--scrape-feedback", type=int, default=500_000)
+    p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL store's figures")
     p.add_argument("--json", type=pathlib.Path, default=ROOT / "reports" / "bench.json")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, postgres(not args.no_postgres) as pg_url:
         work = pathlib.Path(tmp)
-        results, mem = run_load(args, work)
-        costs = breakdown(work)
-        scraped = run_scrape(args, work) if args.scrape_predictions else None
+        results, mem = run_load(args, work, pg_url)
+        costs = breakdown(work, pg_url)
+        scraped = run_scrape(args, work, pg_url) if args.scrape_predictions else {}
     summary = summarize(results, mem, costs, scraped)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"rounds": results, "memory": mem, "costs_us": costs, "scrape": scraped, **summary}

@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 class Instance:
     """A gunicorn master and its workers; its own metrics directory; the store FEEDBACK_DB names."""
 
-    def __init__(self, workdir, workers=2, env=None, port=None):
+    def __init__(self, workdir, workers=2, env=None, port=None, app="wsgi:app"):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = pathlib.Path(workdir)
@@ -27,7 +27,7 @@ class Instance:
         self.env = {**os.environ, "BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
                     "FEEDBACK_DB": str(self.workdir / "feedback.db"),
                     "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / f"prom-{self.port}"), **(env or {})}
-        self.cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+        self.cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
         self.proc = None
 
     def start(self, timeout=60, probe="/readyz"):

@@ -13,7 +13,7 @@ from bench import run
 pytestmark = pytest.mark.slow
 
 
-def test_bench_runs_and_reports_every_figure(tmp_path, model_path):
+def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  # postgres: PG present
     out = tmp_path / "bench.json"
     env = {**os.environ, "MODEL_PATH": str(model_path),
            "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
@@ -21,13 +21,16 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path):
                            "--scrape-predictions", "20000", "--scrape-feedback", "10000", "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for figure in ("ratio predict/reference", "p99", "PSS total", "/metrics with the big store",
-                   "validation", "model", "store", "metrics"):
+    for figure in ("ratio predict/reference", "p99", "PSS total", "/metrics with the big store (sqlite)",
+                   "validation", "model", "store", "metrics", "machine: ", "PostgreSQL store: /predict ratio",
+                   "store insert per /predict, PostgreSQL", "/metrics with the big store (postgresql)"):
         assert figure in proc.stdout
     report = json.loads(out.read_text())
     assert report["ratio"] > 0 and report["pss_total_mb"] > 0
     assert {r["errors"] for rounds in report["rounds"].values() for r in rounds} == {0}
     assert report["costs_us"]["inference"] == "compiled"
+    assert set(report["rounds"]) == {"reference", "service", "service_postgresql"}
+    assert set(report["scrape"]) == {"sqlite", "postgresql"}
 
 
 def test_python_load_generator_fallback(tmp_path, model_path):
