@@ -74,6 +74,8 @@ def from_env(env=None):
         "FEEDBACK_TOKEN": _get(env, "FEEDBACK_TOKEN", None, str),
         "MODEL_FAST_PATH": _get(env, "MODEL_FAST_PATH", True, _bool),
         "MODEL_COMPILED": _get(env, "MODEL_COMPILED", True, _bool),
+        "DRIFT_METRICS": _get(env, "DRIFT_METRICS", True, _bool),
+        "STORE_FEATURES": _get(env, "STORE_FEATURES", True, _bool),
         "COMPILED_MODEL_DIR": pathlib.Path(_get(env, "COMPILED_MODEL_DIR", DEFAULT_VAR / "compiled", str)),
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "MODEL_THREADS": _get(env, "XGBOOST_NUM_THREADS", max(1, cpu_count() // 2), _positive(int)),

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
-from . import multiproc
+from . import drift, multiproc
 from .store import OUTCOMES, StoreError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ SQUARED_LOG_ERROR = Summary(
     "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback.")
 ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback.")
 STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed.", ["operation"])
+# Drift: every answered request's features and prediction, by bin of the training reference
+# (service/drift.py). Exact across workers (multiprocess files), summed across replicas.
+DRIFT_BINS = Counter("app_drift_bin_total", "Answered requests by bin of the training reference, per feature "
+                     "(and the prediction).", ["feature", "bin", "model_version"])
 
 for _outcome in OUTCOMES:  # every outcome exists at 0 from the start
     FEEDBACK.labels(_outcome)
@@ -80,8 +84,8 @@ def _gauge(name, doc, value, labels=None):
 class StoreCollector:
     """Gauges computed at scrape time from the shared store, so any worker answers the same."""
 
-    def __init__(self, store, model):
-        self.store, self.model = store, model
+    def __init__(self, store, model, drift=None):
+        self.store, self.model, self.drift = store, model, drift
 
     def collect(self):
         """Rolling quality and coverage, which model is loaded, and whether the store takes writes."""
@@ -91,6 +95,8 @@ class StoreCollector:
         # Per instance: this instance can write to the store now (readiness reports it, never fails on it).
         up = float(self.store.health()["up"])
         yield _gauge("app_store_up", "1 when a write transaction to the store commits now, else 0.", up)
+        if self.drift is not None:
+            yield reference_shares(self.model)
         try:
             stats = self.store.window_stats()
         except StoreError as exc:
@@ -107,6 +113,17 @@ class StoreCollector:
                      f"Fraction of prediction events of the {w} that have feedback.", stats.coverage)
 
 
+def reference_shares(model):
+    """The training reference's share of each drift bin: the other side of PromQL's PSI."""
+    family = GaugeMetricFamily("app_drift_reference_share", "Share of the model's reference data in "
+                               "each drift bin (labels as app_drift_bin_total).",
+                               labels=["feature", "bin", "model_version"])
+    for feature, bins in model.drift_bins.items():
+        for label, share in bins.reference.items():
+            family.add_metric([feature, label, model.version], share)
+    return family
+
+
 class _Chain:
     """Collects from several registries as one (single-process mode)."""
 
@@ -118,14 +135,14 @@ class _Chain:
             yield from registry.collect()
 
 
-def exposition_registry(multiprocess, exporter_registry, store, model):
+def exposition_registry(multiprocess, exporter_registry, store, model, drift=None):
     """What /metrics shows: every worker's files (multiprocess) or this process, plus the store gauges."""
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess:
         MultiProcessCollector(registry)
     else:
         registry.register(_Chain(REGISTRY, exporter_registry))
-    registry.register(StoreCollector(store, model))
+    registry.register(StoreCollector(store, model, drift))
     return registry
 
 
@@ -145,7 +162,10 @@ def init_app(app):
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
                       buckets=LATENCY_BUCKETS, excluded_paths=UNTRACKED_PATHS)
+    model = app.extensions["model"]
+    if app.config["DRIFT_METRICS"] and model.ready and model.drift_bins:
+        app.extensions["drift"] = drift.Counters(DRIFT_BINS, model.drift_bins, model.version)
     app.extensions["metrics_registry"] = exposition_registry(
         bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
-        app.extensions["store"], app.extensions["model"])
+        app.extensions["store"], model, app.extensions.get("drift"))
     app.register_blueprint(bp)

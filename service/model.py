@@ -9,6 +9,8 @@ import sys
 import numpy as np
 from flask import current_app
 
+from . import drift
+
 log = logging.getLogger(__name__)
 PARITY_RTOL = 1e-5
 
@@ -106,7 +108,7 @@ class ModelService:
         self.compiled_dir = compiled_dir  # None: no compiled evaluator
         self.ready, self.error = False, None
         self.estimator = self.fast = self.features = None
-        self.metrics = {}
+        self.metrics, self.drift_bins = {}, {}
 
     @property
     def version(self):
@@ -141,12 +143,14 @@ class ModelService:
             sys.dont_write_bytecode = writes_bytecode
         warn_on_version_drift(self.metrics.get("versions", {}))
         self._cap_threads()
+        sample, expected = self._sample_predictions()
+        self.drift_bins = drift.reference(self.metrics, expected)
         self.fast = fast_path_for(self.estimator, self.features) if self.want_fast_path else None
         if self.fast is not None and self.compiled_dir is not None:
             from . import compiled
             self.fast.compiled = compiled.load(self.fast.booster, self.compiled_dir)
         if self.fast is not None:
-            self._check_parity()
+            self._check_parity(sample, expected)
 
     def _cap_threads(self):
         """Single-row inference gains nothing from threads; the cap keeps workers off each other."""
@@ -154,16 +158,21 @@ class ModelService:
         xgb.set_params(n_jobs=self.threads)
         xgb.get_booster().set_param({"nthread": self.threads})
 
-    def _check_parity(self):
-        """The fast path must equal Pipeline.predict on the handout sample, else fall back loudly."""
+    def _sample_predictions(self):
+        """The handout sample and Pipeline.predict on it (parity reference, prediction drift bins)."""
         import pandas as pd
-        sample = self.handout_dir / "data_sample" / "train.csv"
-        if not sample.is_file():
-            log.warning("no handout sample at %s: fast path unchecked, using the pipeline", sample)
+        path = self.handout_dir / "data_sample" / "train.csv"
+        if not path.is_file():
+            return None, None
+        frame = pd.read_csv(path)
+        return frame, self.estimator.predict(frame[self.features.RAW_COLUMNS])
+
+    def _check_parity(self, frame, expected):
+        """The fast path must equal Pipeline.predict on the handout sample, else fall back loudly."""
+        if frame is None:
+            log.warning("no handout sample in %s: fast path unchecked, using the pipeline", self.handout_dir)
             self.fast = None
             return
-        frame = pd.read_csv(sample)
-        expected = self.estimator.predict(frame[self.features.RAW_COLUMNS])
         raw = self.features.encode_frame(frame)
         while self.fast is not None:
             got = self.fast.predict_raw(raw)

@@ -3,13 +3,17 @@
 import contextlib
 import os
 import pathlib
+import shutil
 import sqlite3
+import subprocess
+import time
 
 import pytest
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from scaleout import free_port  # noqa: F401 (the tests' too)
+from scaleout import free_port
 from scaleout.instance import Instance
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -97,3 +101,68 @@ class Gunicorn(Instance):
         """Parsed /metrics of whichever worker answers."""
         return parse_metrics(requests.get(self.url + "/metrics", timeout=10).text)
 
+
+
+PROM_DIR = ROOT / "deploy" / "prometheus"
+
+
+def prometheus_binary(name):
+    """The path of a Prometheus tool; CI must have it (.ci/run installs it), elsewhere skip."""
+    path = shutil.which(name)
+    if path is None:
+        missing(name, "apt-get install prometheus (.ci/run installs Debian's prometheus package)")
+    return path
+
+
+class PrometheusServer:
+    """A real Prometheus scraping its targets every second with a shipped config and rule files."""
+
+    def __init__(self, tmp, targets, config_name="prometheus.yml"):
+        """targets: one address, a list (one job), or {job: [addresses]} (several jobs)."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        if not isinstance(targets, dict):
+            targets = {"whatever-the-platform-calls-it": [targets] if isinstance(targets, str) else targets}
+        config = yaml.safe_load((PROM_DIR / config_name).read_text())
+        config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(f) for f in sorted((PROM_DIR / "rules").glob("*.yml"))]
+        template = config["scrape_configs"][0]
+        config["scrape_configs"] = [
+            {**template, "job_name": job, "static_configs": [{"targets": list(addrs)}]}
+            for job, addrs in targets.items()]
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.cmd = [prometheus_binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn"]
+        self.log = tmp / "prometheus.log"
+
+    def __enter__(self):
+        with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: requests.get(self.url + "/-/ready", timeout=2).ok, "prometheus ready")
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+    def api(self, path, **params):
+        body = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10).json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def value(self, query):
+        result = self.api("query", query=query)["result"]
+        return float(result[0]["value"][1]) if result else None
+
+
+def wait_until(check, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -10,7 +9,7 @@ import time
 import pytest
 import requests
 import yaml
-from support import ROOT, SAMPLE, Gunicorn, free_port
+from support import ROOT, SAMPLE, Gunicorn, PrometheusServer, free_port, prometheus_binary, wait_until
 
 from simulator.cli import main as simulate
 
@@ -22,13 +21,8 @@ DASHBOARD = json.loads((DEPLOY / "grafana" / "dashboards" / "calories.json").rea
 
 
 def binary(name):
-    """The path of a Prometheus tool; CI must have it (.ci/run installs it), elsewhere skip."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing in CI: .ci/run installs Debian's prometheus package")
-        pytest.skip(f"{name} not installed (apt-get install prometheus)")
-    return path
+    """The path of a Prometheus tool (CI must have it)."""
+    return prometheus_binary(name)
 
 
 def promtool(*args):
@@ -78,56 +72,6 @@ def test_every_recording_rule_has_a_value_test():
 
 def test_rules_name_no_job():
     assert not [r for r in rules("expr") if "job=" in r["expr"]]
-
-
-class PrometheusServer:
-    """A real Prometheus scraping its targets every second with a shipped config and rule files."""
-
-    def __init__(self, tmp, targets, config_name="prometheus.yml"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        config = yaml.safe_load((PROM_DIR / config_name).read_text())
-        config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
-        config["rule_files"] = [str(f) for f in RULE_FILES]
-        config["scrape_configs"][0]["job_name"] = "whatever-the-platform-calls-it"
-        config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.cmd = [binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn"]
-        self.log = tmp / "prometheus.log"
-
-    def __enter__(self):
-        with open(self.log, "wb") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: requests.get(self.url + "/-/ready", timeout=2).ok, "prometheus ready")
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(30)
-
-    def api(self, path, **params):
-        body = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10).json()
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def value(self, query):
-        result = self.api("query", query=query)["result"]
-        return float(result[0]["value"][1]) if result else None
-
-
-def wait_until(check, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +128,12 @@ def test_every_dashboard_query_is_accepted(scraped):
     _, prom, _ = scraped
     targets = [t for p in DASHBOARD["panels"] for t in p["targets"]]
     assert len(targets) >= 12
+    variables = {v["name"]: v["current"]["value"] for v in DASHBOARD.get("templating", {}).get("list", [])}
     for target in targets:
-        prom.api("query", query=target["expr"])  # a parse error is status "error"
+        expr = target["expr"]
+        for name, value in variables.items():
+            expr = expr.replace(f"${name}", value)
+        prom.api("query", query=expr)  # a parse error is status "error"
     assert all(t["datasource"]["uid"] == "prometheus" for t in targets)
 
 

@@ -21,7 +21,19 @@ import time
 
 import pytest
 import requests
-from support import RECORD, ROOT, SAMPLE, Gunicorn, free_port, missing, parse_metrics, query, sample
+from support import (
+    RECORD,
+    ROOT,
+    SAMPLE,
+    Gunicorn,
+    PrometheusServer,
+    free_port,
+    missing,
+    parse_metrics,
+    query,
+    sample,
+    wait_until,
+)
 
 from scaleout.nginx import Nginx, NginxError
 from scaleout.postgres import Cluster
@@ -269,8 +281,6 @@ def _group_alive(pgid):
 
 
 def test_prometheus_scrapes_every_instance_and_the_rules_aggregate_them(stack, tmp_path):
-    from test_observability import PrometheusServer, wait_until
-
     live = stack.instances
     targets = [f"127.0.0.1:{i.port}" for i in live]
     with PrometheusServer(tmp_path, targets, "prometheus-instances.yml") as prom:

@@ -4,6 +4,10 @@ import math
 from dataclasses import dataclass
 
 OUTCOMES = ("matched", "duplicate", "unmatched")
+# The features a prediction event keeps (the inference log), in the store's column order.
+FEATURE_COLUMNS = ("sex", "age", "height", "weight", "duration", "heart_rate", "body_temp")
+RECORD_FIELDS = ("Sex", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp")
+NO_FEATURES = (None,) * len(FEATURE_COLUMNS)
 MAX_FUTURE_SECONDS = 300  # client clocks drift; a ts further ahead than this is a bug, not drift
 PRUNE_BATCH = 1000        # rows per delete transaction: each holds its locks for milliseconds
 PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
@@ -96,8 +100,8 @@ class Store:
     def __init__(self, window, retention):
         self.window, self.retention = window, retention
 
-    def record_prediction(self, id_, prediction, model_version):
-        """Record one answered prediction event."""
+    def record_prediction(self, id_, prediction, model_version, features=None):
+        """Record one answered prediction event; features: the record's values in RECORD_FIELDS order."""
         raise NotImplementedError
 
     def record_feedback(self, id_, calories, event_ts=None):

@@ -109,9 +109,11 @@ class PostgresStore(base.Store):
         self.clock = clock
         self._local = threading.local()
         now = "%(now)s" if clock else SERVER_NOW
+        columns = ", ".join(base.FEATURE_COLUMNS)
+        placeholders = ", ".join(f"%({c})s" for c in base.FEATURE_COLUMNS)
         self._sql = {
-            "prediction": "INSERT INTO predictions (id, prediction, model_version, ts) "
-                          f"VALUES (%(id)s, %(prediction)s, %(version)s, {now})",
+            "prediction": f"INSERT INTO predictions (id, prediction, model_version, ts, {columns}) "
+                          f"VALUES (%(id)s, %(prediction)s, %(version)s, {now}, {placeholders})",
             # Durable commit for this transaction only; the id's joins one at a time, FIFO kept.
             "lock": "SELECT set_config('synchronous_commit', 'on', true), "
                     f"pg_advisory_xact_lock(%(id)s), {now}",
@@ -205,11 +207,12 @@ class PostgresStore(base.Store):
             local.closer()  # never in a forked child: closing would end the parent's session
         local.conn = None
 
-    def record_prediction(self, id_, prediction, model_version):
+    def record_prediction(self, id_, prediction, model_version, features=None):
         """Record one answered prediction event (one autocommit statement, asynchronous commit)."""
+        values = dict(zip(base.FEATURE_COLUMNS, features or base.NO_FEATURES, strict=True))
         with self._guarded():
             self._conn().execute(self._sql["prediction"],
-                                 self._args(id=id_, prediction=prediction, version=model_version))
+                                 self._args(id=id_, prediction=prediction, version=model_version, **values))
 
     def record_feedback(self, id_, calories, event_ts=None):
         """Durably record feedback, joined FIFO; the id's advisory lock serialises its joins.

@@ -20,6 +20,9 @@ PRUNE_LEASE_SECONDS = 60
 WINDOW_PAIRS_SQL = ("SELECT count(*), total(sle), total(ae) FROM feedback "
                     "WHERE outcome = 'matched' AND received_ts > ?")
 WINDOW_COVERAGE_SQL = "SELECT count(*), count(feedback_seq) FROM predictions WHERE ts > ?"
+INSERT_PREDICTION_SQL = ("INSERT INTO predictions (id, prediction, model_version, ts, "
+                         f"{', '.join(base.FEATURE_COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * (4 + len(base.FEATURE_COLUMNS)))})")
 
 
 class _Join:
@@ -185,13 +188,12 @@ class SQLiteStore(base.Store):
                         conn.execute("PRAGMA synchronous = NORMAL")
             return result
 
-    def record_prediction(self, id_, prediction, model_version):
+    def record_prediction(self, id_, prediction, model_version, features=None):
         """Record one answered prediction event (its own autocommit transaction)."""
         ts = self.clock()
         with self._guarded(), self._writing():
-            self._conn().execute(
-                "INSERT INTO predictions (id, prediction, model_version, ts) VALUES (?, ?, ?, ?)",
-                (id_, prediction, model_version, ts))
+            self._conn().execute(INSERT_PREDICTION_SQL,
+                                 (id_, prediction, model_version, ts, *(features or base.NO_FEATURES)))
 
     def record_feedback(self, id_, calories, event_ts=None):
         """Durably record feedback, joined FIFO to the oldest open prediction event of the id."""
