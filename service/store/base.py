@@ -8,6 +8,14 @@ OUTCOMES = ("matched", "duplicate", "unmatched")
 FEATURE_COLUMNS = ("sex", "age", "height", "weight", "duration", "heart_rate", "body_temp")
 RECORD_FIELDS = ("Sex", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp")
 NO_FEATURES = (None,) * len(FEATURE_COLUMNS)
+# What export_batch returns per matched pair, and the SQL that reads it (placeholders per backend).
+EXPORT_COLUMNS = ("seq", "id", *FEATURE_COLUMNS, "calories", "prediction", "model_version", "ts", "lag")
+EXPORT_SQL = (
+    f"SELECT p.seq, p.id, {', '.join('p.' + c for c in FEATURE_COLUMNS)}, f.calories, p.prediction, "
+    "p.model_version, p.ts, f.lag FROM predictions p JOIN feedback f ON f.seq = p.feedback_seq "
+    "WHERE p.ts >= {lo} AND p.ts < {until} AND NOT (p.ts = {lo} AND p.seq <= {after}) "
+    "AND p.sex IS NOT NULL AND ({version} IS NULL OR p.model_version = {version}) "
+    "ORDER BY p.ts, p.seq LIMIT {limit}")
 MAX_FUTURE_SECONDS = 300  # client clocks drift; a ts further ahead than this is a bug, not drift
 PRUNE_BATCH = 1000        # rows per delete transaction: each holds its locks for milliseconds
 PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
@@ -114,6 +122,11 @@ class Store:
 
     def check_writable(self):
         """Raise StoreError unless a write transaction commits now."""
+        raise NotImplementedError
+
+    def export_batch(self, since, until, after=None, limit=1000, model_version=None):
+        """Matched pairs whose prediction time is in [since, until), after the key `after`
+        ((ts, seq) of the last row of the previous batch), in key order: EXPORT_COLUMNS rows."""
         raise NotImplementedError
 
     def prune(self):

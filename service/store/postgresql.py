@@ -232,6 +232,15 @@ class PostgresStore(base.Store):
             row = self._conn().execute(self._sql["window"], self._args(window=self.window)).fetchone()
         return base.window_stats(*row)
 
+    def export_batch(self, since, until, after=None, limit=1000, model_version=None):
+        """One key range of matched pairs, in its own short statement (no long-held snapshot)."""
+        lo, seq = after if after else (since, 0)
+        sql = base.EXPORT_SQL.format(lo="%(lo)s", until="%(until)s", after="%(after)s",
+                                     version="%(version)s::text", limit="%(limit)s")
+        with self._guarded():
+            return self._conn().execute(sql, {"lo": lo, "until": until, "after": seq, "limit": limit,
+                                              "version": model_version}).fetchall()
+
     def check_writable(self):
         """Raise StoreError unless a write commits now."""
         with self._guarded():

@@ -214,6 +214,15 @@ class SQLiteStore(base.Store):
                 conn.execute("COMMIT")
         return base.window_stats(pairs, sle, ae, predictions, joined)
 
+    def export_batch(self, since, until, after=None, limit=1000, model_version=None):
+        """One key range of matched pairs, in its own short read (never a long one holding the WAL)."""
+        lo, seq = after if after else (since, 0)
+        sql = base.EXPORT_SQL.format(lo=":lo", until=":until", after=":after", version=":version",
+                                     limit=":limit")
+        with self._guarded():
+            return self._conn().execute(sql, {"lo": lo, "until": until, "after": seq, "limit": limit,
+                                              "version": model_version}).fetchall()
+
     def check_writable(self):
         """Raise StoreError unless a write transaction commits now."""
         self._run(lambda conn: conn.execute(

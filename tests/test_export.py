@@ -1,0 +1,140 @@
+"""python -m service.export: matched pairs in the training layout, streamed by key ranges, both backends."""
+
+import csv
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import requests
+from support import HANDOUT, PUBLIC_CSV, RECORD, Gunicorn, missing
+
+from service import export
+from service.store import open_store
+
+FEATURES = ("male", 68.0, 190.0, 94.0, 29.0, 105.0, 40.8)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "fb.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def filled(target, clock, monkeypatch):
+    """A store with pairs at known prediction times; FEEDBACK_DB points at it."""
+    store = open_store(target, 300.0, 10 * 86400.0, clock=clock)
+    t0 = clock.now
+    for i in range(10):  # two events share each time: key ranges must not split or repeat them
+        clock.now = t0 + (i // 2)
+        store.record_prediction(i, 100.0 + i, "v1" if i < 6 else "v2", FEATURES)
+    clock.now = t0 + 5
+    store.record_prediction(50, 1.0, "v1")  # matched, but recorded with STORE_FEATURES=0
+    store.record_prediction(51, 1.0, "v1", FEATURES)  # never gets feedback
+    clock.now = t0 + 60
+    for i in [*range(10), 50]:
+        store.record_feedback(i, 90.0 + i)
+    store.close()
+    monkeypatch.setenv("FEEDBACK_DB", target)
+    monkeypatch.setattr(export, "BATCH", 3)
+    return t0
+
+
+def read(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_exports_matched_pairs_of_the_range_in_the_training_layout(filled, tmp_path):
+    out = tmp_path / "pairs.csv"
+    assert export.main(["--since", str(filled + 1), "--until", str(filled + 4), "--out", str(out)]) == 0
+    rows = read(out)
+    assert list(rows[0]) == ["id", "Sex", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp",
+                             "Calories", "prediction", "model_version", "predicted_at", "lag_s"]
+    assert [int(r["id"]) for r in rows] == [2, 3, 4, 5, 6, 7]  # [since, until), across batches of 3
+    first = rows[0]
+    assert (first["Sex"], float(first["Age"]), float(first["Body_Temp"])) == ("male", 68.0, 40.8)
+    assert (float(first["Calories"]), float(first["prediction"])) == (92.0, 102.0)  # truth, then prediction
+    assert float(first["lag_s"]) == 59.0 and first["predicted_at"].endswith("+00:00")
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600  # personal health data
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_model_version_filter_and_unstored_features(filled, tmp_path):
+    out = tmp_path / "v1.csv"
+    assert export.main(["--since", str(filled), "--until", str(filled + 100), "--model-version", "v1",
+                        "--out", str(out)]) == 0
+    assert [int(r["id"]) for r in read(out)] == list(range(6))  # not 50 (no features), not 51 (no truth)
+
+
+def test_parquet_has_the_same_rows(filled, tmp_path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        missing("pyarrow", "tox installs it in the test environment")
+    out = tmp_path / "pairs.parquet"
+    assert export.main(["--since", str(filled), "--until", str(filled + 100), "--out", str(out)]) == 0
+    assert pq.read_table(out).column("id").to_pylist() == list(range(10))
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_parquet_without_pyarrow_is_one_clear_line(filled, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    assert export.main(["--since", str(filled), "--until", str(filled + 100),
+                        "--out", str(tmp_path / "x.parquet")]) == 1
+    assert "Parquet needs pyarrow" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x.parquet*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--since", "2027-01-02T00:00:00Z", "--until", "2027-01-01T00:00:00Z"],
+     "--since must be before --until"),
+    (["--since", "2027-01-01T00:00:00", "--until", "2027-01-02T00:00:00Z"], "give a time zone"),
+    (["--since", "yesterday", "--until", "2027-01-02T00:00:00Z"], "not epoch seconds or ISO-8601"),
+])
+def test_a_bad_range_is_one_clear_line(args, message, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "service.export", *args, "--out", str(tmp_path / "x.csv")],
+                          capture_output=True, text=True, cwd=HANDOUT.parent)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_an_unknown_format_is_refused(filled, tmp_path, capsys):
+    assert export.main(["--since", "0", "--until", "1e10", "--out", str(tmp_path / "x.xlsx")]) == 1
+    assert "the extension says the format: .csv or .parquet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_exported_pairs_retrain_a_model_that_serves(tmp_path, model_path):
+    if not PUBLIC_CSV.is_file():
+        missing(f"the public data file {PUBLIC_CSV}", "set CALORIES_PUBLIC_CSV")
+    rows = read(PUBLIC_CSV)[:800]
+    with Gunicorn(tmp_path / "run", model_path, workers=2) as server:
+        session = requests.Session()
+        for row in rows:
+            body = {**{k: (row[k] if k == "Sex" else float(row[k])) for k in RECORD if k != "id"},
+                    "id": int(row["id"])}
+            session.post(server.url + "/predict", json=body, timeout=10).raise_for_status()
+            truth = {"id": int(row["id"]), "Calories": float(row["Calories"])}
+            session.post(server.url + "/feedback", json=truth, timeout=10).raise_for_status()
+        out = tmp_path / "pairs.csv"
+        env = {**os.environ, "FEEDBACK_DB": server.env["FEEDBACK_DB"]}
+        done = subprocess.run([sys.executable, "-m", "service.export", "--since", "0", "--until", "1e11",
+                               "--out", str(out)], capture_output=True, text=True, env=env,
+                              cwd=HANDOUT.parent)
+    assert done.returncode == 0, done.stderr
+    assert len(read(out)) == 800
+    retrained = tmp_path / "retrained"
+    subprocess.run([sys.executable, "train.py", "--data", str(out), "--out-dir", str(retrained),
+                    "--n-estimators", "60"], cwd=HANDOUT, check=True, capture_output=True)
+    new = json.loads((retrained / "metrics.json").read_text())
+    old = json.loads(model_path.with_name("metrics.json").read_text())
+    assert new["model_version"] != old["model_version"]
+    with Gunicorn(tmp_path / "serve", retrained / "model.joblib", workers=2) as server:
+        ready = requests.get(server.url + "/readyz", timeout=10).json()
+        assert ready["model_version"] == new["model_version"]
+        assert requests.post(server.url + "/predict", json=RECORD, timeout=10).status_code == 200
