@@ -114,22 +114,34 @@ def _per_call(fn, n):
 
 
 def breakdown(workdir, pg_url=None, n=3000):
-    """Microseconds per request in each stage, measured in-process on the service's own objects."""
+    """Microseconds per request in each stage, measured in-process on the service's own objects.
+
+    Metrics are measured as the workers run them: in prometheus_client's multiprocess mode (the
+    directory is set before prometheus_client is first imported in this process).
+    """
+    (workdir / "prom-breakdown").mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(workdir / "prom-breakdown")
     from service import create_app, metrics, schemas
     from service.store import open_store
+    from service.store.base import RECORD_FIELDS
 
-    app = create_app({"FEEDBACK_DB": workdir / "breakdown.db", "PROMETHEUS_MULTIPROC_DIR": None})
+    app = create_app({"FEEDBACK_DB": workdir / "breakdown.db"})
     model, store, schema = (app.extensions[k] for k in ("model", "store", "predict_schema"))
+    drift = app.extensions["drift"]
     body = json.dumps(RECORD)
     client = app.test_client()
+    features = tuple(RECORD[f] for f in RECORD_FIELDS)
     costs = {"inference": model.inference,
              "parse_json_us": _timed(lambda: schemas.parse_json_object(body.encode()), n),
              "validation_us": _timed(lambda: schema.load(RECORD), n),
              "model_us": _timed(lambda: model.predict_one(RECORD), n),
-             "store_us": _timed(lambda: store.record_prediction(1, 1.0, "v"), n),
+             "store_us": _timed(lambda: store.record_prediction(1, 1.0, "v", features), n),
+             "store_without_features_us": _timed(lambda: store.record_prediction(1, 1.0, "v"), n),
              "metrics_us": _timed(lambda: metrics.observe_prediction(1.0), n),
+             "drift_us": _timed(lambda: drift.observe(RECORD, 100.0), n),
              "flask_request_us": _timed(lambda: client.post("/predict", data=body,
                                                               content_type="application/json"), n // 3)}
+    costs["features_us"] = costs["store_us"] - costs["store_without_features_us"]
     costs["store_insert_sqlite"] = _per_call(lambda: store.record_prediction(1, 1.0, "v"), n)
     if pg_url:
         pg = open_store(pg_url, 300.0, 86400.0)
