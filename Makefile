@@ -7,20 +7,30 @@ HANDOUT := handout_from DS_agent
 # The artifact every target serves, as service/config.py resolves it: the environment wins.
 MODEL_PATH ?= $(or $(HANDOUT_DIR),$(HANDOUT))/model.joblib
 STAMP := $(VENV)/.installed-stamp
+# The lock file (exact pins) shared with the Dockerfile; empty to install from the ranges alone.
+CONSTRAINTS ?= constraints.txt
+PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
 BENCHFLAGS ?=
 
-.PHONY: install data train model evaluate serve validate-a simulate-stream observe test lint soak bench clean
+.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe test lint soak bench clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q $(PIP_CONSTRAINTS) --upgrade pip
+	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r requirements.txt -r requirements-dev.txt
 	touch $@
+
+lock:  ## re-pin constraints.txt: the newest versions requirements*.txt allow, resolved afresh
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --all --exclude setuptools; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 data: $(STAMP)  ## regenerate the handout's deterministic data sample
 	cd "$(HANDOUT)" && ../$(BIN)/python generate_data.py
