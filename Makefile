@@ -14,8 +14,13 @@ DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
 BENCHFLAGS ?=
+# Debian's docker 20.10 CLI builds with BuildKit built in; a newer CLI without buildx cannot.
+DOCKER ?= $(firstword $(wildcard /usr/bin/docker) docker)
+IMAGE ?= calories:latest
+BUILDFLAGS ?=
+IMAGEFLAGS ?=
 
-.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe test lint soak bench clean
+.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe test lint soak bench image image-size clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -71,6 +76,12 @@ soak: $(STAMP)  ## the concurrency soak of the fault tests, 10 minutes by defaul
 
 bench: model  ## /predict vs a bare-Flask reference (wrk), cost breakdown, memory, /metrics scrape
 	$(BIN)/python -m bench $(BENCHFLAGS)
+
+image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build-arg ..." pass through
+	DOCKER_BUILDKIT=1 $(DOCKER) build $(BUILDFLAGS) -t $(IMAGE) .
+
+image-size: $(STAMP)  ## the image's budget: per-layer sizes, cold and code-only rebuilds, start, memory, stop
+	DOCKER_BUILDKIT=1 $(BIN)/python -m deploy.container.report --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
 
 clean:
 	rm -rf var logs reports .tox .pytest_cache
