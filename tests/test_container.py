@@ -243,4 +243,4 @@ def test_make_image_size_reports_the_budget(docker, image, tmp_path, request):
     assert len(venv) == 1 and venv[0] > 100
     # A code-only change rebuilds the last layer alone: dependencies, model and library are reused.
     assert figures["rebuild_layers_reused"] == figures["rebuild_layers"] - 1
-    assert figures["exit_code"] == 0 and figures["ready_s"] < 30
+    assert set(figures["exit_codes"]) == {0} and max(figures["ready_s"]) < 30
