@@ -1,6 +1,6 @@
 """The image's budget, measured: layer sizes over the base, build times, start, memory and stop.
 
-    python -m deploy.container.report [--image calories:latest] [--no-cold] [--private]
+    python -m deploy.container.report [--image calories:latest] [--no-cold] [--runs 3] [--private]
                                       [--report reports/image.json] [-- DOCKER_BUILD_FLAGS...]
 
 Builds the image (cold, `--no-cache`, unless --no-cold), rebuilds it after a code-only change to
@@ -162,6 +162,7 @@ def main(argv=None):
     parser.add_argument("--image", default="calories:latest")
     parser.add_argument("--base", default="python:3.11-slim", help="the BASE the image was built on")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="skip the --no-cache build")
+    parser.add_argument("--runs", type=int, default=3, help="containers started and stopped in turn")
     parser.add_argument("--private", action="store_true", help="on a private dockerd, stand-in base")
     parser.add_argument("--report", type=pathlib.Path, default=ROOT / "reports" / "image.json")
     parser.add_argument("flags", nargs="*", help="extra `docker build` flags, after --")
@@ -171,9 +172,9 @@ def main(argv=None):
             subprocess.run(["bash", str(ROOT / "deploy" / "container" / "build-base.sh"), args.base],
                            env=daemon.env, check=True)
             figures = measure(Docker(daemon.env), args.image, args.base, ["--network=host", *args.flags],
-                              cold=True)
+                              cold=True, runs=args.runs)
     else:
-        figures = measure(Docker(), args.image, args.base, args.flags, args.cold)
+        figures = measure(Docker(), args.image, args.base, args.flags, args.cold, args.runs)
     print(show(figures))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(figures, indent=2) + "\n")
