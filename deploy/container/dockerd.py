@@ -59,7 +59,7 @@ def free_subnet():
     raise DockerdError("no free 10.x.x.0/24 subnet for the bridge")
 
 
-def ram_size(gib=6):
+def ram_size(gib=4):
     """A tmpfs size for the daemon's files when RAM holds them easily, else None (they go to disk)."""
     meminfo = pathlib.Path("/proc/meminfo").read_text()
     available_gib = int(re.search(r"MemAvailable:\s+(\d+) kB", meminfo).group(1)) / 2**20
