@@ -12,8 +12,10 @@ import time
 
 import pytest
 import requests
-from docker_support import Container, missing, say
+from docker_support import BUILD_FLAGS, Container, missing, say
 from support import HANDOUT, RECORD, ROOT, parse_metrics, sample
+
+from deploy.container.report import context_copy
 
 UID = "10001"
 BUDGET_MB = 400
@@ -41,6 +43,11 @@ def installed(python_code_runner):
     code = ("import importlib.metadata as m, json; "
             "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
     return {norm(n): v for n, v in json.loads(python_code_runner(code)).items()}
+
+
+def run_once(docker, image, program, *args):
+    """Output of one program run in a throwaway container of the image (no server started)."""
+    return docker.docker("run", "--rm", "--entrypoint", program, image, *args).stdout
 
 
 def test_dockerfile_passes_hadolint():
@@ -113,6 +120,8 @@ def test_runs_as_a_numeric_non_root_user_with_gunicorn_as_pid_1(served, docker, 
     status = served.exec("cat", "/proc/1/status").stdout
     assert re.search(rf"^Uid:\s+{UID}\s+{UID}\s+{UID}\s+{UID}$", status, re.MULTILINE)
     assert "gunicorn" in served.exec("cat", "/proc/1/cmdline").stdout
+    # Each worker's heartbeat is an unlinked file on /dev/shm (worker_tmp_dir in gunicorn.conf.py).
+    assert "/dev/shm/" in served.exec("sh", "-c", "ls -l /proc/[0-9]*/fd/ 2>/dev/null").stdout
 
 
 @pytest.mark.slow
@@ -154,8 +163,7 @@ def test_no_compiler_and_no_pip_in_the_runtime_image(docker, image):
     script = ("for c in cc gcc c99 c++ g++ clang tcc x86_64-linux-gnu-gcc pip pip3; do command -v $c; done; "
               "find / -xdev \\( -name 'cc1*' -o -name 'x86_64-linux-gnu-gcc*' \\) 2>/dev/null; "
               "python3 -m pip --version 2>/dev/null; true")
-    done = docker.docker("run", "--rm", "--entrypoint", "sh", image, "-c", script)
-    assert done.stdout == ""
+    assert run_once(docker, image, "sh", "-c", script) == ""
 
 
 @pytest.mark.slow
@@ -163,8 +171,7 @@ def test_image_trains_the_same_model_as_the_host(docker, image, tmp_path):
     subprocess.run([sys.executable, "train.py", "--out-dir", str(tmp_path)], cwd=HANDOUT, check=True,
                    capture_output=True)
     host = json.loads((tmp_path / "metrics.json").read_text())
-    inside = json.loads(docker.docker("run", "--rm", "--entrypoint", "cat", image,
-                                      "/app/model/metrics.json").stdout)
+    inside = json.loads(run_once(docker, image, "cat", "/app/model/metrics.json"))
     assert inside["model_version"] == host["model_version"]
     assert inside["artifact_sha256"] == host["artifact_sha256"]
     assert {k: v for k, v in inside["versions"].items() if k != "python"} == \
@@ -172,9 +179,24 @@ def test_image_trains_the_same_model_as_the_host(docker, image, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_supplied_model_is_shipped_instead_of_a_trained_one(docker, image, model_dir, tmp_path):
+    context = context_copy(tmp_path)
+    shutil.copytree(model_dir, context / "models" / "small", ignore=shutil.ignore_patterns("compiled"))
+    docker.docker("build", BUILD_FLAGS, "--build-arg", "MODEL_DIR=models/small", "-t", "calories:supplied",
+                  str(context))
+    try:
+        inside = json.loads(run_once(docker, "calories:supplied", "cat", "/app/model/metrics.json"))
+        library = run_once(docker, "calories:supplied", "ls", "/app/compiled")
+    finally:
+        docker.docker("rmi", "calories:supplied")
+    supplied = json.loads((model_dir / "metrics.json").read_text())
+    assert (inside["model_version"], inside["n_estimators"]) == (supplied["model_version"], 60)
+    assert re.fullmatch(r"trees-[0-9a-f]{20}\.so\n", library)  # compiled for it at build time
+
+
+@pytest.mark.slow
 def test_image_installs_exactly_the_locked_packages(docker, image):
-    inside = installed(lambda code: docker.docker("run", "--rm", "--entrypoint", "python3", image,
-                                                  "-c", code).stdout)
+    inside = installed(lambda code: run_once(docker, image, "python3", "-c", code))
     locked = pins()
     assert {n: v for n, v in inside.items() if locked.get(n) != v} == {}
     assert requirement_names("requirements.txt") <= set(inside)
@@ -222,9 +244,9 @@ def test_sigterm_under_load_loses_no_acknowledged_feedback(docker, image, reques
     container = Container(docker, image, "--tmpfs", "/tmp")  # writable root: `docker diff` can tell
     try:
         container.wait_ready()
-        ids = range(100_000, 102_000)
+        ids = range(100_000, 101_000)
         predict_all(container.url, ids)
-        acked, stopped = feedback_then_stop(container, ids, stop_after=200)
+        acked, stopped = feedback_then_stop(container, ids, stop_after=100)
         say(request, f"docker stop under load: {stopped:.2f} s, {len(acked)} of {len(ids)} acknowledged")
         assert container.inspect("{{.State.ExitCode}}") == "0"
         assert len(acked) < len(ids)  # the load was still running when SIGTERM came
