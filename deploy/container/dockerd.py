@@ -81,10 +81,20 @@ class PrivateDockerd:
         self.env = {**os.environ, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "1"}
 
     def start(self, timeout=60):
-        """Create the bridge, start the daemon and wait until it answers."""
+        """Create the bridge, start the daemon and wait until it answers; undo it all on failure."""
         lacking = missing_tools()
         if lacking:
             raise DockerdError(f"cannot run a private dockerd: missing {', '.join(lacking)}")
+        try:
+            self._launch()
+            self._wait(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self):
+        """The tmpfs (if any), the bridge, then dockerd in a session of its own."""
         if self.tmpfs_size:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.tmpfs_size},mode=0711", "tmpfs",
                             str(self.root)], check=True, capture_output=True)
@@ -98,15 +108,16 @@ class PrivateDockerd:
                 f"--cgroup-parent=/{self.name}", "--log-level=warn"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wait(self, timeout):
+        """Until `docker version` answers; the daemon's log in the error otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.stop()
                 raise DockerdError(f"dockerd exited {self.proc.returncode}: {self.log_tail()}")
             if self.docker("version", check=False, timeout=10).returncode == 0:
-                return self
+                return
             time.sleep(0.3)
-        self.stop()
         raise DockerdError(f"dockerd did not answer within {timeout}s: {self.log_tail()}")
 
     def log_tail(self, chars=2000):
