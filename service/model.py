@@ -102,10 +102,12 @@ def fast_path_for(estimator, features):
 class ModelService:
     """Loads the artifact once per worker and answers predictions; `ready` says if it can."""
 
-    def __init__(self, model_path, handout_dir, threads=1, fast_path=True, compiled_dir=None):
+    def __init__(self, model_path, handout_dir, threads=1, fast_path=True, compiled_dir=None,
+                 compiled_readonly=False):
         self.model_path, self.handout_dir = model_path, handout_dir
         self.threads, self.want_fast_path = threads, fast_path
         self.compiled_dir = compiled_dir  # None: no compiled evaluator
+        self.compiled_readonly = compiled_readonly  # True: load a prebuilt library, never write
         self.ready, self.error = False, None
         self.estimator = self.fast = self.features = None
         self.metrics, self.drift_bins = {}, {}
@@ -148,7 +150,8 @@ class ModelService:
         self.fast = fast_path_for(self.estimator, self.features) if self.want_fast_path else None
         if self.fast is not None and self.compiled_dir is not None:
             from . import compiled
-            self.fast.compiled = compiled.load(self.fast.booster, self.compiled_dir)
+            self.fast.compiled = compiled.load(self.fast.booster, self.compiled_dir,
+                                               readonly=self.compiled_readonly)
         if self.fast is not None:
             self._check_parity(sample, expected)
 
@@ -211,7 +214,7 @@ def init_app(app):
     cfg = app.config
     compiled_dir = cfg["COMPILED_MODEL_DIR"] if cfg["MODEL_COMPILED"] else None
     service = ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], cfg["MODEL_THREADS"],
-                           cfg["MODEL_FAST_PATH"], compiled_dir)
+                           cfg["MODEL_FAST_PATH"], compiled_dir, cfg["COMPILED_MODEL_READONLY"])
     app.extensions["model"] = service
     try:
         service.load()
