@@ -119,3 +119,73 @@ class Container:
     def remove(self):
         """Remove the container and its anonymous volumes."""
         self.docker.docker("rm", "-f", "-v", self.id, check=False)
+
+
+# The Compose stack (tests/test_compose.py): stand-ins for the official images, MLflow's image.
+COMPOSE_FILE = ROOT / "compose.yaml"
+COMPOSE_TEST_FILE = ROOT / "deploy" / "container" / "compose.test.yaml"
+MLFLOW_IMAGE = "calories-mlflow:3.17.2"  # as compose.yaml names it: the test stack uses it unchanged
+
+
+def compose_binary():
+    """docker-compose 1.29, the only Compose packaged here (`docker compose` v2 is not)."""
+    path = shutil.which("docker-compose")
+    if path is None:
+        missing("docker-compose", ".ci/run installs Debian's docker-compose")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack_images(docker, base_image, request):
+    """The stand-ins and MLflow's image, built on the stand-in base while `make image` runs."""
+    started = time.monotonic()
+    builds = {
+        "stand-ins (postgres, nginx, prometheus)": subprocess.Popen(
+            ["bash", str(ROOT / "deploy" / "container" / "build-standins.sh"), BUILD_FLAGS],
+            env=docker.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        MLFLOW_IMAGE: subprocess.Popen(
+            [private.DOCKER, "build", BUILD_FLAGS, "-t", MLFLOW_IMAGE, str(ROOT / "deploy" / "mlflow")],
+            env=docker.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+    }
+    try:
+        app_image = request.getfixturevalue("image")
+        for what, build in builds.items():
+            out = build.communicate(timeout=900)[0]
+            assert build.returncode == 0, f"{what}:\n{out[-3000:]}"
+            say(request, f"{what} built: {time.monotonic() - started:.1f} s after the start of the builds")
+    finally:
+        for build in builds.values():
+            if build.poll() is None:
+                build.kill()
+                build.wait()
+    return app_image
+
+
+class Compose:
+    """docker-compose 1.29 on compose.yaml plus the tests' override, as one project of the private daemon."""
+
+    def __init__(self, docker, env_file, project):
+        self.docker, self.env_file, self.project = docker, env_file, project
+        self.base = [compose_binary(), "--project-name", project, "--project-directory", str(ROOT),
+                     "-f", str(COMPOSE_FILE), "-f", str(COMPOSE_TEST_FILE), "--env-file", str(env_file)]
+
+    def __call__(self, *args, check=True, timeout=300):
+        """Run one docker-compose command; its output, captured."""
+        done = subprocess.run([*self.base, *args], env=self.docker.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT)
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker-compose {' '.join(args)} exited {done.returncode}:\n"
+                                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
+    def container(self, service):
+        """The id of the service's (first) container."""
+        return self("ps", "-q", service).stdout.strip().splitlines()[0]
+
+    def inspect(self, service, template):
+        """One field of the service container's `docker inspect`, by Go template."""
+        return self.docker.docker("inspect", "-f", template, self.container(service)).stdout.strip()
+
+    def health(self, service):
+        """The service container's health status (healthy, starting, unhealthy)."""
+        return self.inspect(service, "{{.State.Health.Status}}")

@@ -5,7 +5,8 @@
 set -euo pipefail
 : "${MLFLOW_DB_PASSWORD:?MLFLOW_DB_PASSWORD is not set}"
 # Values travel as psql variables, quoted by psql (:'...', :"..."), never spliced into the SQL.
-# Each database admits only its owner (and superusers): neither role can open the other's.
+# Each database admits only its owner and superusers (POSTGRES_USER is one, as the image makes
+# it): MLflow's role cannot open the store's database.
 psql -v ON_ERROR_STOP=1 --no-psqlrc --quiet --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
   --set=password="$MLFLOW_DB_PASSWORD" --set=appdb="$POSTGRES_DB" <<'SQL'
 SELECT format('CREATE ROLE mlflow LOGIN PASSWORD %L', :'password')
