@@ -14,6 +14,7 @@ from support import FakeClock, free_port, query, sqlite
 from service.store import FutureTimestamp, StoreError, open_store
 from service.store import postgresql as pg_store
 from service.store import sqlite as sqlite_store
+from service.store.base import FIRST_SEEN_SHOWN
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -225,6 +226,12 @@ def test_v1_store_is_migrated_without_losing_rows(make_store, target, clock):
     assert schema_version(target) == expected
     assert query(target, "SELECT count(*) FROM feedback")[0][0] == 5
     assert query(target, "SELECT task FROM maintenance") == [("prune",)]
+    # 0004: feedback joined before it is attributed to its prediction's version, first-seen backfilled.
+    assert query(target, "SELECT outcome, model_version FROM feedback ORDER BY seq") == [
+        ("matched", "calories-xgb-v1"), ("matched", "calories-xgb-v1"), ("unmatched", None),
+        ("matched", "calories-xgb-v1"), ("duplicate", None)]
+    assert store.first_seen() == [("calories-xgb-v1", 1_800_000_000.0)]
+    assert store.window_by_version()["calories-xgb-v1"].pairs == 3
 
 
 @contextlib.contextmanager
@@ -372,3 +379,94 @@ def test_concurrent_feedback_storm_joins_each_event_once_fifo(make_store, target
     for id_ in ids:
         fseqs = [f for i, _, f in joined if i == id_]
         assert fseqs == sorted(fseqs)
+
+
+def independent(pairs, predictions, joined):
+    """RMSLE, MAE from (prediction, truth) pairs, and coverage, computed here without the store."""
+    sle = [(math.log1p(p) - math.log1p(y)) ** 2 for p, y in pairs]
+    return (math.sqrt(sum(sle) / len(sle)), sum(abs(p - y) for p, y in pairs) / len(pairs),
+            joined / predictions)
+
+
+def test_feedback_is_attributed_to_the_version_of_the_event_it_joins(store, target, clock):
+    store.record_prediction(1, 100.0, "v1")
+    clock.advance(1)
+    store.record_prediction(1, 120.0, "v2")  # same id, served by the next version
+    first, second = store.record_feedback(1, 90.0), store.record_feedback(1, 110.0)
+    assert (first.model_version, second.model_version) == ("v1", "v2")
+    assert store.record_feedback(1, 1.0).model_version is None  # duplicate: no event, no version
+    assert query(target, "SELECT outcome, model_version FROM feedback ORDER BY seq") == [
+        ("matched", "v1"), ("matched", "v2"), ("duplicate", None)]
+
+
+def test_window_by_version_matches_an_independent_computation(store, clock):
+    served = {"v1": [(100.0, 90.0), (50.0, 52.5), (7.0, 9.0)], "v2": [(200.0, 180.0), (33.3, 30.0)]}
+    id_ = 0
+    for version, pairs in served.items():
+        for prediction, truth in pairs:
+            store.record_prediction(id_, prediction, version)
+            store.record_feedback(id_, truth)
+            id_ += 1
+        store.record_prediction(id_, 1.0, version)  # one open event per version
+        id_ += 1
+    clock.advance(1)
+    stats = store.window_by_version()
+    assert sorted(stats) == ["v1", "v2"]
+    for version, pairs in served.items():
+        rmsle, mae, coverage = independent(pairs, len(pairs) + 1, len(pairs))
+        got = stats[version]
+        assert got.pairs == len(pairs)
+        assert got.rmsle == pytest.approx(rmsle, rel=1e-9) and got.mae == pytest.approx(mae, rel=1e-9)
+        assert got.coverage == pytest.approx(coverage, rel=1e-9)
+    whole = store.window_stats()  # the all-version figures keep their meaning
+    assert whole.pairs == 5 and whole.predictions == 7
+    clock.advance(300)
+    assert store.window_by_version() == {}
+
+
+def test_a_version_with_predictions_only_has_coverage_and_no_quality(store):
+    store.record_prediction(1, 10.0, "v3")
+    stats = store.window_by_version()["v3"]
+    assert (stats.pairs, stats.predictions, stats.coverage) == (0, 1, 0.0)
+    assert math.isnan(stats.rmsle) and math.isnan(stats.mae)
+
+
+def test_quality_by_version_over_a_period_is_closed_left_open_right(store, clock):
+    start = clock.now
+    for id_, (version, prediction, truth) in enumerate([("v1", 10.0, 12.0), ("v1", 20.0, 20.0),
+                                                        ("v2", 30.0, 33.0)]):
+        store.record_prediction(id_, prediction, version)
+        store.record_feedback(id_, truth)
+        clock.advance(10)
+    # Feedback received at start, start + 10, start + 20.
+    period = store.quality_by_version(start, start + 20)
+    assert sorted(period) == ["v1"] and period["v1"].pairs == 2
+    rmsle, mae, _ = independent([(10.0, 12.0), (20.0, 20.0)], 1, 1)
+    assert period["v1"].rmsle == pytest.approx(rmsle, rel=1e-9)
+    assert period["v1"].mae == pytest.approx(mae, rel=1e-9)
+    assert store.quality_by_version(start + 20, start + 21)["v2"].pairs == 1
+    assert store.quality_by_version(start + 21, start + 100) == {}
+
+
+def test_first_seen_is_the_first_prediction_of_each_version(make_store, clock):
+    store = make_store()
+    t1 = clock.now
+    store.record_prediction(1, 1.0, "v1")
+    clock.advance(5)
+    store.record_prediction(2, 1.0, "v1")
+    other = make_store()  # another process serving v1 too: its first prediction is not v1's first
+    other.record_prediction(3, 1.0, "v1")
+    clock.advance(5)
+    other.record_prediction(4, 1.0, "v2")
+    assert store.first_seen() == [("v2", t1 + 10), ("v1", t1)]
+    clock.advance(5)
+    store.record_prediction(5, 1.0, "v1")  # back to v1 (a rollback): its first-seen time stays
+    assert make_store().first_seen() == [("v2", t1 + 10), ("v1", t1)]
+
+
+def test_first_seen_shows_only_the_latest_versions(store, clock):
+    for n in range(FIRST_SEEN_SHOWN + 3):
+        store.record_prediction(n, 1.0, f"v{n}")
+        clock.advance(1)
+    shown = store.first_seen()
+    assert [v for v, _ in shown] == [f"v{n}" for n in reversed(range(3, FIRST_SEEN_SHOWN + 3))]
