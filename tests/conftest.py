@@ -52,7 +52,7 @@ def clock():
 def config(tmp_path, model_path, clock):
     """Overrides for create_app: temporary store, the session model, the fake clock."""
     return {"MODEL_PATH": model_path, "FEEDBACK_DB": tmp_path / "feedback.db", "CLOCK": clock,
-            "COMPILED_MODEL_DIR": model_path.parent / "compiled",
+            "COMPILED_MODEL_DIR": model_path.parent / "compiled", "MODEL_CACHE_DIR": tmp_path / "models",
             "PREDICTION_WINDOW_SECONDS": 300.0, "PROMETHEUS_MULTIPROC_DIR": None}
 
 

@@ -87,12 +87,19 @@ def sample(metrics, name, **labels):
     return metrics.get((name, frozenset(labels.items())))
 
 
+def total(metrics, name, **labels):
+    """The sum of every series of `name` carrying these labels (PromQL's sum over the others)."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in metrics.items() if n == name and wanted <= series)
+
+
 class Gunicorn(Instance):
     """An instance on a free loopback port with the session's model and its own temporary store."""
 
     def __init__(self, tmp, model_path, workers=4, env=None):
         defaults = {"MODEL_PATH": str(model_path), "ACCESS_LOG": "off",
                     "PROMETHEUS_MULTIPROC_DIR": str(pathlib.Path(tmp) / "prom"),
+                    "MODEL_CACHE_DIR": str(pathlib.Path(tmp) / "models"),
                     "COMPILED_MODEL_DIR": str(pathlib.Path(model_path).parent / "compiled")}
         super().__init__(tmp, workers, {**defaults, **(env or {})})
         self.tmp = self.workdir
