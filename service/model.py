@@ -259,9 +259,17 @@ def service_for(cfg):
         return service
     if uri is None:
         return ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], compiled_dir=compiled_dir, **common)
+    return version_service(cfg, uri)
+
+
+def version_service(cfg, uri):
+    """The ModelService of a concrete registry version: its cached folder holds model and code."""
+    common = dict(threads=cfg["MODEL_THREADS"], fast_path=cfg["MODEL_FAST_PATH"],
+                  pinned_sha256=cfg.get("MODEL_SHA256"))
     folder = registry.version_dir(cfg["MODEL_CACHE_DIR"], uri)
     service = ModelService(folder / "model.joblib", folder, sample_path=folder / registry.PARITY_SAMPLE,
-                           compiled_dir=folder / "compiled" if compiled_dir else None, uri=uri, **common)
+                           compiled_dir=folder / "compiled" if cfg["MODEL_COMPILED"] else None, uri=uri,
+                           **common)
     service.fetch = lambda: registry.fetch(uri, cfg)
     return service
 
