@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 import pytest
-from support import HANDOUT, FakeClock, missing, snapshot
+from support import HANDOUT, FakeClock, MlflowServer, missing, snapshot
 
 from scaleout import postgres as pg
 from service import create_app
@@ -91,3 +91,37 @@ _databases = itertools.count(1)
 def pg_url(postgres):
     """A fresh, empty database (and its owner role) in the session's cluster: its postgresql:// URL."""
     return postgres.create_database(f"calories_t{next(_databases)}")
+
+
+def train(out, seed):
+    """A small model (60 trees) with this seed into `out`; the handout is never written."""
+    subprocess.run([sys.executable, "train.py", "--out-dir", str(out), "--n-estimators", "60", "--seed",
+                    str(seed)], cwd=HANDOUT, check=True, capture_output=True)
+    return out / "model.joblib"
+
+
+@pytest.fixture(scope="session")
+def second_model_path(tmp_path_factory):
+    """Another model, trained with another seed: a second version to roll out to."""
+    return train(tmp_path_factory.mktemp("model-seed2"), 2)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server for the session (started once: it takes 10-40 s)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def published(mlflow_server, model_path, second_model_path):
+    """The session's two models published as versions of `calories`: {"a": report, "b": report}."""
+    from service import publish
+
+    reports = {}
+    for key, path in (("a", model_path), ("b", second_model_path)):
+        args = publish.parse_args(["--model", str(path)])
+        args.settings = {**args.settings, "MLFLOW_TRACKING_URI": mlflow_server.url}
+        reports[key] = publish.publish(args)
+    return reports
