@@ -292,6 +292,8 @@ def init_app(app):
             raise
         log.error("%s (serving, not ready)", exc)
         return
+    finally:
+        registry.note_worker(cfg["MODEL_CACHE_DIR"], service)
     log.info("model %s%s loaded (inference: %s)", service.version,
              f" ({service.uri})" if service.uri else "", service.inference)
 

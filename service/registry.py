@@ -241,6 +241,42 @@ def serving_uri(cfg):
     return uri
 
 
+# What each worker process loaded (the rollout waits for these before stopping old workers).
+
+def process_start(pid):
+    """A process's start time in clock ticks since boot (with the pid, it names one process)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def note_worker(cache_dir, service):
+    """Record what this process serves, in MODEL_CACHE_DIR/workers/<pid>.json; drop markers of the dead."""
+    folder = pathlib.Path(cache_dir) / "workers"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for marker in folder.glob("*.json"):
+            if process_start(marker.stem) is None:
+                marker.unlink(missing_ok=True)
+        body = {"pid": os.getpid(), "start": process_start(os.getpid()), "ready": service.ready,
+                "model_version": service.version, "uri": str(service.uri or "")}
+        tmp = folder / f".{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, folder / f"{os.getpid()}.json")
+    except OSError as exc:  # a read-only cache: the rollout cannot confirm workers, serving goes on
+        log.warning("cannot record this worker's model in %s: %s", folder, exc)
+
+
+def worker_state(cache_dir, pid):
+    """What worker `pid` recorded at its start, or None (not yet, or a marker of an earlier process)."""
+    try:
+        state = json.loads((pathlib.Path(cache_dir) / "workers" / f"{pid}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if state.get("start") == process_start(pid) else None
+
+
 def remove_version(cache_dir, uri):
     """Drop a cached version (a later load downloads it again)."""
     shutil.rmtree(version_dir(cache_dir, uri), ignore_errors=True)

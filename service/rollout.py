@@ -3,9 +3,10 @@
 It resolves the URI once (an alias becomes a concrete version, so the workers of the instance
 never disagree), downloads and checks the version, loads it in a separate process exactly as a
 worker would (sha256, parity check, compiled library prepared in the cache), and only if all of
-that passes points the instance at it (MODEL_CACHE_DIR/serving.json) and sends the master HUP.
-gunicorn then starts new workers and stops the old ones gracefully: requests wait in the listen
-backlog while the new workers load, none is dropped. Anything short of that changes nothing.
+that passes points the instance at it (MODEL_CACHE_DIR/serving.json) and has the master start as
+many new workers (TTIN), waits until each has loaded the version, then stops the old ones (TTOU,
+gracefully). Anything short of that changes nothing; new workers that fail to come up (they
+passed the same checks, so this is rare) put the old pointer back and restart every worker (HUP).
 """
 
 import argparse
@@ -18,9 +19,7 @@ import subprocess
 import sys
 import time
 
-import requests
-
-from . import config, registry
+from . import config, mlflow_rest, registry
 
 CHECK_TIMEOUT = 300
 
@@ -36,8 +35,7 @@ def parse_args(argv):
     p.add_argument("--pidfile", type=pathlib.Path, help="file holding the master's pid (gunicorn --pid)")
     p.add_argument("--no-reload", action="store_true",
                    help="prepare the version and point the instance at it, send no HUP (before a start)")
-    p.add_argument("--url", help="the instance, to confirm what its workers serve (default: http://BIND)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds for the new workers to be ready")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds for the workers to be replaced")
     p.add_argument("--allow-slower", action="store_true",
                    help="accept a version that would not run on the compiled trees here")
     p.add_argument("--check", help=argparse.SUPPRESS)  # internal: load one version, print the outcome
@@ -96,27 +94,44 @@ def workers_of(pid):
     return set()
 
 
-def serves(url, model_version, answers):
-    """True once `answers` consecutive /readyz answers report model_version."""
-    for _ in range(answers):
-        try:
-            body = requests.get(url + "/readyz", timeout=5).json()
-        except (requests.RequestException, ValueError):
-            return False
-        if body.get("model_version") != model_version:
-            return False
+def _wait(check, deadline, what):
+    """Poll check() until true; RolloutError at the deadline."""
+    while not check():
+        if time.monotonic() > deadline:
+            raise RolloutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _loaded(cache_dir, pid, model_version):
+    """Whether worker pid has loaded model_version; RolloutError if it loaded anything else."""
+    state = registry.worker_state(cache_dir, pid)
+    if state is None:
+        return False
+    if not state["ready"] or state["model_version"] != model_version:
+        raise RolloutError(f"new worker {pid} came up with {state['model_version']} "
+                           f"(ready: {state['ready']}), not {model_version}")
     return True
 
 
-def wait_for_workers(pid, old, url, model_version, timeout):
-    """Until every old worker is gone, as many new ones run, and the instance answers the new version."""
+def replace_workers(pid, cache_dir, model_version, timeout):
+    """New workers first, old ones stopped only once every new one has loaded the version.
+
+    TTIN adds a worker (one signal at a time: identical pending signals merge); TTOU stops the
+    oldest, gracefully. Unlike HUP, which stops the old workers while the new ones still load (every
+    request then waits in the backlog for the whole load), some worker always accepts.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = workers_of(pid)
-        if now and not now & old and len(now) >= len(old) and serves(url, model_version, 2 * len(now)):
-            return len(now)
-        time.sleep(0.2)
-    raise RolloutError(f"the new workers did not all serve {model_version} within {timeout:g} s")
+    old = workers_of(pid)
+    for n in range(1, len(old) + 1):
+        os.kill(pid, signal.SIGTTIN)
+        _wait(lambda n=n: len(workers_of(pid) - old) >= n, deadline, "gunicorn to start a new worker")
+    new = workers_of(pid) - old
+    _wait(lambda: all(_loaded(cache_dir, p, model_version) for p in new), deadline,
+          f"the new workers to load {model_version}")
+    for n in range(1, len(old) + 1):
+        os.kill(pid, signal.SIGTTOU)
+        _wait(lambda n=n: len(workers_of(pid) & old) <= len(old) - n, deadline, "an old worker to stop")
+    return workers_of(pid)
 
 
 def rollout(args):
@@ -141,15 +156,14 @@ def rollout(args):
               "reloaded": pid is not None}
     if pid is None:
         return report
-    old, started = workers_of(pid), time.monotonic()
-    os.kill(pid, signal.SIGHUP)
-    url = args.url or f"http://{config.server_settings()['bind']}"
+    started = time.monotonic()
     try:
-        report["workers"] = wait_for_workers(pid, old, url, outcome["model_version"], args.timeout)
+        live = replace_workers(pid, cfg["MODEL_CACHE_DIR"], outcome["model_version"], args.timeout)
     except RolloutError as exc:
         _restore(cfg["MODEL_CACHE_DIR"], previous, pid)
-        raise RolloutError(f"{exc}: the previous pointer is restored and the instance reloaded") from None
-    report["seconds"] = round(time.monotonic() - started, 3)
+        raise RolloutError(f"{exc}: the previous pointer is restored, every worker restarted on it (HUP)"
+                           ) from None
+    report.update(workers=len(live), seconds=round(time.monotonic() - started, 3))
     return report
 
 
@@ -171,6 +185,9 @@ def _restore(cache_dir, previous, pid):
     os.kill(pid, signal.SIGHUP)
 
 
+REFUSALS = (RolloutError, registry.RegistryModelError, mlflow_rest.RegistryError, config.ConfigError)
+
+
 def main(argv=None):
     """Roll out; one JSON line on success (exit 0), one `rollout refused:` line otherwise (exit 1)."""
     args = parse_args(argv)
@@ -179,7 +196,7 @@ def main(argv=None):
         return 0
     try:
         report = rollout(args)
-    except (RolloutError, registry.RegistryModelError, config.ConfigError) as exc:
+    except REFUSALS as exc:
         print(f"rollout refused: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report))

@@ -1,6 +1,7 @@
 """Fixtures: a small model trained once into a temporary folder, an app over a temporary store."""
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -93,10 +94,10 @@ def pg_url(postgres):
     return postgres.create_database(f"calories_t{next(_databases)}")
 
 
-def train(out, seed):
+def train(out, seed, n_estimators=60):
     """A small model (60 trees) with this seed into `out`; the handout is never written."""
-    subprocess.run([sys.executable, "train.py", "--out-dir", str(out), "--n-estimators", "60", "--seed",
-                    str(seed)], cwd=HANDOUT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "train.py", "--out-dir", str(out), "--n-estimators", str(n_estimators),
+                    "--seed", str(seed)], cwd=HANDOUT, check=True, capture_output=True)
     return out / "model.joblib"
 
 
@@ -117,11 +118,49 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def published(mlflow_server, model_path, second_model_path):
     """The session's two models published as versions of `calories`: {"a": report, "b": report}."""
+    return {"a": publish_model(mlflow_server, model_path),
+            "b": publish_model(mlflow_server, second_model_path)}
+
+
+def publish_model(server, path, *flags):
+    """publish.publish() of one model into the server; its report."""
     from service import publish
 
-    reports = {}
-    for key, path in (("a", model_path), ("b", second_model_path)):
-        args = publish.parse_args(["--model", str(path)])
-        args.settings = {**args.settings, "MLFLOW_TRACKING_URI": mlflow_server.url}
-        reports[key] = publish.publish(args)
-    return reports
+    args = publish.parse_args(["--model", str(path), *flags])
+    args.settings = {**args.settings, "MLFLOW_TRACKING_URI": server.url}
+    return publish.publish(args)
+
+
+def tamper(server, report, metrics_too=False):
+    """Alter a published model.joblib in the registry's store, files.json rewritten to match (so only
+    metrics.json can tell); with metrics_too, metrics.json as well (so only MODEL_SHA256 can tell)."""
+    from service import registry
+
+    model = server.artifact(report["run_id"], "model.joblib")
+    model.write_bytes(model.read_bytes() + b"tampered")
+    changed = {"model.joblib": registry.file_sha256(model)}
+    if metrics_too:
+        metrics_file = server.artifact(report["run_id"], "metrics.json")
+        metrics = json.loads(metrics_file.read_text())
+        metrics["artifact_sha256"] = changed["model.joblib"]
+        metrics_file.write_text(json.dumps(metrics))
+        changed["metrics.json"] = registry.file_sha256(metrics_file)
+    manifest_file = server.artifact(report["run_id"], "files.json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"].update(changed)
+    manifest_file.write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="session")
+def tampered(mlflow_server, tmp_path_factory):
+    """Two versions altered in the registry after publishing: "artifact" (model.joblib only) and
+    "with_metrics" (its metrics.json too); each report carries the original artifact's sha256."""
+    from service import registry
+
+    out = {}
+    for key, seed in (("artifact", 3), ("with_metrics", 4)):
+        path = train(tmp_path_factory.mktemp(f"model-seed{seed}"), seed, n_estimators=10)
+        report = publish_model(mlflow_server, path, "--no-compiled")  # refused before any use
+        tamper(mlflow_server, report, metrics_too=key == "with_metrics")
+        out[key] = {**report, "original_sha256": registry.file_sha256(path)}
+    return out

@@ -1,13 +1,12 @@
 """Serving a registry version (MODEL_URI): downloaded once, its own code and schema, files checked
 before unpickling, MODEL_SHA256, the cache while the registry is down; URIs and platform tags."""
 
-import json
 import sys
 
 import pytest
 from support import RECORD, Gunicorn, free_port
 
-from service import create_app, publish, registry
+from service import create_app, registry
 from service.model import ModelLoadError
 
 DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the registry is down
@@ -18,36 +17,6 @@ def app_for(tmp_path, uri, tracking, cache=None, **extra):
     return create_app({"MODEL_URI": uri, "MLFLOW_TRACKING_URI": tracking,
                        "MODEL_CACHE_DIR": cache or tmp_path / "models", "FEEDBACK_DB": tmp_path / "fb.db",
                        "PROMETHEUS_MULTIPROC_DIR": None, **extra})
-
-
-@pytest.fixture(scope="module")
-def tampered(mlflow_server, tmp_path_factory):
-    """A third version whose model.joblib was altered in the registry after publishing, its
-    files.json rewritten to match (so only the sha256 in metrics.json can tell); and a fourth whose
-    metrics.json was rewritten too (so only MODEL_SHA256 can tell)."""
-    from conftest import train
-
-    out = {}
-    for key, seed in (("artifact", 3), ("with_metrics", 4)):
-        path = train(tmp_path_factory.mktemp(f"model-seed{seed}"), seed)
-        args = publish.parse_args(["--model", str(path), "--no-compiled"])  # refused before any use
-        args.settings = {**args.settings, "MLFLOW_TRACKING_URI": mlflow_server.url}
-        report = publish.publish(args)
-        model = mlflow_server.artifact(report["run_id"], "model.joblib")
-        model.write_bytes(model.read_bytes() + b"tampered")
-        changed = {"model.joblib": registry.file_sha256(model)}
-        if key == "with_metrics":
-            metrics_file = mlflow_server.artifact(report["run_id"], "metrics.json")
-            metrics = json.loads(metrics_file.read_text())
-            metrics["artifact_sha256"] = changed["model.joblib"]
-            metrics_file.write_text(json.dumps(metrics))
-            changed["metrics.json"] = registry.file_sha256(metrics_file)
-        manifest_file = mlflow_server.artifact(report["run_id"], "files.json")
-        manifest = json.loads(manifest_file.read_text())
-        manifest["files"].update(changed)
-        manifest_file.write_text(json.dumps(manifest))
-        out[key] = {**report, "original_sha256": registry.file_sha256(path)}
-    return out
 
 
 @pytest.mark.slow
