@@ -13,8 +13,13 @@ SIMFLAGS ?=
 BENCHFLAGS ?=
 
 SCALEOUTFLAGS ?=
+PUBLISHFLAGS ?=
+ROLLOUTFLAGS ?=
+QUALITYFLAGS ?=
+# gunicorn's pid file, so `make rollout` knows which master to signal.
+PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install data train model evaluate serve validate-a simulate-stream observe scaleout test lint soak bench clean
+.PHONY: install data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -40,7 +45,17 @@ evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
 	$(BIN)/python "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"
 
 serve: model  ## run the service (gunicorn) on $${BIND:-127.0.0.1:8000}
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	mkdir -p "$(dir $(PIDFILE))"
+	$(BIN)/gunicorn -c gunicorn.conf.py --pid "$(PIDFILE)" wsgi:app
+
+publish: model  ## log the model (MODEL_PATH) to MLflow (MLFLOW_TRACKING_URI) and register a version
+	$(BIN)/python -m service.publish $(PUBLISHFLAGS)
+
+rollout: $(STAMP)  ## move the running `make serve` to MODEL_URI (or ROLLOUTFLAGS="--uri models:/calories/N")
+	$(BIN)/python -m service.rollout --pidfile "$(PIDFILE)" $(ROLLOUTFLAGS)
+
+live-quality: $(STAMP)  ## write each model version's live RMSLE, MAE and pairs of the last hour to MLflow
+	$(BIN)/python -m service.live_quality $(QUALITYFLAGS)
 
 validate-a: model  ## in-process smoke validation, log in logs/validate_iteration_a.log
 	$(BIN)/python -m service.validate
