@@ -140,7 +140,8 @@ def test_every_dashboard_query_is_accepted(scraped):
 def test_dashboard_covers_the_contract():
     exprs = " ".join(t["expr"] for p in DASHBOARD["panels"] for t in p["targets"])
     for needle in ("flask_http_request_duration_seconds", "app_prediction_value", "rmsle", "mae",
-                   "app_feedback_coverage_5m", "lag", "app_model_info", "errors"):
+                   "app_feedback_coverage_5m", "lag", "app_model_info", "errors", "rmsle_by_version",
+                   "app_feedback_rmsle_newest", "app_feedback_rmsle_previous"):
         assert needle in exprs, needle
 
 
