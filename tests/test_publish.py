@@ -16,12 +16,16 @@ EXPECTED_FILES = {"model.joblib", "metrics.json", "schema.json", "features.py", 
                   "files.json"}
 
 
-def run_publish(server, *args):
-    """`python -m service.publish` as README shows it; (exit code, stdout, stderr)."""
+def run_publish(server, *args, make=False):
+    """`python -m service.publish` (or `make publish PUBLISHFLAGS=…`); (exit code, stdout, stderr)."""
     env = {"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": server.url, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run([sys.executable, "-m", "service.publish", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    return done.returncode, done.stdout, done.stderr
+    cmd = [sys.executable, "-m", "service.publish", *args]
+    if make and (ROOT / ".venv" / "bin" / "python").exists():
+        model = args[args.index("--model") + 1]
+        flags = [a for a in args if a not in ("--model", model)]
+        cmd = ["make", "-s", "publish", f"MODEL_PATH={model}", f"PUBLISHFLAGS={' '.join(flags)}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return min(done.returncode, 1), done.stdout, done.stderr
 
 
 def test_publish_logs_the_run_and_registers_one_version(mlflow_server, published, model_path):
@@ -57,7 +61,7 @@ def test_the_parity_sample_is_the_first_thousand_rows(mlflow_server, published, 
 
 def test_publishing_the_same_artifact_again_adds_no_version_and_sets_an_alias_when_asked(
         mlflow_server, published, model_path):
-    code, out, err = run_publish(mlflow_server, "--model", str(model_path), "--alias", "champion")
+    code, out, err = run_publish(mlflow_server, "--model", str(model_path), "--alias", "champion", make=True)
     assert code == 0, err
     again = json.loads(out)
     assert (again["version"], again["created"]) == (published["a"]["version"], False)
