@@ -11,7 +11,7 @@ import sys
 import numpy as np
 from flask import current_app
 
-from . import drift, registry
+from . import drift, registry, serving
 
 log = logging.getLogger(__name__)
 PARITY_RTOL = 1e-5
@@ -249,10 +249,9 @@ def service_for(cfg):
     """The ModelService the configuration names: a registry version (MODEL_URI, or the rollout's
     pointer) from its cached folder, else the file at MODEL_PATH with the handout's code."""
     compiled_dir = cfg["COMPILED_MODEL_DIR"] if cfg["MODEL_COMPILED"] else None
-    common = dict(threads=cfg["MODEL_THREADS"], fast_path=cfg["MODEL_FAST_PATH"],
-                  pinned_sha256=cfg.get("MODEL_SHA256"))
+    common = _options(cfg)
     try:
-        uri = registry.serving_uri(cfg)
+        uri = serving.serving_uri(cfg)
     except registry.RegistryModelError as exc:
         service = ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], **common)
         service.fetch = _failing(exc)  # a stand-in that never loads, and says why
@@ -264,17 +263,22 @@ def service_for(cfg):
 
 def version_service(cfg, uri):
     """The ModelService of a concrete registry version: its cached folder holds model and code."""
-    common = dict(threads=cfg["MODEL_THREADS"], fast_path=cfg["MODEL_FAST_PATH"],
-                  pinned_sha256=cfg.get("MODEL_SHA256"))
     folder = registry.version_dir(cfg["MODEL_CACHE_DIR"], uri)
     service = ModelService(folder / "model.joblib", folder, sample_path=folder / registry.PARITY_SAMPLE,
                            compiled_dir=folder / "compiled" if cfg["MODEL_COMPILED"] else None, uri=uri,
-                           **common)
+                           **_options(cfg))
     service.fetch = lambda: registry.fetch(uri, cfg)
     return service
 
 
+def _options(cfg):
+    """ModelService settings that do not depend on where the model comes from."""
+    return dict(threads=cfg["MODEL_THREADS"], fast_path=cfg["MODEL_FAST_PATH"],
+                pinned_sha256=cfg.get("MODEL_SHA256"))
+
+
 def _failing(exc):
+    """A fetch that raises exc: the stand-in model never loads, and its error says why."""
     def fetch():
         raise exc
     return fetch
@@ -293,7 +297,7 @@ def init_app(app):
         log.error("%s (serving, not ready)", exc)
         return
     finally:
-        registry.note_worker(cfg["MODEL_CACHE_DIR"], service)
+        serving.note_worker(cfg["MODEL_CACHE_DIR"], service)
     log.info("model %s%s loaded (inference: %s)", service.version,
              f" ({service.uri})" if service.uri else "", service.inference)
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from . import config, mlflow_rest, registry
+from . import config, mlflow_rest, registry, serving
 
 CHECK_TIMEOUT = 300
 
@@ -104,7 +104,7 @@ def _wait(check, deadline, what):
 
 def _loaded(cache_dir, pid, model_version):
     """Whether worker pid has loaded model_version; RolloutError if it loaded anything else."""
-    state = registry.worker_state(cache_dir, pid)
+    state = serving.worker_state(cache_dir, pid)
     if state is None:
         return False
     if not state["ready"] or state["model_version"] != model_version:
@@ -149,8 +149,8 @@ def rollout(args):
     if outcome["inference"] != "compiled" and cfg["MODEL_COMPILED"] and not args.allow_slower:
         raise RolloutError(f"{target} would serve with {outcome['inference']} here, not the compiled trees "
                            "(no matching published library and no C compiler?): --allow-slower to accept")
-    previous = registry.read_pointer(cfg["MODEL_CACHE_DIR"])
-    registry.write_pointer(cfg["MODEL_CACHE_DIR"], cfg.get("MODEL_URI"), target)
+    previous = serving.read_pointer(cfg["MODEL_CACHE_DIR"])
+    serving.write_pointer(cfg["MODEL_CACHE_DIR"], cfg.get("MODEL_URI"), target)
     report = {"uri": str(target), "model_version": outcome["model_version"],
               "inference": outcome["inference"], "previous": _serving_before(cfg, previous),
               "reloaded": pid is not None}
@@ -176,12 +176,12 @@ def _serving_before(cfg, pointer):
 
 def _restore(cache_dir, previous, pid):
     """Put the pointer back as it was and reload again (the new workers did not come up)."""
-    pointer = pathlib.Path(cache_dir) / registry.POINTER
+    pointer = pathlib.Path(cache_dir) / serving.POINTER
     if previous is None:
         pointer.unlink(missing_ok=True)
     else:
         uri = registry.ModelURI.parse(previous["version_uri"])
-        registry.write_pointer(cache_dir, previous["model_uri"], uri)
+        serving.write_pointer(cache_dir, previous["model_uri"], uri)
     os.kill(pid, signal.SIGHUP)
 
 

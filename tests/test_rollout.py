@@ -17,7 +17,7 @@ import pytest
 import requests
 from support import ROOT, SAMPLE, Gunicorn, parse_metrics, query, sample, total
 
-from service import mlflow_rest, registry
+from service import mlflow_rest, serving
 
 pytestmark = pytest.mark.slow
 THREADS, RATE = 4, 20  # requests per second per client thread (predict + its feedback)
@@ -202,11 +202,11 @@ def test_rollout_under_load_between_two_versions(mlflow_server, published, tampe
         assert seen == {a["model_version"], b["model_version"]}
 
         # A broken candidate (its artifact altered in the registry) changes nothing.
-        pointer = (tmp_path / "models" / registry.POINTER).read_text()
+        pointer = (tmp_path / "models" / serving.POINTER).read_text()
         code, out, err, _ = run_rollout(server, env, "--uri", tampered["artifact"]["uri"],
                                         "--pid", str(server.proc.pid))
         assert code == 1 and err.startswith("rollout refused:") and "sha256" in err and "Traceback" not in err
-        assert (tmp_path / "models" / registry.POINTER).read_text() == pointer
+        assert (tmp_path / "models" / serving.POINTER).read_text() == pointer
         assert set(server.worker_pids()) == live
         assert requests.get(server.url + "/readyz", timeout=5).json()["model_version"] == b["model_version"]
 
