@@ -11,6 +11,8 @@ import urllib.parse
 
 import requests
 
+from .store import location
+
 API = "/api/2.0/mlflow/"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 TIMEOUT = (3.05, 60)  # connect, read: an unreachable registry is noticed in seconds
@@ -29,8 +31,10 @@ class Client:
 
     def __init__(self, tracking_uri, token=None, username=None, password=None):
         if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
-            raise RegistryError(f"MLFLOW_TRACKING_URI must be an http(s):// URL, got {tracking_uri!r}")
+            shown = location.redact(tracking_uri) if tracking_uri else tracking_uri
+            raise RegistryError(f"MLFLOW_TRACKING_URI must be an http(s):// URL, got {shown!r}")
         self.base = tracking_uri.rstrip("/")
+        self.shown = location.redact(self.base)  # what messages name: never a password in the URL
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -42,11 +46,11 @@ class Client:
         try:
             response = self.session.request(method, self.base + path, timeout=TIMEOUT, **kwargs)
         except requests.RequestException as exc:
-            raise RegistryError(f"model registry {self.base} unreachable: {type(exc).__name__}") from None
+            raise RegistryError(f"model registry {self.shown} unreachable: {type(exc).__name__}") from None
         if response.status_code == 404 or (not response.ok and "RESOURCE_DOES_NOT_EXIST" in response.text):
-            raise NotFound(f"{self.base}: {path}: not found")
+            raise NotFound(f"{self.shown}: {path}: not found")
         if not response.ok:
-            raise RegistryError(f"{self.base}: {method} {path}: HTTP {response.status_code}: "
+            raise RegistryError(f"{self.shown}: {method} {path}: HTTP {response.status_code}: "
                                 f"{response.text[:300]}")
         return response
 
@@ -115,14 +119,14 @@ class Client:
         try:
             with self.session.get(self.base + path, timeout=TIMEOUT, stream=True) as response:
                 if not response.ok:
-                    raise RegistryError(f"{self.base}: download {relative}: HTTP {response.status_code}")
+                    raise RegistryError(f"{self.shown}: download {relative}: HTTP {response.status_code}")
                 local_path = pathlib.Path(local_path)
                 local_path.parent.mkdir(parents=True, exist_ok=True)
                 with open(local_path, "wb") as out:
                     for chunk in response.iter_content(1 << 20):
                         out.write(chunk)
         except requests.RequestException as exc:
-            raise RegistryError(f"model registry {self.base} unreachable: {type(exc).__name__}") from None
+            raise RegistryError(f"model registry {self.shown} unreachable: {type(exc).__name__}") from None
 
     # The model registry.
 

@@ -125,3 +125,8 @@ def test_bad_model_uris_are_refused(text):
 def test_a_published_library_is_used_only_where_it_fits(tag, fits):
     here = {"platform": "linux-x86_64", "libc": "glibc", "libc_version": "2.36"}
     assert registry.library_fits(tag, here) is fits
+
+
+def test_a_password_in_the_tracking_uri_never_reaches_an_error(tmp_path):
+    model = app_for(tmp_path, "models:/calories/1", DEAD.replace("http://", "http://me:S3ntinel@")).extensions["model"]
+    assert not model.ready and "S3ntinel" not in model.error and "me:***@" in model.error
