@@ -1,5 +1,6 @@
 """Fixtures: a small model trained once into a temporary folder, an app over a temporary store."""
 
+import contextlib
 import itertools
 import json
 import os
@@ -86,6 +87,7 @@ def postgres():
 
 
 _databases = itertools.count(1)
+EARLY_MLFLOW = pytest.StashKey()
 
 
 @pytest.fixture
@@ -107,12 +109,34 @@ def second_model_path(tmp_path_factory):
     return train(tmp_path_factory.mktemp("model-seed2"), 2)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server for the session (started once: it takes 10-40 s)."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
-    yield server
+@pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect
+def pytest_collection_modifyitems(session, config, items):
+    """Launch the MLflow server as soon as a test that needs it is collected: it boots (10-40 s)
+    while the tests before it run. Without its binary, the fixture reports that instead."""
+    if not any("mlflow_server" in item.fixturenames for item in items):
+        return
+    with contextlib.suppress(pytest.skip.Exception, pytest.fail.Exception):
+        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-")).launch()
+        config.stash[EARLY_MLFLOW] = server
+        config.add_cleanup(lambda: stop_mlflow(server))
+
+
+def stop_mlflow(server):
+    """Stop the server (again is harmless) and remove its files."""
     server.stop()
+    shutil.rmtree(server.tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(request):
+    """A real MLflow tracking server for the session, on loopback."""
+    server = request.config.stash.get(EARLY_MLFLOW, None)
+    if server is None:
+        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-")).launch()
+    try:
+        yield server.wait()
+    finally:
+        stop_mlflow(server)
 
 
 @pytest.fixture(scope="session")

@@ -201,19 +201,28 @@ class MlflowServer:
         self.log = self.tmp / "mlflow.log"
         self.proc = None
 
-    def start(self, timeout=180):
-        started = time.monotonic()
+    def launch(self):
+        """Start the server process; wait() for it to answer."""
+        self.started = time.monotonic()
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, cwd=self.tmp, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = started + timeout
+        return self
+
+    def start(self, timeout=180):
+        return self.launch().wait(timeout)
+
+    def wait(self, timeout=180):
+        """Until /health answers (it takes 10-40 s: mlflow imports a lot)."""
+        started = self.started
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(requests.RequestException):
                 if requests.get(self.url + "/health", timeout=2).ok:
-                    print(f"\nmlflow server ready in {time.monotonic() - started:.1f} s")
+                    print(f"\nmlflow server ready {time.monotonic() - started:.1f} s after its start")
                     return self
             time.sleep(0.5)
         self.stop()
