@@ -1,8 +1,12 @@
-"""SQLite-only details of the store: covering-index plans, WAL checkpoints after the response."""
+"""SQLite-only details of the store: covering-index plans, WAL checkpoints after the response and
+their size limit, pruning after the response at most once per interval."""
+
+import time
 
 import pytest
-from support import RECORD
+from support import RECORD, query
 
+from service import create_app
 from service.store.sqlite import CHECKPOINT_EVERY, WINDOW_COVERAGE_SQL, WINDOW_PAIRS_SQL, SQLiteStore
 
 
@@ -27,3 +31,37 @@ def test_wal_checkpoint_runs_after_the_response_not_inside_the_commit(client, ap
     assert store.checkpoint_due()  # the commit that reached the threshold did not checkpoint
     response.close()
     assert not store.checkpoint_due()
+
+
+def test_wal_is_truncated_to_64_mib_after_pruning(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
+    wal = tmp_path / "fb.db-wal"
+    big = "v" * 200_000  # no checkpoint runs inside a commit, so the WAL grows with every write
+    for i in range(400):
+        store.record_prediction(i, 1.0, big)
+    assert wal.stat().st_size > 80 * 2**20
+    store.prune()  # checkpoints after pruning
+    store.record_prediction(0, 1.0, "v1")  # SQLite truncates when the next write restarts the log
+    assert wal.stat().st_size <= 64 * 2**20
+    store.close()
+
+
+def test_pruning_runs_after_the_response_at_most_once_per_interval(config, clock):
+    app = create_app({**config, "RETENTION_SECONDS": 600.0, "PRUNE_INTERVAL_SECONDS": 0.5})
+    client = app.test_client()
+
+    def predict(id_):
+        return client.post("/predict", json={**RECORD, "id": id_})
+
+    def stored():
+        return [id_ for (id_,) in query(config["FEEDBACK_DB"], "SELECT id FROM predictions ORDER BY id")]
+
+    predict(1).close()  # a worker's first request prunes after it (nothing yet) and starts the interval
+    clock.advance(1000)  # id 1 is past the retention from now on
+    predict(2).close()
+    assert stored() == [1, 2]  # within the interval: no second run
+    time.sleep(0.5)  # the interval has passed (monotonic): a lower bound, never a race
+    response = predict(3)
+    assert stored() == [1, 2, 3]  # not while the request is answered...
+    response.close()
+    assert stored() == [2, 3]  # ...but once its response is done
