@@ -1,8 +1,14 @@
 """GET /metrics: the contract's names, route templates, store-backed gauges."""
 
+import hashlib
+import json
 import math
+import shutil
 
-from support import RECORD, parse_metrics, sample
+import pytest
+from support import RECORD, missing, parse_metrics, sample, sqlite
+
+from service import create_app
 
 CONTRACT = [
     "app_predictions_total", "app_prediction_value_count", "app_prediction_value_sum",
@@ -33,12 +39,56 @@ def test_every_contract_name_is_exposed_from_the_start(client):
     assert sample(metrics, "app_rolling_pairs_5m") == 0
 
 
-def test_model_info_and_holdout(client, app):
+@pytest.mark.parametrize("settings, inference", [
+    ({}, "compiled"), ({"MODEL_COMPILED": False}, "booster"), ({"MODEL_FAST_PATH": False}, "pipeline")])
+def test_model_info_and_holdout(config, model_path, settings, inference):
+    if inference == "compiled" and not (shutil.which("cc") or shutil.which("gcc")):
+        missing("a C compiler", ".ci/run installs gcc")
+    metrics = scrape(create_app({**config, **settings}).test_client())
+    trained = json.loads((model_path.parent / "metrics.json").read_text())
+    info = [dict(labels) for (name, labels) in metrics if name == "app_model_info"]
+    # Every label from its own source: the training record, the artifact's bytes, what serves.
+    assert info == [{"version": trained["model_version"],
+                     "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()[:12],
+                     "xgboost": trained["versions"]["xgboost"], "inference": inference}]
+    assert sample(metrics, "app_model_info", **info[0]) == 1
+    assert sample(metrics, "app_model_holdout_rmsle") == trained["holdout_rmsle"]
+
+
+def test_request_counter_by_method_and_status(client):
+    for body in (RECORD, RECORD, {**RECORD, "Age": 500}):
+        client.post("/predict", json=body)
+    client.get("/healthz")  # probes are not tracked
+    client.get("/metrics")
     metrics = scrape(client)
-    model = app.extensions["model"]
-    info = [labels for (name, labels) in metrics if name == "app_model_info"]
-    assert len(info) == 1 and dict(info[0])["version"] == model.version
-    assert sample(metrics, "app_model_holdout_rmsle") == model.metrics["holdout_rmsle"]
+    counted = {dict(labels)["status"]: value for (name, labels), value in metrics.items()
+               if name == "flask_http_request_total" and dict(labels)["method"] == "POST"}
+    assert counted == {"200": 2.0, "422": 1.0}
+    assert {frozenset(dict(labels)) for (name, labels) in metrics if name == "flask_http_request_total"} \
+        == {frozenset({"method", "status"})}
+    assert sample(metrics, "flask_http_request_total", method="GET", status="200") is None
+
+
+def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(client, config):
+    client.post("/predict", json=RECORD)
+    before = scrape(client)
+    with sqlite(config["FEEDBACK_DB"]) as conn:
+        conn.execute("DROP TABLE feedback")  # every join and every window read fails from now on
+    assert client.post("/feedback", json={"id": 7, "Calories": 230}).status_code == 503
+    failed = scrape(client)  # still 200 (asserted in scrape), with what does not need the window
+    # The counters are collected before the store's gauges: a failing window shows from the next scrape.
+    after = scrape(client)
+
+    def errors(metrics, operation):
+        return sample(metrics, "app_store_errors_total", operation=operation)
+
+    assert {op: errors(after, op) - errors(before, op) for op in ("prediction", "feedback", "window")} \
+        == {"prediction": 0, "feedback": 1, "window": 1}
+    for gauge in ("app_rolling_rmsle_5m", "app_rolling_mae_5m", "app_rolling_pairs_5m",
+                  "app_feedback_coverage_5m"):
+        assert sample(failed, gauge) is None, gauge  # missing, never a stale or made-up value
+    assert sample(after, "app_predictions_total") == sample(before, "app_predictions_total")
+    assert any(name == "app_model_info" for name, _ in after)
 
 
 def test_rolling_gauges_follow_the_store(client, clock):
