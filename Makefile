@@ -14,7 +14,7 @@ BENCHFLAGS ?=
 
 SCALEOUTFLAGS ?=
 
-.PHONY: install data train model evaluate serve validate-a simulate-stream observe scaleout test lint soak bench clean
+.PHONY: install data train model evaluate serve validate-a simulate-stream observe scaleout test lint soak bench mutation clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -67,5 +67,10 @@ soak: $(STAMP)  ## the concurrency soak of the fault tests, 10 minutes by defaul
 bench: model  ## /predict vs a bare-Flask reference (wrk), cost breakdown, memory, /metrics scrape
 	$(BIN)/python -m bench $(BENCHFLAGS)
 
+MUTATION_SECONDS ?= 1200
+mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with the fast tests (not in CI); lists survivors
+	timeout --signal=INT $(MUTATION_SECONDS) $(BIN)/mutmut run --max-children 2 || test $$? -eq 124
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf var logs reports .tox .pytest_cache
+	rm -rf var logs reports .tox .pytest_cache mutants
