@@ -69,15 +69,59 @@ def test_request_counter_by_method_and_status(client):
     assert sample(metrics, "flask_http_request_total", method="GET", status="200") is None
 
 
-def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(client, config):
-    client.post("/predict", json=RECORD)
-    before = scrape(client)
-    with sqlite(config["FEEDBACK_DB"]) as conn:
+@pytest.fixture
+def bare(tmp_path, clock):
+    """A client of an app whose model is missing (not ready): what the store decides needs no model."""
+    return create_app({"MODEL_PATH": tmp_path / "absent" / "model.joblib", "FEEDBACK_DB": tmp_path / "fb.db",
+                       "CLOCK": clock, "PREDICTION_WINDOW_SECONDS": 300.0, "PROMETHEUS_MULTIPROC_DIR": None,
+                       "COMPILED_MODEL_DIR": tmp_path / "compiled"}).test_client()
+
+
+def test_feedback_counters_and_store_gauges_need_no_model(bare, clock):
+    store = bare.application.extensions["store"]
+    pairs = [(100.0, 90.0), (3.5, 7.0)]
+    for id_, (prediction, _) in enumerate(pairs):
+        store.record_prediction(id_, prediction, "v1")
+    store.record_prediction(99, 1.0, "v1")  # no feedback: coverage 2 of 3
+    before = scrape(bare)
+    clock.advance(4)
+    for id_, (_, truth) in enumerate(pairs):
+        assert bare.post("/feedback", json={"id": id_, "Calories": truth}).status_code == 200
+    assert bare.post("/feedback", json={"id": 0, "Calories": 1}).json["outcome"] == "duplicate"
+    assert bare.post("/feedback", json={"id": 5, "Calories": 1}).json["outcome"] == "unmatched"
+    after = scrape(bare)
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    sle = [(math.log1p(p) - math.log1p(y)) ** 2 for p, y in pairs]
+    assert {o: delta("app_feedback_total", outcome=o) for o in ("matched", "duplicate", "unmatched")} \
+        == {"matched": 2, "duplicate": 1, "unmatched": 1}
+    assert delta("app_feedback_squared_log_error_count") == 2
+    assert delta("app_feedback_squared_log_error_sum") == pytest.approx(sum(sle), rel=1e-12)
+    assert delta("app_feedback_absolute_error_sum") == pytest.approx(10.0 + 3.5, rel=1e-12)
+    assert delta("app_feedback_lag_seconds_count") == 2 and delta("app_feedback_lag_seconds_sum") == 8.0
+    lag_buckets = {le: delta("app_feedback_lag_seconds_bucket", le=le) for le in ("1.0", "5.0")}
+    assert lag_buckets == {"1.0": 0, "5.0": 2}  # both lags are 4 s
+    assert sample(after, "app_rolling_pairs_5m") == 2
+    assert sample(after, "app_rolling_rmsle_5m") == pytest.approx(math.sqrt(sum(sle) / 2), rel=1e-12)
+    assert sample(after, "app_rolling_mae_5m") == pytest.approx((10.0 + 3.5) / 2, rel=1e-12)
+    assert sample(after, "app_feedback_coverage_5m") == pytest.approx(2 / 3, rel=1e-12)
+    assert sample(after, "app_store_up") == 1
+    assert math.isnan(sample(after, "app_model_holdout_rmsle"))  # no model, no reference
+    clock.advance(300)
+    gone = scrape(bare)
+    assert sample(gone, "app_rolling_pairs_5m") == 0 and math.isnan(sample(gone, "app_rolling_rmsle_5m"))
+
+
+def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(bare, tmp_path):
+    before = scrape(bare)
+    with sqlite(tmp_path / "fb.db") as conn:
         conn.execute("DROP TABLE feedback")  # every join and every window read fails from now on
-    assert client.post("/feedback", json={"id": 7, "Calories": 230}).status_code == 503
-    failed = scrape(client)  # still 200 (asserted in scrape), with what does not need the window
+    assert bare.post("/feedback", json={"id": 7, "Calories": 230}).status_code == 503
+    failed = scrape(bare)  # still 200 (asserted in scrape), with what does not need the window
     # The counters are collected before the store's gauges: a failing window shows from the next scrape.
-    after = scrape(client)
+    after = scrape(bare)
 
     def errors(metrics, operation):
         return sample(metrics, "app_store_errors_total", operation=operation)
@@ -87,47 +131,6 @@ def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(c
     for gauge in ("app_rolling_rmsle_5m", "app_rolling_mae_5m", "app_rolling_pairs_5m",
                   "app_feedback_coverage_5m"):
         assert sample(failed, gauge) is None, gauge  # missing, never a stale or made-up value
-    assert sample(after, "app_predictions_total") == sample(before, "app_predictions_total")
+    assert sample(after, "app_feedback_total", outcome="matched") == \
+        sample(before, "app_feedback_total", outcome="matched")
     assert any(name == "app_model_info" for name, _ in after)
-
-
-def test_rolling_gauges_follow_the_store(client, clock):
-    preds = [client.post("/predict", json={**RECORD, "id": i}).json["Calories"] for i in range(4)]
-    truths = [200.0, 150.0]
-    for i, y in enumerate(truths):
-        client.post("/feedback", json={"id": i, "Calories": y})
-    metrics = scrape(client)
-    sle = [(math.log1p(p) - math.log1p(y)) ** 2 for p, y in zip(preds[:2], truths, strict=True)]
-    assert sample(metrics, "app_rolling_pairs_5m") == 2
-    assert math.isclose(sample(metrics, "app_rolling_rmsle_5m"), math.sqrt(sum(sle) / 2), rel_tol=1e-9)
-    assert math.isclose(sample(metrics, "app_rolling_mae_5m"),
-                        sum(abs(p - y) for p, y in zip(preds[:2], truths, strict=True)) / 2, rel_tol=1e-9)
-    assert sample(metrics, "app_feedback_coverage_5m") == 0.5
-    clock.advance(301)
-    metrics = scrape(client)
-    assert sample(metrics, "app_rolling_pairs_5m") == 0 and math.isnan(sample(metrics, "app_rolling_mae_5m"))
-
-
-def test_http_metrics_use_route_templates_and_skip_probes(client):
-    client.post("/predict", json=RECORD)
-    client.get("/healthz")
-    client.get("/readyz")
-    client.get("/does/not/exist/12345")
-    metrics = scrape(client)
-    rules = {dict(labels).get("url_rule") for name, labels in metrics
-             if name == "flask_http_request_duration_seconds_count"}
-    assert "/predict" in rules
-    assert not {"/healthz", "/readyz", "/metrics"} & rules
-    assert not any(r and "12345" in r for r in rules)  # raw paths never become label values
-
-
-def test_unhandled_exception_is_json_500_and_counted(app, client, monkeypatch):
-    def explode(record):
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(app.extensions["model"], "predict_one", explode)
-    r = client.post("/predict", json=RECORD)
-    assert r.status_code == 500
-    assert r.json["error"]["code"] == "internal_error" and "boom" not in r.get_data(as_text=True)
-    metrics = scrape(client)
-    assert sample(metrics, "flask_http_request_exceptions_total", method="POST", status="500") == 1

@@ -50,12 +50,16 @@ def test_archiving_keeps_totals_and_removes_files(tmp_path):
 
 
 @pytest.fixture
-def scraper(config, tmp_path, monkeypatch):
-    """A multiprocess app (as under gunicorn) and a thread to scrape it from; yields (scrape, directory)."""
+def scraper(tmp_path, clock, monkeypatch):
+    """A multiprocess app (as under gunicorn) and a thread to scrape it from; yields (scrape, directory).
+
+    Its model is missing (not ready): the lock does not depend on one, and the mutation run uses this.
+    """
     directory = tmp_path / "prom"
     directory.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))  # the collector reads it
-    client = create_app({**config, "PROMETHEUS_MULTIPROC_DIR": str(directory)}).test_client()
+    client = create_app({"MODEL_PATH": tmp_path / "absent.joblib", "FEEDBACK_DB": tmp_path / "fb.db",
+                         "CLOCK": clock, "PROMETHEUS_MULTIPROC_DIR": str(directory)}).test_client()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         yield (lambda: pool.submit(client.get, "/metrics")), directory
 

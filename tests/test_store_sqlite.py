@@ -46,22 +46,25 @@ def test_wal_is_truncated_to_64_mib_after_pruning(tmp_path, clock):
     store.close()
 
 
-def test_pruning_runs_after_the_response_at_most_once_per_interval(config, clock):
-    app = create_app({**config, "RETENTION_SECONDS": 600.0, "PRUNE_INTERVAL_SECONDS": 0.5})
-    client = app.test_client()
+def test_pruning_runs_after_the_response_at_most_once_per_interval(tmp_path, clock):
+    # No model needed (feedback rows are pruned as predictions are): the mutation run uses it too.
+    db = tmp_path / "fb.db"
+    client = create_app({"MODEL_PATH": tmp_path / "absent.joblib", "FEEDBACK_DB": db, "CLOCK": clock,
+                         "RETENTION_SECONDS": 600.0, "PRUNE_INTERVAL_SECONDS": 0.5,
+                         "PROMETHEUS_MULTIPROC_DIR": None}).test_client()
 
-    def predict(id_):
-        return client.post("/predict", json={**RECORD, "id": id_})
+    def send(id_):
+        return client.post("/feedback", json={"id": id_, "Calories": 1.0})
 
     def stored():
-        return [id_ for (id_,) in query(config["FEEDBACK_DB"], "SELECT id FROM predictions ORDER BY id")]
+        return [id_ for (id_,) in query(db, "SELECT id FROM feedback ORDER BY id")]
 
-    predict(1).close()  # a worker's first request prunes after it (nothing yet) and starts the interval
+    send(1).close()  # a worker's first request prunes after it (nothing yet) and starts the interval
     clock.advance(1000)  # id 1 is past the retention from now on
-    predict(2).close()
+    send(2).close()
     assert stored() == [1, 2]  # within the interval: no second run
     time.sleep(0.5)  # the interval has passed (monotonic): a lower bound, never a race
-    response = predict(3)
+    response = send(3)
     assert stored() == [1, 2, 3]  # not while the request is answered...
     response.close()
     assert stored() == [2, 3]  # ...but once its response is done
