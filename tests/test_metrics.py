@@ -109,12 +109,16 @@ def test_feedback_counters_and_store_gauges_need_no_model(bare, clock):
     assert sample(after, "app_feedback_coverage_5m") == pytest.approx(2 / 3, rel=1e-12)
     assert sample(after, "app_store_up") == 1
     assert math.isnan(sample(after, "app_model_holdout_rmsle"))  # no model, no reference
+    unready = {k: str(v) for k, v in bare.application.extensions["model"].info().items()}
+    assert sample(after, "app_model_info", **unready) == 1  # says which model (none) serves
+    # Requests are counted too, from the exporter's own registry: three 200s (the 202 apart).
+    assert sample(after, "flask_http_request_total", method="POST", status="200") == 3
     clock.advance(300)
     gone = scrape(bare)
     assert sample(gone, "app_rolling_pairs_5m") == 0 and math.isnan(sample(gone, "app_rolling_rmsle_5m"))
 
 
-def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(bare, tmp_path):
+def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(bare, tmp_path, caplog):
     before = scrape(bare)
     with sqlite(tmp_path / "fb.db") as conn:
         conn.execute("DROP TABLE feedback")  # every join and every window read fails from now on
@@ -134,3 +138,4 @@ def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(b
     assert sample(after, "app_feedback_total", outcome="matched") == \
         sample(before, "app_feedback_total", outcome="matched")
     assert any(name == "app_model_info" for name, _ in after)
+    assert "rolling gauges unavailable: feedback store: no such table: feedback" in caplog.text

@@ -86,6 +86,23 @@ def test_archiving_waits_for_a_scrape_in_progress(tmp_path):
         assert archiving.result(timeout=10) == 1 and total(tmp_path) == 2
 
 
+def test_archiving_folds_every_file_of_the_dead_worker(tmp_path):
+    code = ("from prometheus_client import Counter, Histogram; "
+            "Counter('app_demo_total', 'demo', ['k']).labels('a').inc(2); "
+            "Histogram('app_demo_seconds', 'demo').observe(0.3)")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    proc.wait()
+    assert multiproc.archive_dead_worker(tmp_path, proc.pid) == 2
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db", "histogram_archive.db"]
+    assert total(tmp_path) == 2
+
+
+def test_reset_creates_the_directory(tmp_path):
+    multiproc.reset(tmp_path / "var" / "prometheus")
+    assert (tmp_path / "var" / "prometheus").is_dir()
+
+
 def test_reset_removes_only_metric_files(tmp_path):
     (tmp_path / "counter_1.db").write_text("")
     (tmp_path / "keep.txt").write_text("")

@@ -49,7 +49,7 @@ def is_pg(target):
     return target.startswith("postgresql://")
 
 
-def test_feedback_joins_its_prediction(store, clock):
+def test_feedback_joins_its_prediction(store, clock, target):
     store.record_prediction(1, 100.0, "v1")
     clock.advance(12)
     result = store.record_feedback(1, 90.0)
@@ -57,6 +57,10 @@ def test_feedback_joins_its_prediction(store, clock):
     assert result.lag == 12
     assert result.ae == pytest.approx(10.0)
     assert result.sle == pytest.approx((math.log1p(100) - math.log1p(90)) ** 2)
+    # The pair as stored, so the window reads it without another join.
+    assert query(target, "SELECT f.id, f.calories, f.prediction, f.lag, f.ae, p.feedback_seq = f.seq FROM "
+                         "feedback f JOIN predictions p ON p.seq = f.prediction_seq") == \
+        [(1, 90.0, 100.0, 12.0, pytest.approx(10.0), True)]
 
 
 def test_repeated_ids_join_fifo(store, clock):
@@ -400,7 +404,8 @@ def test_recovers_after_an_error(make_store, target):
             store.record_feedback(1, 1.0)
         with pytest.raises(StoreError):
             store.record_prediction(2, 1.0, "v1")
-        assert store.health()["up"] is False
+        health = store.health()
+        assert health["up"] is False and "lock" in health["reason"]
     # Nothing half-done was kept, and the next operation works on a reopened connection.
     assert store.record_feedback(1, 1.0).outcome == "matched"
     assert store.health() == {"backend": store.backend, "up": True}

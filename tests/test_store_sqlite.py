@@ -4,9 +4,11 @@ their size limit, pruning after the response at most once per interval."""
 import time
 
 import pytest
-from support import RECORD, query
+from support import RECORD, query, sqlite
 
 from service import create_app
+from service.store import StoreError
+from service.store import sqlite as sqlite_store
 from service.store.sqlite import CHECKPOINT_EVERY, WINDOW_COVERAGE_SQL, WINDOW_PAIRS_SQL, SQLiteStore
 
 
@@ -68,3 +70,46 @@ def test_pruning_runs_after_the_response_at_most_once_per_interval(tmp_path, clo
     assert stored() == [1, 2, 3]  # not while the request is answered...
     response.close()
     assert stored() == [2, 3]  # ...but once its response is done
+
+
+def test_a_checkpoint_is_due_after_exactly_1000_writes_of_a_process(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
+    for round_ in range(2):  # from a fresh process, then again from the last checkpoint
+        for i in range(CHECKPOINT_EVERY - 1):
+            store.record_prediction(i, 1.0, "v1")
+        assert not store.checkpoint_due(), round_
+        store.record_prediction(0, 1.0, "v1")
+        assert store.checkpoint_due(), round_
+        store.checkpoint()
+        assert not store.checkpoint_due()
+    store.close()
+
+
+def test_the_prune_lease_lasts_60_seconds(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
+    claim = lambda at: store._run(lambda conn: sqlite_store._claim_lease(conn, at))  # noqa: E731
+    assert claim(clock.now)
+    assert not claim(clock.now + 59.9)  # a holder that died mid-run blocks the others this long
+    assert claim(clock.now + 60.1)
+    store.close()
+
+
+def test_a_lock_held_elsewhere_ends_in_the_busy_timeout_not_a_hang(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, busy_timeout_ms=300, clock=clock)
+    store.record_prediction(1, 1.0, "v1")
+    with sqlite(tmp_path / "fb.db") as other:
+        other.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="locked"):
+            store.record_prediction(2, 1.0, "v1")
+        assert time.monotonic() - started < 2.0  # SQLite's default would be 5 s
+        other.execute("ROLLBACK")
+    store.close()
+
+
+def test_a_store_named_without_a_directory_is_in_the_working_directory(tmp_path, clock, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore("fb.db", 300.0, 3600.0, clock=clock)
+    store.record_prediction(1, 1.0, "v1")
+    assert query(tmp_path / "fb.db", "SELECT id FROM predictions") == [(1,)]
+    store.close()
