@@ -22,7 +22,7 @@ IMAGEFLAGS ?=
 
 SCALEOUTFLAGS ?=
 
-.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout test lint soak bench image image-size clean
+.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout test lint soak bench mutation image image-size clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -88,5 +88,10 @@ image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build
 image-size: $(STAMP)  ## the image's budget: per-layer sizes, cold and code-only rebuilds, start, memory, stop
 	DOCKER_BUILDKIT=1 $(BIN)/python -m deploy.container.report --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
 
+MUTATION_SECONDS ?= 1200
+mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with the fast tests (not in CI); lists survivors
+	timeout --signal=INT $(MUTATION_SECONDS) $(BIN)/mutmut run --max-children 2 || test $$? -eq 124
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf var logs reports .tox .pytest_cache
+	rm -rf var logs reports .tox .pytest_cache mutants
