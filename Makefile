@@ -7,10 +7,18 @@ HANDOUT := handout_from DS_agent
 # The artifact every target serves, as service/config.py resolves it: the environment wins.
 MODEL_PATH ?= $(or $(HANDOUT_DIR),$(HANDOUT))/model.joblib
 STAMP := $(VENV)/.installed-stamp
+# The lock file (exact pins) shared with the Dockerfile; empty to install from the ranges alone.
+CONSTRAINTS ?= constraints.txt
+PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
 BENCHFLAGS ?=
+# Debian's docker 20.10 CLI builds with BuildKit built in; a newer CLI without buildx cannot.
+DOCKER ?= $(firstword $(wildcard /usr/bin/docker) docker)
+IMAGE ?= calories:latest
+BUILDFLAGS ?=
+IMAGEFLAGS ?=
 
 SCALEOUTFLAGS ?=
 PUBLISHFLAGS ?=
@@ -19,15 +27,22 @@ QUALITYFLAGS ?=
 # gunicorn's pid file, so `make rollout` knows which master to signal.
 PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench clean
+.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench mutation image image-size clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q $(PIP_CONSTRAINTS) --upgrade pip
+	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r requirements.txt -r requirements-dev.txt
 	touch $@
+
+lock:  ## re-pin constraints.txt: the newest versions requirements*.txt allow, resolved afresh
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --all --exclude setuptools; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 data: $(STAMP)  ## regenerate the handout's deterministic data sample
 	cd "$(HANDOUT)" && ../$(BIN)/python generate_data.py
@@ -82,5 +97,16 @@ soak: $(STAMP)  ## the concurrency soak of the fault tests, 10 minutes by defaul
 bench: model  ## /predict vs a bare-Flask reference (wrk), cost breakdown, memory, /metrics scrape
 	$(BIN)/python -m bench $(BENCHFLAGS)
 
+image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build-arg ..." pass through
+	DOCKER_BUILDKIT=1 $(DOCKER) build $(BUILDFLAGS) -t $(IMAGE) .
+
+image-size: $(STAMP)  ## the image's budget: per-layer sizes, cold and code-only rebuilds, start, memory, stop
+	DOCKER_BUILDKIT=1 $(BIN)/python -m deploy.container.report --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
+
+MUTATION_SECONDS ?= 1200
+mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with the fast tests (not in CI); lists survivors
+	timeout --signal=INT $(MUTATION_SECONDS) $(BIN)/mutmut run --max-children 2 || test $$? -eq 124
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf var logs reports .tox .pytest_cache
+	rm -rf var logs reports .tox .pytest_cache mutants

@@ -22,6 +22,9 @@ worker_class = "sync"
 timeout = _server["timeout"]
 graceful_timeout = 20  # SIGTERM lets in-flight requests finish within this
 keepalive = 2
+# The worker heartbeat file on a tmpfs where there is one (Docker's /dev/shm): a heartbeat on a
+# slow or overlay disk can stall a worker past its timeout.
+worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 # No recycling by default: a worker is replaced only when it dies. Dead workers' metric files are
 # folded into archives (child_exit), so the metrics directory stays bounded either way.

@@ -4,8 +4,13 @@ XGBoost spends 150-300 us of fixed overhead on each single-row call; the same tr
 C code take a few microseconds. Splits compare float32 features with float32 thresholds and
 leaves are summed in float32 in tree order from base_score, as XGBoost's CPU predictor does,
 so the result equals XGBoost's (the service checks it at startup and falls back if not).
+
+A read-only cache (a container image's) is only looked up: the library named after the model's
+trees is loaded if it is there, and nothing is locked, touched, built or pruned.
+`python -m service.compiled` builds that library ahead of time.
 """
 
+import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -16,6 +21,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -98,18 +104,32 @@ def _cache_locked(cache_dir):
         yield cache
 
 
-def _library(booster, cache):
-    """Path of the compiled library for this booster in the (locked) cache, built once per content."""
+def _source_and_target(booster, cache):
+    """The C source for the booster and the library path it has in the cache (named by content)."""
     model = json.loads(booster.save_raw("json"))
     if not supported(model):
         raise CompileError("model kind not supported by the compiled evaluator")
     source = c_source(model)
-    target = cache / f"trees-{hashlib.sha256(source.encode()).hexdigest()[:20]}.so"
+    return model, source, cache / f"trees-{hashlib.sha256(source.encode()).hexdigest()[:20]}.so"
+
+
+def _library(booster, cache):
+    """Path of the compiled library for this booster in the (locked) cache, built once per content."""
+    model, source, target = _source_and_target(booster, cache)
     if not target.exists():
         trees = model["learner"]["gradient_booster"]["model"]["trees"]
         log.info("compiling %d trees into %s", len(trees), target)
         _build(source, target)
     os.utime(target)  # mtime = last use: pruning keeps the libraries of the models served lately
+    return target
+
+
+def _prebuilt(booster, cache_dir):
+    """Path of this booster's library in a read-only cache; it must have been built beforehand."""
+    _, _, target = _source_and_target(booster, pathlib.Path(cache_dir))
+    if not target.is_file():
+        raise CompileError(f"no prebuilt library {target.name} for this model in the read-only cache "
+                           f"{cache_dir} (build it with: python -m service.compiled)")
     return target
 
 
@@ -146,9 +166,11 @@ class CompiledTrees:
         return out
 
 
-def load(booster, cache_dir, keep=KEEP_LIBRARIES):
-    """A CompiledTrees for the booster, or None (logged) when it cannot be built here."""
+def load(booster, cache_dir, keep=KEEP_LIBRARIES, readonly=False):
+    """A CompiledTrees for the booster, or None (logged) when it cannot be built or found here."""
     try:
+        if readonly:
+            return CompiledTrees(_prebuilt(booster, cache_dir), booster.num_features())
         with _cache_locked(cache_dir) as cache:
             # Loaded before the lock is released, so no other process prunes it in between.
             trees = CompiledTrees(_library(booster, cache), booster.num_features())
@@ -157,3 +179,30 @@ def load(booster, cache_dir, keep=KEEP_LIBRARIES):
     except (CompileError, OSError) as exc:
         log.warning("compiled evaluator unavailable, using XGBoost: %s", exc)
         return None
+
+
+def main(argv=None):
+    """Build the library of a model into a cache ahead of time (an image build); 0 when it serves."""
+    from .model import ModelLoadError, ModelService
+
+    parser = argparse.ArgumentParser(prog="python -m service.compiled", description=main.__doc__)
+    parser.add_argument("--model", type=pathlib.Path, required=True, help="model.joblib")
+    parser.add_argument("--handout", type=pathlib.Path, required=True, help="the handout folder")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="the cache folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    service = ModelService(args.model, args.handout, compiled_dir=args.out)
+    try:
+        service.load()  # builds the library, then checks it against Pipeline.predict
+    except ModelLoadError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if service.inference != "compiled":
+        print(f"the model would be served by {service.inference}, not compiled", file=sys.stderr)
+        return 1
+    print(service.fast.compiled.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -82,6 +82,7 @@ def from_env(env=None):
         "DRIFT_METRICS": _get(env, "DRIFT_METRICS", True, _bool),
         "STORE_FEATURES": _get(env, "STORE_FEATURES", True, _bool),
         "COMPILED_MODEL_DIR": pathlib.Path(_get(env, "COMPILED_MODEL_DIR", DEFAULT_VAR / "compiled", str)),
+        "COMPILED_MODEL_READONLY": _get(env, "COMPILED_MODEL_READONLY", False, _bool),
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "MODEL_THREADS": _get(env, "XGBOOST_NUM_THREADS", max(1, cpu_count() // 2), _positive(int)),
     }

@@ -195,7 +195,7 @@ def metrics():
     lock = multiproc.locked(directory, exclusive=False) if directory else contextlib.nullcontext()
     with lock:
         body = generate_latest(current_app.extensions["metrics_registry"])
-    return Response(body, mimetype=CONTENT_TYPE_LATEST)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)  # (mimetype= would add a second charset)
 
 
 def init_app(app):

@@ -127,11 +127,13 @@ class ModelService:
     """Loads the artifact once per worker and answers predictions; `ready` says if it can."""
 
     def __init__(self, model_path, handout_dir, threads=1, fast_path=True, compiled_dir=None, *,
-                 sample_path=None, pinned_sha256=None, uri=None):
+                 sample_path=None, pinned_sha256=None, uri=None,
+                 compiled_readonly=False):
         # handout_dir: where the model's features.py and schema.json are (a registry version's folder).
         self.model_path, self.handout_dir = pathlib.Path(model_path), pathlib.Path(handout_dir)
         self.threads, self.want_fast_path = threads, fast_path
         self.compiled_dir = compiled_dir  # None: no compiled evaluator
+        self.compiled_readonly = compiled_readonly  # True: load a prebuilt library, never write
         self.sample_path = sample_path or self.handout_dir / "data_sample" / "train.csv"
         self.pinned_sha256, self.uri = pinned_sha256, uri  # uri: models:/name/N when from the registry
         self.ready, self.error = False, None
@@ -179,7 +181,8 @@ class ModelService:
         self.fast = fast_path_for(self.estimator, self.features) if self.want_fast_path else None
         if self.fast is not None and self.compiled_dir is not None:
             from . import compiled
-            self.fast.compiled = compiled.load(self.fast.booster, self.compiled_dir)
+            self.fast.compiled = compiled.load(self.fast.booster, self.compiled_dir,
+                                               readonly=self.compiled_readonly)
         if self.fast is not None:
             self._check_parity(sample, expected)
 
@@ -257,7 +260,8 @@ def service_for(cfg):
         service.fetch = _failing(exc)  # a stand-in that never loads, and says why
         return service
     if uri is None:
-        return ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], compiled_dir=compiled_dir, **common)
+        return ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], compiled_dir=compiled_dir,
+                            compiled_readonly=cfg["COMPILED_MODEL_READONLY"], **common)
     return version_service(cfg, uri)
 
 

@@ -17,6 +17,8 @@ from service import create_app
 
 # The handout's scripts run from its folder; their bytecode cache must not land there either.
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+# Session fixtures of the container tests (private dockerd, stand-in base, image), loaded once.
+pytest_plugins = ["docker_support"]
 
 
 @pytest.fixture(scope="session", autouse=True)

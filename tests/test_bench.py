@@ -22,14 +22,15 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for figure in ("ratio predict/reference", "p99", "PSS total", "/metrics with the big store (sqlite)",
-                   "validation", "model", "store", "metrics", "machine: ", "PostgreSQL store: /predict ratio",
+                   "validation", "model", "store", "metrics", "drift", "machine: ", "caches",
+                   "drift counters + stored features on vs off", "PostgreSQL store: /predict ratio",
                    "store insert per /predict, PostgreSQL", "/metrics with the big store (postgresql)"):
         assert figure in proc.stdout
     report = json.loads(out.read_text())
     assert report["ratio"] > 0 and report["pss_total_mb"] > 0
     assert {r["errors"] for rounds in report["rounds"].values() for r in rounds} == {0}
     assert report["costs_us"]["inference"] == "compiled"
-    assert set(report["rounds"]) == {"reference", "service", "service_postgresql"}
+    assert set(report["rounds"]) == {"reference", "service", "service_lean", "service_postgresql"}
     assert set(report["scrape"]) == {"sqlite", "postgresql"}
 
 

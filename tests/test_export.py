@@ -138,3 +138,18 @@ def test_exported_pairs_retrain_a_model_that_serves(tmp_path, model_path):
         ready = requests.get(server.url + "/readyz", timeout=10).json()
         assert ready["model_version"] == new["model_version"]
         assert requests.post(server.url + "/predict", json=RECORD, timeout=10).status_code == 200
+
+
+def test_the_readme_export_command_runs(target, clock, monkeypatch, tmp_path):
+    readme = (HANDOUT.parent / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("python -m service.export"))
+    store = open_store(target, 300.0, 10 * 86400.0, clock=clock)
+    clock.now = 1_799_020_800.0  # 2027-01-03T00:00:00Z, inside the README's range
+    store.record_prediction(1, 100.0, "v1", FEATURES)
+    store.record_feedback(1, 90.0)
+    store.close()
+    done = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "FEEDBACK_DB": target,
+                                             "PYTHONPATH": str(HANDOUT.parent)})
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in read(tmp_path / "pairs.csv")] == ["1"]

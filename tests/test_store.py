@@ -50,7 +50,7 @@ def is_pg(target):
     return target.startswith("postgresql://")
 
 
-def test_feedback_joins_its_prediction(store, clock):
+def test_feedback_joins_its_prediction(store, clock, target):
     store.record_prediction(1, 100.0, "v1")
     clock.advance(12)
     result = store.record_feedback(1, 90.0)
@@ -58,6 +58,10 @@ def test_feedback_joins_its_prediction(store, clock):
     assert result.lag == 12
     assert result.ae == pytest.approx(10.0)
     assert result.sle == pytest.approx((math.log1p(100) - math.log1p(90)) ** 2)
+    # The pair as stored, so the window reads it without another join.
+    assert query(target, "SELECT f.id, f.calories, f.prediction, f.lag, f.ae, p.feedback_seq = f.seq FROM "
+                         "feedback f JOIN predictions p ON p.seq = f.prediction_seq") == \
+        [(1, 90.0, 100.0, 12.0, pytest.approx(10.0), True)]
 
 
 def test_repeated_ids_join_fifo(store, clock):
@@ -243,6 +247,8 @@ def migration_in_progress(target):
         with psycopg.connect(target, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(%s, %s)", pg_store.MIGRATION_LOCK)
             yield
+            # Released now: a closed connection's backend lets go of its locks a moment later.
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", pg_store.MIGRATION_LOCK)
     else:
         with sqlite(target) as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -290,6 +296,7 @@ def prune_lease_held(target, clock):
         with psycopg.connect(target, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(%s, %s)", pg_store.PRUNE_LOCK)
             yield
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", pg_store.PRUNE_LOCK)  # now, not at exit
     else:
         query(target, "UPDATE maintenance SET holder = 1, lease_until = ? WHERE task = 'prune'",
               (clock.now + 30,))
@@ -314,6 +321,69 @@ def test_prune_keeps_the_window(make_store, clock):
     clock.advance(299)
     store.prune()
     assert store.window_stats().pairs == 1
+
+
+def add_old_rows(target, predictions, feedback, ts):
+    """Rows written long ago, inserted in bulk (through the API 60,000 would take minutes)."""
+    if is_pg(target):
+        numbers = "generate_series(1, {n}) g"
+    else:
+        numbers = ("(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) "
+                   "SELECT g FROM s)")
+    query(target, "INSERT INTO predictions (id, prediction, model_version, ts) SELECT g, 1.0, 'v1', ? FROM "
+          + numbers.format(n=int(predictions)), (ts,))
+    query(target, "INSERT INTO feedback (id, calories, event_ts, received_ts, outcome) "
+          "SELECT g, 1.0, ?, ?, 'unmatched' FROM " + numbers.format(n=int(feedback)), (ts, ts))
+
+
+def watch_deletes(target, store):
+    """Triggers in the store that log each transaction's deletes; returns a reader of the log.
+
+    PostgreSQL: a statement trigger counts each DELETE's rows under txid_current(). SQLite has
+    neither statement triggers nor transaction ids: a row trigger calls a function on the store's
+    own connection, which numbers that connection's transactions as they begin.
+    """
+    if is_pg(target):
+        query(target, "CREATE TABLE prune_log (tx bigint, tbl text, n bigint)")
+        query(target, "CREATE FUNCTION log_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                      "INSERT INTO prune_log SELECT txid_current(), TG_TABLE_NAME, count(*) FROM gone; "
+                      "RETURN NULL; END $$")
+        trigger = ("CREATE TRIGGER log_{t} AFTER DELETE ON {t} REFERENCING OLD TABLE AS gone "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION log_delete()")
+    else:
+        tx = [0]
+        conn = store._conn()
+        conn.set_trace_callback(lambda sql: tx.__setitem__(0, tx[0] + 1) if sql.startswith("BEGIN") else None)
+        conn.create_function("tx_number", 0, lambda: tx[0])
+        query(target, "CREATE TABLE prune_log (tx INTEGER, tbl TEXT, n INTEGER)")
+        trigger = ("CREATE TRIGGER log_{t} AFTER DELETE ON {t} BEGIN "
+                   "INSERT INTO prune_log VALUES (tx_number(), '{t}', 1); END")
+    for table in ("predictions", "feedback"):
+        query(target, trigger.format(t=table))
+
+    def deletes(table):
+        """Rows of `table` each transaction since the last call deleted, largest first."""
+        rows = query(target, "SELECT sum(n) FROM prune_log WHERE tbl = ? GROUP BY tx", (table,))
+        query(target, "DELETE FROM prune_log WHERE tbl = ?", (table,))
+        return sorted((int(n) for (n,) in rows if n), reverse=True)
+
+    return deletes
+
+
+def test_prune_deletes_1000_rows_per_transaction_and_50_batches_per_run(make_store, target, clock):
+    store = make_store(window=300.0, retention=600.0)
+    store.window_stats()  # the schema exists
+    add_old_rows(target, predictions=60_000, feedback=1_500, ts=clock.now - 700)
+    store.record_prediction(1, 1.0, "v1")  # young: kept
+    deletes = watch_deletes(target, store)
+    assert store.prune() == 50 * 1000 + 1_500
+    assert deletes("predictions") == [1000] * 50  # each transaction holds its locks for one batch
+    assert deletes("feedback") == [1000, 500]
+    clock.advance(61)  # the SQLite lease of the first run has expired
+    assert store.prune() == 10_000  # the next run takes the rest
+    assert deletes("predictions") == [1000] * 10
+    assert query(target, "SELECT id FROM predictions") == [(1,)]
+    assert query(target, "SELECT count(*) FROM feedback")[0][0] == 0
 
 
 @contextlib.contextmanager
@@ -341,7 +411,8 @@ def test_recovers_after_an_error(make_store, target):
             store.record_feedback(1, 1.0)
         with pytest.raises(StoreError):
             store.record_prediction(2, 1.0, "v1")
-        assert store.health()["up"] is False
+        health = store.health()
+        assert health["up"] is False and "lock" in health["reason"]
     # Nothing half-done was kept, and the next operation works on a reopened connection.
     assert store.record_feedback(1, 1.0).outcome == "matched"
     assert store.health() == {"backend": store.backend, "up": True}
