@@ -25,7 +25,8 @@ def hold(url, path="/predict"):
 
 def inflight(server):
     """The gauge as one scrape reports it (the scrape itself is not counted)."""
-    return sample(parse_metrics(requests.get(server.url + "/metrics", timeout=10).text), "app_inflight_requests")
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    return sample(parse_metrics(text), "app_inflight_requests")
 
 
 def wait_for(check, timeout=10):
