@@ -27,7 +27,7 @@ SCALEOUTFLAGS ?=
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
-$(STAMP): requirements.txt requirements-dev.txt $(CONSTRAINTS)
+$(STAMP): requirements.txt requirements-dev.txt requirements-plot.txt $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) --upgrade pip
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r requirements.txt -r requirements-dev.txt
