@@ -72,6 +72,9 @@ def knee(steps):
         capacity = step["offered_rps"]
     if verdict["knee_rps"] is not None:
         verdict["capacity_rps"] = capacity
+        if capacity is None:
+            verdict["refused"] = (f"the first step ({verdict['knee_rps']:g} req/s) already missed the SLO: "
+                                  "start the ramp lower (--start-rps, --rates)")
     elif verdict["refused"] is None and steps:
         verdict["refused"] = (f"every step up to {steps[-1]['offered_rps']:g} req/s met the SLO: "
                               "the knee is above the ramp (raise --max-rps)")

@@ -96,7 +96,9 @@ def test_p99_includes_a_one_second_stall(tmp_path):
     assert step["latency_ms"]["p99"] >= 900
     assert step["latency_ms"]["p95"] >= 500
     assert step["latency_ms"]["p50"] < 100
-    assert report["verdict"] == {"knee_rps": 50.0, "capacity_rps": None, "refused": None}
+    verdict = report["verdict"]
+    assert verdict["knee_rps"] == 50.0 and verdict["capacity_rps"] is None
+    assert "first step" in verdict["refused"]
 
 
 def test_engine_counts_timeouts_and_refused_connections():
