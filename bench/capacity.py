@@ -140,8 +140,8 @@ def plot(report, path):
             ax.axvline(verdict[key], color=colour, lw=1)
             ax.text(verdict[key], ax.get_ylim()[1], f" {key.split('_')[0]} {verdict[key]:g}",
                     color=colour, fontsize=8, va="top")
-    ax.legend(loc="upper left", fontsize=8)
-    right.legend(loc="center left", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_title(report.get("title", "capacity"), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
