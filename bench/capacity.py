@@ -41,6 +41,10 @@ def step_figures(results, rate, seconds, slo_ms):
     span = fired[-1] - fired[0] if n > 1 else 0.0
     achieved = (n - 1) / span if span > 0 else None
     ok = sum(r.ok for r in results)
+    # Answers per second until the last one came, so an overloaded step shows what the server
+    # completes, not the rate it was offered.
+    done = max((r.shot.at + r.latency for r in results if r.ok), default=0.0)
+    served = ok / max(seconds, done - min(r.shot.at for r in results)) if results else 0.0
     lag_p99 = quantile([r.lag * 1000 for r in results], 0.99) if results else None
     offered = (achieved is not None and achieved >= OFFERED_SHARE * rate
                and lag_p99 <= slo_ms and "local" not in errors(results))
@@ -49,7 +53,7 @@ def step_figures(results, rate, seconds, slo_ms):
     return {"offered_rps": rate, "seconds": seconds, "requests": n,
             "achieved_send_rps": round(achieved, 1) if achieved else None,
             "generator_lag_p99_ms": round(lag_p99, 3) if lag_p99 is not None else None,
-            "offered": offered, "throughput_rps": round(ok / seconds, 1), "success": success,
+            "offered": offered, "throughput_rps": round(served, 1), "success": success,
             "latency_ms": latency, "errors": errors(results),
             "within_slo": bool(n and latency["p99"] <= slo_ms and success >= SUCCESS_TARGET)}
 
