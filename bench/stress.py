@@ -107,18 +107,19 @@ def ramp_rates(args):
 
 
 def phase(args, exe, url, traffic, sampler, segments):
-    """Run one schedule to its end; its results and the server-side figures sampled meanwhile."""
+    """Run one schedule to its end; its results, the server-side figures sampled meanwhile, and
+    when it started (monotonic)."""
     shots = traffic.phase(segments)
     started = time.monotonic()
     results = openloop.run(exe, url, shots, args.max_outstanding, args.timeout)
-    return results, sampler.between(started, started + sum(s for _, s in segments))
+    return results, sampler.between(started, started + sum(s for _, s in segments)), started
 
 
 def ramp(args, exe, url, traffic, sampler):
     """Steps of constant offered load, until two in a row miss the SLO or the generator falls short."""
     steps, missed = [], 0
     for rate in ramp_rates(args):
-        results, server = phase(args, exe, url, traffic, sampler, [(rate, args.step_seconds)])
+        results, server, _ = phase(args, exe, url, traffic, sampler, [(rate, args.step_seconds)])
         step = capacity.step_figures(results, rate, args.step_seconds, args.slo_ms) | {"server": server}
         steps.append(step)
         print(step_line(step), flush=True)
@@ -146,21 +147,34 @@ def bursts(args, exe, url, traffic, sampler, cap):
     for factor in [float(f) for f in args.bursts.split(",") if f.strip()]:
         base, lead = args.burst_base * cap, 3.0
         segments = [(base, lead), (factor * cap, args.burst_seconds), (base, args.recovery_seconds)]
-        results, _ = phase(args, exe, url, traffic, sampler, segments)
-        figures = capacity.burst_figures(results, lead, args.burst_seconds, args.slo_ms)
+        results, _, started = phase(args, exe, url, traffic, sampler, segments)
         burst = [r for r in results if lead <= r.shot.at < lead + args.burst_seconds]
         sent = capacity.step_figures(burst, factor * cap, args.burst_seconds, args.slo_ms)
         figures = {"factor": factor, "offered_rps": factor * cap, "base_rps": base,
-                   "achieved_send_rps": sent["achieved_send_rps"], "offered": sent["offered"], **figures}
+                   "achieved_send_rps": sent["achieved_send_rps"], "offered": sent["offered"],
+                   **capacity.burst_figures(results, lead, args.burst_seconds, args.slo_ms),
+                   # What the instances' own metrics said meanwhile: what an autoscaler would see.
+                   "server_during": sampler.between(started + lead, started + lead + args.burst_seconds)}
         out.append(figures)
-        print(f"burst {factor:g} x {cap:g} = {factor * cap:g} req/s for {args.burst_seconds:g} s "
-              f"(sent {sent['achieved_send_rps']} req/s{'' if sent['offered'] else ', NOT OFFERED'}): "
-              f"success {100 * (figures['success_during'] or 0):.2f} %, errors {figures['errors_during']}, "
-              f"p99 back under {args.slo_ms:g} ms "
-              + (f"{figures['recovered_after_s']:g} s after it" if figures["recovered_after_s"] is not None
-                 else f"not within {args.recovery_seconds:g} s"), flush=True)
+        print(burst_line(figures, args), flush=True)
         time.sleep(3.0)
     return out
+
+
+def burst_line(b, args):
+    """What a burst did, in two lines."""
+    recovered = (f"{b['recovered_after_s']:g} s after it" if b["recovered_after_s"] is not None
+                 else f"not within {args.recovery_seconds:g} s")
+    line = (f"burst {b['factor']:g} x capacity = {b['offered_rps']:g} req/s for {args.burst_seconds:g} s "
+            f"(sent {b['achieved_send_rps']} req/s{'' if b['offered'] else ', NOT OFFERED'}): success "
+            f"{100 * (b['success_during'] or 0):.2f} %, errors {b['errors_during']}, p99 back under "
+            f"{args.slo_ms:g} ms {recovered}")
+    seen = b["server_during"]
+    if seen:
+        line += (f"\n  the instances meanwhile: {seen['server_rps']:g} req/s completed, in-flight "
+                 f"{seen['inflight_mean']:g}, Little {seen['little_concurrency']:g}, scrape max "
+                 f"{seen['scrape_max_ms']:g} ms, {seen['scrapes_failed']}/{seen['scrapes']} scrapes failed")
+    return line
 
 
 def run(args, stack):
