@@ -24,7 +24,7 @@ from simulator.records import DataError, load
 
 from . import capacity, openloop
 from .run import _machine
-from .traffic import Sampler, Traffic
+from .traffic import Sampler, Traffic, children, cpu_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "handout_from DS_agent" / "data_sample" / "train.csv"
@@ -119,8 +119,14 @@ def ramp(args, exe, url, traffic, sampler):
     """Steps of constant offered load, until two in a row miss the SLO or the generator falls short."""
     steps, missed = [], 0
     for rate in ramp_rates(args):
+        # CPU of what this tool started (service, nginx, PostgreSQL), none with --url: per request,
+        # the capacity of one CPU whatever else runs on it.
+        before = cpu_seconds(children(os.getpid()))
         results, server, _ = phase(args, exe, url, traffic, sampler, [(rate, args.step_seconds)])
+        used = cpu_seconds(children(os.getpid())) - before
         step = capacity.step_figures(results, rate, args.step_seconds, args.slo_ms) | {"server": server}
+        ok = sum(r.ok for r in results)
+        step["server_cpu_ms_per_request"] = round(1000 * used / ok, 3) if used and ok else None
         steps.append(step)
         print(step_line(step), flush=True)
         missed = missed + 1 if not step["within_slo"] else 0
@@ -135,6 +141,8 @@ def step_line(step):
     lat, server = step["latency_ms"], step["server"] or {}
     signals = (f"  in-flight {server['inflight_mean']:.2f}  Little {server['little_concurrency']:.2f}"
                f"  scrape max {server['scrape_max_ms']:.0f} ms" if server else "")
+    if step["server_cpu_ms_per_request"]:
+        signals += f"  server CPU {step['server_cpu_ms_per_request']:.2f} ms/request"
     return (f"{step['offered_rps']:7.0f} req/s offered, {step['achieved_send_rps'] or 0:7.1f} sent, "
             f"{step['throughput_rps']:7.1f} ok/s  p50 {lat['p50']:8.2f}  p95 {lat['p95']:8.2f}  "
             f"p99 {lat['p99']:8.2f} ms  success {100 * step['success']:6.2f} %"

@@ -2,7 +2,10 @@
 the server-side signals sampled from /metrics while it runs."""
 
 import collections
+import contextlib
 import json
+import os
+import pathlib
 import random
 import re
 import threading
@@ -73,7 +76,7 @@ def signals(text):
 class Sampler:
     """Scrapes each instance's /metrics every `interval` s in a thread, as Prometheus would."""
 
-    def __init__(self, urls, interval=0.5, timeout=2.0):
+    def __init__(self, urls, interval=1.0, timeout=2.0):
         self.urls, self.interval, self.timeout = list(urls), interval, timeout
         self.samples = []  # (monotonic, url, scrape seconds or None, signals or None)
         self.stop = threading.Event()
@@ -119,3 +122,26 @@ class Sampler:
         return {"inflight_mean": round(inflight, 3), "little_concurrency": round(little, 3),
                 "server_rps": round(rate, 1), "scrape_max_ms": round(max(scrapes) * 1000, 1),
                 "scrapes_failed": sum(s[2] is None for s in window), "scrapes": len(window)}
+
+
+def children(pid):
+    """Every live descendant of pid (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in pathlib.Path(f"/proc/{current}/task").iterdir():
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds the processes have used so far."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick

@@ -147,6 +147,7 @@ def test_make_stress_against_one_instance(tmp_path, model_path):
         server = step["server"]  # sampled from the instance's /metrics while the step ran
         assert server["server_rps"] > 0.5 * step["offered_rps"] and server["scrapes_failed"] == 0
         assert 0 < server["little_concurrency"] <= 2 and 0 <= server["inflight_mean"] <= 2
+        assert 0 < step["server_cpu_ms_per_request"] < 100  # CPU of the started processes only
 
 
 def test_make_stress_against_nginx_and_two_instances(tmp_path, model_path, postgres):  # postgres: PG present
