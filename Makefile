@@ -22,8 +22,13 @@ BUILDFLAGS ?=
 IMAGEFLAGS ?=
 
 SCALEOUTFLAGS ?=
+PUBLISHFLAGS ?=
+ROLLOUTFLAGS ?=
+QUALITYFLAGS ?=
+# gunicorn's pid file, so `make rollout` knows which master to signal.
+PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout test lint soak bench stress image image-size clean
+.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
@@ -56,7 +61,17 @@ evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
 	$(BIN)/python "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"
 
 serve: model  ## run the service (gunicorn) on $${BIND:-127.0.0.1:8000}
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	mkdir -p "$(dir $(PIDFILE))"
+	$(BIN)/gunicorn -c gunicorn.conf.py --pid "$(PIDFILE)" wsgi:app
+
+publish: model  ## log the model (MODEL_PATH) to MLflow (MLFLOW_TRACKING_URI) and register a version
+	$(BIN)/python -m service.publish $(PUBLISHFLAGS)
+
+rollout: $(STAMP)  ## move the running `make serve` to MODEL_URI (or ROLLOUTFLAGS="--uri models:/calories/N")
+	$(BIN)/python -m service.rollout --pidfile "$(PIDFILE)" $(ROLLOUTFLAGS)
+
+live-quality: $(STAMP)  ## write each model version's live RMSLE, MAE and pairs of the last hour to MLflow
+	$(BIN)/python -m service.live_quality $(QUALITYFLAGS)
 
 validate-a: model  ## in-process smoke validation, log in logs/validate_iteration_a.log
 	$(BIN)/python -m service.validate
@@ -92,5 +107,10 @@ image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build
 image-size: $(STAMP)  ## the image's budget: per-layer sizes, cold and code-only rebuilds, start, memory, stop
 	DOCKER_BUILDKIT=1 $(BIN)/python -m deploy.container.report --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
 
+MUTATION_SECONDS ?= 1200
+mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with the fast tests (not in CI); lists survivors
+	timeout --signal=INT $(MUTATION_SECONDS) $(BIN)/mutmut run --max-children 2 || test $$? -eq 124
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf var logs reports .tox .pytest_cache
+	rm -rf var logs reports .tox .pytest_cache mutants

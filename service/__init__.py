@@ -29,18 +29,25 @@ def create_app(overrides=None):
     app.config["DEBUG"] = False  # never the interactive debugger, whatever FLASK_DEBUG says
     app.json.sort_keys = False  # answers read {id, Calories} in the documented order
     _use_gunicorn_logging()
-    for key in ("HANDOUT_DIR", "MODEL_PATH"):
+    for key in ("HANDOUT_DIR", "MODEL_PATH", "MODEL_CACHE_DIR"):
         app.config[key] = pathlib.Path(app.config[key])
-    spec = json.loads((app.config["HANDOUT_DIR"] / "schema.json").read_text())
-    app.extensions["predict_schema"] = schemas.predict_schema(spec)
     errors.init_app(app)
     store.init_app(app)
     model.init_app(app)
+    app.extensions["predict_schema"] = schemas.predict_schema(_schema(app))
     metrics.init_app(app)
     for module in (predict, feedback, health, openapi):
         app.register_blueprint(module.bp)
     app.extensions["openapi"] = openapi.build_spec(app.extensions["predict_schema"], app.config)
     return app
+
+
+def _schema(app):
+    """The loaded model's schema.json (a registry version's own); the handout's while none is loaded."""
+    path = app.extensions["model"].schema_path
+    if not (app.extensions["model"].ready and path.is_file()):
+        path = app.config["HANDOUT_DIR"] / "schema.json"
+    return json.loads(path.read_text())
 
 
 def wsgi_app():

@@ -61,6 +61,11 @@ def from_env(env=None):
     return {
         "HANDOUT_DIR": handout,
         "MODEL_PATH": pathlib.Path(_get(env, "MODEL_PATH", handout / "model.joblib", str)),
+        # A registered model version instead of MODEL_PATH (models:/name/N; aliases via the rollout).
+        "MODEL_URI": _get(env, "MODEL_URI", None, str),
+        "MODEL_SHA256": _get(env, "MODEL_SHA256", None, _sha256),
+        "MODEL_CACHE_DIR": pathlib.Path(_get(env, "MODEL_CACHE_DIR", DEFAULT_VAR / "models", str)),
+        **registry_settings(env),
         # One string: a postgresql:// URL or a SQLite path; the store decides which (never a Path here).
         "FEEDBACK_DB": _get(env, "FEEDBACK_DB", str(DEFAULT_VAR / "feedback.db"), str),
         "PREDICTION_WINDOW_SECONDS": window,
@@ -80,6 +85,27 @@ def from_env(env=None):
         "COMPILED_MODEL_READONLY": _get(env, "COMPILED_MODEL_READONLY", False, _bool),
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "MODEL_THREADS": _get(env, "XGBOOST_NUM_THREADS", max(1, cpu_count() // 2), _positive(int)),
+    }
+
+
+def _sha256(raw):
+    """A hex sha256 digest (64 characters), lower-cased."""
+    value = raw.strip().lower()
+    if len(value) != 64 or set(value) - set("0123456789abcdef"):
+        raise ValueError("expected 64 hex digits")
+    return value
+
+
+def registry_settings(env=None):
+    """The MLflow tracking server and what the service, publish, rollout and the quality push call things."""
+    env = os.environ if env is None else env
+    return {
+        "MLFLOW_TRACKING_URI": _get(env, "MLFLOW_TRACKING_URI", None, str),
+        "MLFLOW_TRACKING_TOKEN": _get(env, "MLFLOW_TRACKING_TOKEN", None, str),
+        "MLFLOW_TRACKING_USERNAME": _get(env, "MLFLOW_TRACKING_USERNAME", None, str),
+        "MLFLOW_TRACKING_PASSWORD": _get(env, "MLFLOW_TRACKING_PASSWORD", None, str),
+        "MLFLOW_MODEL_NAME": _get(env, "MLFLOW_MODEL_NAME", "calories", str),
+        "MLFLOW_EXPERIMENT": _get(env, "MLFLOW_EXPERIMENT", "calories", str),
     }
 
 

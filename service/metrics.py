@@ -37,12 +37,16 @@ PREDICTION_VALUE = Histogram(
     "app_prediction_value", "Predicted Calories (kcal); mean = _sum / _count.",
     buckets=(5, 10, 20, 35, 50, 75, 100, 125, 150, 200, 250, 300, 400))
 FEEDBACK = Counter("app_feedback_total", "Feedback received, by join outcome.", ["outcome"])
+# Quality and lag per model version: the version of the prediction event the feedback joined
+# (sum by (job) over the label gives the all-version figures the rules always had).
 FEEDBACK_LAG = Histogram(
     "app_feedback_lag_seconds", "Feedback event time minus prediction time, matched feedback.",
+    ["model_version"],
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400))
 SQUARED_LOG_ERROR = Summary(
-    "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback.")
-ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback.")
+    "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback.", ["model_version"])
+ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback.",
+                         ["model_version"])
 STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed.", ["operation"])
 # Drift: every answered request's features and prediction, by bin of the training reference
 # (service/drift.py). Exact across workers (multiprocess files), summed across replicas.
@@ -70,9 +74,16 @@ def observe_feedback(result):
     """Count one recorded feedback; matched feedback feeds the quality summaries."""
     FEEDBACK.labels(result.outcome).inc()
     if result.outcome == "matched":
-        FEEDBACK_LAG.observe(result.lag)
-        SQUARED_LOG_ERROR.observe(result.sle)
-        ABSOLUTE_ERROR.observe(result.ae)
+        version = result.model_version or "none"
+        FEEDBACK_LAG.labels(version).observe(result.lag)
+        SQUARED_LOG_ERROR.labels(version).observe(result.sle)
+        ABSOLUTE_ERROR.labels(version).observe(result.ae)
+
+
+def start_version(version):
+    """The loaded version's quality series exist at 0 from the start, as the unlabelled ones did."""
+    for metric in (FEEDBACK_LAG, SQUARED_LOG_ERROR, ABSOLUTE_ERROR):
+        metric.labels(version)
 
 
 def observe_store_error(operation):
@@ -132,6 +143,37 @@ class StoreCollector:
         yield _gauge("app_rolling_pairs_5m", f"Matched pairs in the {w}.", stats.pairs)
         yield _gauge("app_feedback_coverage_5m",
                      f"Fraction of prediction events of the {w} that have feedback.", stats.coverage)
+        yield from self._by_version(w)
+
+    def _by_version(self, w):
+        """The rolling gauges per model version, and when each version was first seen."""
+        try:
+            stats, seen = self.store.window_by_version(), self.store.first_seen()
+        except StoreError as exc:
+            log.warning("per-version gauges unavailable: %s", exc)
+            observe_store_error("window")
+            return
+        for name, doc, field in BY_VERSION:
+            family = GaugeMetricFamily(name, f"{doc} ({w}), per model version.", labels=["model_version"])
+            for version, window in stats.items():
+                family.add_metric([version], getattr(window, field))
+            yield family
+        family = GaugeMetricFamily("app_model_first_seen_timestamp_seconds",
+                                   "When each model version's first prediction was recorded (the latest "
+                                   "versions).", labels=["model_version"])
+        for version, first_seen in seen:
+            family.add_metric([version], first_seen)
+        yield family
+
+
+# (name, help, WindowStats field) of the per-version rolling gauges.
+BY_VERSION = (
+    ("app_rolling_rmsle_by_version_5m", "RMSLE of pairs whose feedback arrived in the window", "rmsle"),
+    ("app_rolling_mae_by_version_5m", "MAE (kcal) of the same pairs", "mae"),
+    ("app_rolling_pairs_by_version_5m", "Matched pairs in the window", "pairs"),
+    ("app_feedback_coverage_by_version_5m", "Fraction of the window's prediction events that have feedback",
+     "coverage"),
+)
 
 
 def reference_shares(model):
@@ -184,6 +226,8 @@ def init_app(app):
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
                       buckets=LATENCY_BUCKETS, excluded_paths=UNTRACKED_PATHS)
     model = app.extensions["model"]
+    if model.ready:
+        start_version(model.version)
     if app.config["DRIFT_METRICS"] and model.ready and model.drift_bins:
         app.extensions["drift"] = drift.Counters(DRIFT_BINS, model.drift_bins, model.version)
     app.before_request(_inflight_begin)

@@ -2,14 +2,16 @@
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
+import pathlib
 import sys
 
 import numpy as np
 from flask import current_app
 
-from . import drift
+from . import drift, registry, serving
 
 log = logging.getLogger(__name__)
 PARITY_RTOL = 1e-5
@@ -39,13 +41,35 @@ def read_metrics(model_path):
         raise ModelLoadError(f"Model metadata unreadable: {path}: {exc}") from None
 
 
-def verify_artifact(model_path, metrics):
-    """Refuse an artifact whose bytes differ from what training recorded (unpickling runs code)."""
+def verify_artifact(model_path, metrics, pinned=None):
+    """Refuse an artifact whose bytes differ from what training recorded (unpickling runs code).
+
+    metrics.json comes from the same place as the artifact, so that check only detects corruption;
+    `pinned` (MODEL_SHA256) is the operator's own: an artifact replaced with its metrics.json fails it.
+    """
     expected = metrics.get("artifact_sha256")
     actual = file_sha256(model_path)
     if expected != actual:
         raise ModelLoadError(f"Model artifact {model_path} does not match the sha256 in metrics.json "
                              f"({actual[:12]} != {str(expected)[:12]}): refusing to load; run make train")
+    if pinned is not None and actual != pinned:
+        raise ModelLoadError(f"Model artifact {model_path} is not the one MODEL_SHA256 pins "
+                             f"({actual[:12]} != {pinned[:12]}): refusing to load")
+
+
+def import_features(code_dir):
+    """The model's own features.py as the module `features` (what the pickle refers to), first on sys.path."""
+    path = pathlib.Path(code_dir) / "features.py"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} not found: the model's feature code must sit beside it")
+    if str(code_dir) in sys.path:
+        sys.path.remove(str(code_dir))
+    sys.path.insert(0, str(code_dir))
+    spec = importlib.util.spec_from_file_location("features", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["features"] = module  # replaces any other model's features (one model per process)
+    spec.loader.exec_module(module)
+    return module
 
 
 def warn_on_version_drift(trained_with):
@@ -102,13 +126,18 @@ def fast_path_for(estimator, features):
 class ModelService:
     """Loads the artifact once per worker and answers predictions; `ready` says if it can."""
 
-    def __init__(self, model_path, handout_dir, threads=1, fast_path=True, compiled_dir=None,
+    def __init__(self, model_path, handout_dir, threads=1, fast_path=True, compiled_dir=None, *,
+                 sample_path=None, pinned_sha256=None, uri=None,
                  compiled_readonly=False):
-        self.model_path, self.handout_dir = model_path, handout_dir
+        # handout_dir: where the model's features.py and schema.json are (a registry version's folder).
+        self.model_path, self.handout_dir = pathlib.Path(model_path), pathlib.Path(handout_dir)
         self.threads, self.want_fast_path = threads, fast_path
         self.compiled_dir = compiled_dir  # None: no compiled evaluator
         self.compiled_readonly = compiled_readonly  # True: load a prebuilt library, never write
+        self.sample_path = sample_path or self.handout_dir / "data_sample" / "train.csv"
+        self.pinned_sha256, self.uri = pinned_sha256, uri  # uri: models:/name/N when from the registry
         self.ready, self.error = False, None
+        self.fetch = lambda: None  # a registry version downloads (or finds its cached copy) first
         self.estimator = self.fast = self.features = None
         self.metrics, self.drift_bins = {}, {}
 
@@ -127,17 +156,19 @@ class ModelService:
         self.ready, self.error = True, None
 
     def _load(self):
+        try:
+            self.fetch()
+        except registry.RegistryModelError as exc:
+            raise ModelLoadError(f"model {self.uri or self.model_path}: {exc}") from None
         if not self.model_path.is_file():
             raise ModelLoadError(f"Model artifact not found: {self.model_path}: run make train")
         self.metrics = read_metrics(self.model_path)
-        verify_artifact(self.model_path, self.metrics)
-        # The artifact pickles the handout's own classes (features.CalorieFeatures).
-        if str(self.handout_dir) not in sys.path:
-            sys.path.insert(0, str(self.handout_dir))
+        verify_artifact(self.model_path, self.metrics, self.pinned_sha256)
+        # The artifact pickles the model's own classes (features.CalorieFeatures).
         import joblib
         writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ there
         try:
-            self.features = importlib.import_module("features")
+            self.features = import_features(self.handout_dir)
             self.estimator = joblib.load(self.model_path)
         except Exception as exc:  # unpickling can fail in many ways; all mean "not loadable"
             raise ModelLoadError(f"Model artifact {self.model_path} cannot be loaded: {exc!r}") from exc
@@ -164,7 +195,7 @@ class ModelService:
     def _sample_predictions(self):
         """The handout sample and Pipeline.predict on it (parity reference, prediction drift bins)."""
         import pandas as pd
-        path = self.handout_dir / "data_sample" / "train.csv"
+        path = self.sample_path
         if not path.is_file():
             return None, None
         frame = pd.read_csv(path)
@@ -173,7 +204,7 @@ class ModelService:
     def _check_parity(self, frame, expected):
         """The fast path must equal Pipeline.predict on the handout sample, else fall back loudly."""
         if frame is None:
-            log.warning("no handout sample in %s: fast path unchecked, using the pipeline", self.handout_dir)
+            log.warning("no sample at %s: fast path unchecked, using the pipeline", self.sample_path)
             self.fast = None
             return
         raw = self.features.encode_frame(frame)
@@ -200,8 +231,16 @@ class ModelService:
     def info(self):
         """Labels of app_model_info."""
         versions = self.metrics.get("versions", {})
-        return {"version": self.version, "sha256": self.metrics.get("artifact_sha256", "")[:12],
-                "xgboost": versions.get("xgboost", ""), "inference": self.inference}
+        # `version` is kept for compatibility; `model_version` is the label every new series uses.
+        return {"version": self.version, "model_version": self.version,
+                "sha256": self.metrics.get("artifact_sha256", "")[:12],
+                "xgboost": versions.get("xgboost", ""), "inference": self.inference,
+                "model_uri": str(self.uri or "")}
+
+    @property
+    def schema_path(self):
+        """The schema requests are validated against: the model's own."""
+        return self.handout_dir / "schema.json"
 
     @property
     def inference(self):
@@ -209,12 +248,50 @@ class ModelService:
         return self.fast.name if self.fast is not None else "pipeline"
 
 
+def service_for(cfg):
+    """The ModelService the configuration names: a registry version (MODEL_URI, or the rollout's
+    pointer) from its cached folder, else the file at MODEL_PATH with the handout's code."""
+    compiled_dir = cfg["COMPILED_MODEL_DIR"] if cfg["MODEL_COMPILED"] else None
+    common = _options(cfg)
+    try:
+        uri = serving.serving_uri(cfg)
+    except registry.RegistryModelError as exc:
+        service = ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], **common)
+        service.fetch = _failing(exc)  # a stand-in that never loads, and says why
+        return service
+    if uri is None:
+        return ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], compiled_dir=compiled_dir,
+                            compiled_readonly=cfg["COMPILED_MODEL_READONLY"], **common)
+    return version_service(cfg, uri)
+
+
+def version_service(cfg, uri):
+    """The ModelService of a concrete registry version: its cached folder holds model and code."""
+    folder = registry.version_dir(cfg["MODEL_CACHE_DIR"], uri)
+    service = ModelService(folder / "model.joblib", folder, sample_path=folder / registry.PARITY_SAMPLE,
+                           compiled_dir=folder / "compiled" if cfg["MODEL_COMPILED"] else None, uri=uri,
+                           **_options(cfg))
+    service.fetch = lambda: registry.fetch(uri, cfg)
+    return service
+
+
+def _options(cfg):
+    """ModelService settings that do not depend on where the model comes from."""
+    return dict(threads=cfg["MODEL_THREADS"], fast_path=cfg["MODEL_FAST_PATH"],
+                pinned_sha256=cfg.get("MODEL_SHA256"))
+
+
+def _failing(exc):
+    """A fetch that raises exc: the stand-in model never loads, and its error says why."""
+    def fetch():
+        raise exc
+    return fetch
+
+
 def init_app(app):
     """Load the model for this process; ALLOW_STARTUP_FAILURE decides if a failure is fatal."""
     cfg = app.config
-    compiled_dir = cfg["COMPILED_MODEL_DIR"] if cfg["MODEL_COMPILED"] else None
-    service = ModelService(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"], cfg["MODEL_THREADS"],
-                           cfg["MODEL_FAST_PATH"], compiled_dir, cfg["COMPILED_MODEL_READONLY"])
+    service = service_for(cfg)
     app.extensions["model"] = service
     try:
         service.load()
@@ -223,7 +300,10 @@ def init_app(app):
             raise
         log.error("%s (serving, not ready)", exc)
         return
-    log.info("model %s loaded (inference: %s)", service.version, service.inference)
+    finally:
+        serving.note_worker(cfg["MODEL_CACHE_DIR"], service)
+    log.info("model %s%s loaded (inference: %s)", service.version,
+             f" ({service.uri})" if service.uri else "", service.inference)
 
 
 def current():

@@ -1,6 +1,8 @@
 """Fixtures: a small model trained once into a temporary folder, an app over a temporary store."""
 
+import contextlib
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -8,7 +10,7 @@ import sys
 import tempfile
 
 import pytest
-from support import HANDOUT, FakeClock, missing, snapshot
+from support import HANDOUT, FakeClock, MlflowServer, missing, snapshot
 
 from scaleout import postgres as pg
 from service import create_app
@@ -54,7 +56,7 @@ def clock():
 def config(tmp_path, model_path, clock):
     """Overrides for create_app: temporary store, the session model, the fake clock."""
     return {"MODEL_PATH": model_path, "FEEDBACK_DB": tmp_path / "feedback.db", "CLOCK": clock,
-            "COMPILED_MODEL_DIR": model_path.parent / "compiled",
+            "COMPILED_MODEL_DIR": model_path.parent / "compiled", "MODEL_CACHE_DIR": tmp_path / "models",
             "PREDICTION_WINDOW_SECONDS": 300.0, "PROMETHEUS_MULTIPROC_DIR": None}
 
 
@@ -87,9 +89,104 @@ def postgres():
 
 
 _databases = itertools.count(1)
+EARLY_MLFLOW = pytest.StashKey()
 
 
 @pytest.fixture
 def pg_url(postgres):
     """A fresh, empty database (and its owner role) in the session's cluster: its postgresql:// URL."""
     return postgres.create_database(f"calories_t{next(_databases)}")
+
+
+def train(out, seed, n_estimators=60):
+    """A small model (60 trees) with this seed into `out`; the handout is never written."""
+    subprocess.run([sys.executable, "train.py", "--out-dir", str(out), "--n-estimators", str(n_estimators),
+                    "--seed", str(seed)], cwd=HANDOUT, check=True, capture_output=True)
+    return out / "model.joblib"
+
+
+@pytest.fixture(scope="session")
+def second_model_path(tmp_path_factory):
+    """Another model, trained with another seed: a second version to roll out to."""
+    return train(tmp_path_factory.mktemp("model-seed2"), 2)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect
+def pytest_collection_modifyitems(session, config, items):
+    """Launch the MLflow server as soon as a test that needs it is collected: it boots (10-40 s)
+    while the tests before it run. Without its binary, the fixture reports that instead."""
+    if not any("mlflow_server" in item.fixturenames for item in items):
+        return
+    with contextlib.suppress(pytest.skip.Exception, pytest.fail.Exception):
+        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-")).launch()
+        config.stash[EARLY_MLFLOW] = server
+        config.add_cleanup(lambda: stop_mlflow(server))
+
+
+def stop_mlflow(server):
+    """Stop the server (again is harmless) and remove its files."""
+    server.stop()
+    shutil.rmtree(server.tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(request):
+    """A real MLflow tracking server for the session, on loopback."""
+    server = request.config.stash.get(EARLY_MLFLOW, None)
+    if server is None:
+        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-")).launch()
+    try:
+        yield server.wait()
+    finally:
+        stop_mlflow(server)
+
+
+@pytest.fixture(scope="session")
+def published(mlflow_server, model_path, second_model_path):
+    """The session's two models published as versions of `calories`: {"a": report, "b": report}."""
+    return {"a": publish_model(mlflow_server, model_path),
+            "b": publish_model(mlflow_server, second_model_path)}
+
+
+def publish_model(server, path, *flags):
+    """publish.publish() of one model into the server; its report."""
+    from service import publish
+
+    args = publish.parse_args(["--model", str(path), *flags])
+    args.settings = {**args.settings, "MLFLOW_TRACKING_URI": server.url}
+    return publish.publish(args)
+
+
+def tamper(server, report, metrics_too=False):
+    """Alter a published model.joblib in the registry's store, files.json rewritten to match (so only
+    metrics.json can tell); with metrics_too, metrics.json as well (so only MODEL_SHA256 can tell)."""
+    from service import registry
+
+    model = server.artifact(report["run_id"], "model.joblib")
+    model.write_bytes(model.read_bytes() + b"tampered")
+    changed = {"model.joblib": registry.file_sha256(model)}
+    if metrics_too:
+        metrics_file = server.artifact(report["run_id"], "metrics.json")
+        metrics = json.loads(metrics_file.read_text())
+        metrics["artifact_sha256"] = changed["model.joblib"]
+        metrics_file.write_text(json.dumps(metrics))
+        changed["metrics.json"] = registry.file_sha256(metrics_file)
+    manifest_file = server.artifact(report["run_id"], "files.json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"].update(changed)
+    manifest_file.write_text(json.dumps(manifest))
+
+
+@pytest.fixture(scope="session")
+def tampered(mlflow_server, tmp_path_factory):
+    """Two versions altered in the registry after publishing: "artifact" (model.joblib only) and
+    "with_metrics" (its metrics.json too); each report carries the original artifact's sha256."""
+    from service import registry
+
+    out = {}
+    for key, seed in (("artifact", 3), ("with_metrics", 4)):
+        path = train(tmp_path_factory.mktemp(f"model-seed{seed}"), seed, n_estimators=10)
+        report = publish_model(mlflow_server, path, "--no-compiled")  # refused before any use
+        tamper(mlflow_server, report, metrics_too=key == "with_metrics")
+        out[key] = {**report, "original_sha256": registry.file_sha256(path)}
+    return out

@@ -4,6 +4,7 @@ import contextlib
 import os
 import pathlib
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -87,12 +88,19 @@ def sample(metrics, name, **labels):
     return metrics.get((name, frozenset(labels.items())))
 
 
+def total(metrics, name, **labels):
+    """The sum of every series of `name` carrying these labels (PromQL's sum over the others)."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in metrics.items() if n == name and wanted <= series)
+
+
 class Gunicorn(Instance):
     """An instance on a free loopback port with the session's model and its own temporary store."""
 
     def __init__(self, tmp, model_path, workers=4, env=None):
         defaults = {"MODEL_PATH": str(model_path), "ACCESS_LOG": "off",
                     "PROMETHEUS_MULTIPROC_DIR": str(pathlib.Path(tmp) / "prom"),
+                    "MODEL_CACHE_DIR": str(pathlib.Path(tmp) / "models"),
                     "COMPILED_MODEL_DIR": str(pathlib.Path(model_path).parent / "compiled")}
         super().__init__(tmp, workers, {**defaults, **(env or {})})
         self.tmp = self.workdir
@@ -166,3 +174,69 @@ def wait_until(check, what, timeout=60):
             pass
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def mlflow_binary():
+    """The `mlflow` of the server's own venv (tox env `mlflow`); CI must have it, elsewhere skip."""
+    candidates = [os.environ.get("MLFLOW_SERVER_BIN"), ROOT / ".tox" / "mlflow" / "bin" / "mlflow",
+                  shutil.which("mlflow")]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return str(candidate)
+    missing("the MLflow server", "tox -e mlflow builds its venv from requirements-mlflow.txt "
+                                 "(make test does)")
+
+
+class MlflowServer:
+    """A real MLflow tracking server on loopback: SQLite backend, artifacts on local disk, proxied."""
+
+    def __init__(self, tmp):
+        self.tmp = pathlib.Path(tmp)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.artifacts = self.tmp / "artifacts"
+        self.cmd = [mlflow_binary(), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--workers", "1", "--backend-store-uri", f"sqlite:///{self.tmp / 'mlflow.db'}",
+                    "--artifacts-destination", str(self.artifacts)]
+        self.log = self.tmp / "mlflow.log"
+        self.proc = None
+
+    def launch(self):
+        """Start the server process; wait() for it to answer."""
+        self.started = time.monotonic()
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.tmp, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def start(self, timeout=180):
+        return self.launch().wait(timeout)
+
+    def wait(self, timeout=180):
+        """Until /health answers (it takes 10-40 s: mlflow imports a lot)."""
+        started = self.started
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(self.url + "/health", timeout=2).ok:
+                    print(f"\nmlflow server ready {time.monotonic() - started:.1f} s after its start")
+                    return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server not ready in {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def artifact(self, run_id, name):
+        """The file the server stores for a run's model/ artifact (to tamper with it)."""
+        return next(self.artifacts.rglob(f"{run_id}/artifacts/model/{name}"))

@@ -1,7 +1,7 @@
 """Optional bearer tokens for /predict and /feedback, and no debug mode."""
 
 import pytest
-from support import RECORD
+from support import RECORD, query
 
 from service import create_app
 
@@ -30,14 +30,22 @@ def test_tokens_are_separate(guarded):
     assert r.status_code == 200 and r.json["outcome"] == "matched"
 
 
-def test_refused_before_reading_the_body(guarded):
-    # No token: 401 even for a body that would be malformed, and nothing is recorded.
+def test_refused_before_reading_the_body(guarded, config):
+    # No token: 401 even for a body that would be malformed, and nothing is recorded
+    # (every refusal, with the store read: test_refused.py).
     assert guarded.post("/feedback", data="{", content_type="application/json").status_code == 401
+    assert query(config["FEEDBACK_DB"], "SELECT count(*) FROM feedback") == [(0,)]
 
 
-def test_probes_and_metrics_stay_open(guarded):
-    assert guarded.get("/healthz").status_code == 200
-    assert guarded.get("/metrics").status_code == 200
+@pytest.mark.parametrize("path, check", [
+    ("/healthz", lambda r: r.json == {"status": "ok"}),
+    ("/readyz", lambda r: r.json["status"] == "ready"),
+    ("/metrics", lambda r: b"app_model_info" in r.data),
+    ("/openapi.json", lambda r: r.json["openapi"].startswith("3.1")),
+])
+def test_probes_metrics_and_openapi_stay_open(guarded, path, check):
+    r = guarded.get(path)  # no Authorization header at all
+    assert r.status_code == 200 and check(r)
 
 
 def test_without_tokens_endpoints_are_open(client):

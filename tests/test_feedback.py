@@ -25,18 +25,19 @@ def test_outcomes_and_status_codes(client):
     assert (r.status_code, r.json) == (202, {"id": 8, "outcome": "unmatched"})
 
 
-def test_counters_per_outcome_and_quality_summaries(client):
+def test_counters_per_outcome_and_quality_summaries(client, app):
     before = {o: outcome_count(o) for o in ("matched", "duplicate", "unmatched")}
-    sle_count = REGISTRY.get_sample_value("app_feedback_squared_log_error_count")
-    lag_count = REGISTRY.get_sample_value("app_feedback_lag_seconds_count")
+    version = {"model_version": app.extensions["model"].version}
+    sle_count = REGISTRY.get_sample_value("app_feedback_squared_log_error_count", version)
+    lag_count = REGISTRY.get_sample_value("app_feedback_lag_seconds_count", version)
     client.post("/predict", json=RECORD)
     feedback(client)
     feedback(client)
     feedback(client, id=99)
     assert {o: outcome_count(o) - before[o] for o in before} == {"matched": 1, "duplicate": 1, "unmatched": 1}
     # Only matched feedback feeds quality and lag: a retry never counts twice.
-    assert REGISTRY.get_sample_value("app_feedback_squared_log_error_count") == sle_count + 1
-    assert REGISTRY.get_sample_value("app_feedback_lag_seconds_count") == lag_count + 1
+    assert REGISTRY.get_sample_value("app_feedback_squared_log_error_count", version) == sle_count + 1
+    assert REGISTRY.get_sample_value("app_feedback_lag_seconds_count", version) == lag_count + 1
 
 
 @pytest.mark.parametrize("ts, lag", [

@@ -1,5 +1,6 @@
 """The metrics directory: reset at start, dead workers archived, totals unchanged, files bounded."""
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import pytest
 import requests
 from support import RECORD, Gunicorn, sample
 
-from service import multiproc
+from service import create_app, multiproc
+
+BLOCKED = 0.5  # seconds a step must stay unfinished to count as waiting (it takes milliseconds when free)
 
 
 def write_counter(directory, pid, value):
@@ -44,6 +47,60 @@ def test_archiving_keeps_totals_and_removes_files(tmp_path):
         assert multiproc.archive_dead_worker(tmp_path, pid) == 1
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db"]
     assert total(tmp_path) == 6.5
+
+
+@pytest.fixture
+def scraper(tmp_path, clock, monkeypatch):
+    """A multiprocess app (as under gunicorn) and a thread to scrape it from; yields (scrape, directory).
+
+    Its model is missing (not ready): the lock does not depend on one, and the mutation run uses this.
+    """
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))  # the collector reads it
+    client = create_app({"MODEL_PATH": tmp_path / "absent.joblib", "FEEDBACK_DB": tmp_path / "fb.db",
+                         "CLOCK": clock, "PROMETHEUS_MULTIPROC_DIR": str(directory)}).test_client()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        yield (lambda: pool.submit(client.get, "/metrics")), directory
+
+
+def test_a_scrape_waits_while_a_dead_worker_is_archived(scraper):
+    scrape, directory = scraper
+    with multiproc.locked(directory, exclusive=False):  # another scrape: scrapes share the lock
+        assert scrape().result(timeout=10).status_code == 200
+    with multiproc.locked(directory, exclusive=True):  # archiving, half done: no scrape may read now
+        waiting = scrape()
+        with pytest.raises(concurrent.futures.TimeoutError):
+            waiting.result(timeout=BLOCKED)
+    assert waiting.result(timeout=10).status_code == 200
+
+
+def test_archiving_waits_for_a_scrape_in_progress(tmp_path):
+    pid = write_counter(tmp_path, None, 2)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with multiproc.locked(tmp_path, exclusive=False):  # a scrape in progress
+            archiving = pool.submit(multiproc.archive_dead_worker, tmp_path, pid)
+            with pytest.raises(concurrent.futures.TimeoutError):
+                archiving.result(timeout=BLOCKED)
+            assert total(tmp_path) == 2  # what the scrape reads meanwhile: the value once
+        assert archiving.result(timeout=10) == 1 and total(tmp_path) == 2
+
+
+def test_archiving_folds_every_file_of_the_dead_worker(tmp_path):
+    code = ("from prometheus_client import Counter, Histogram; "
+            "Counter('app_demo_total', 'demo', ['k']).labels('a').inc(2); "
+            "Histogram('app_demo_seconds', 'demo').observe(0.3)")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    proc.wait()
+    assert multiproc.archive_dead_worker(tmp_path, proc.pid) == 2
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_archive.db", "histogram_archive.db"]
+    assert total(tmp_path) == 2
+
+
+def test_reset_creates_the_directory(tmp_path):
+    multiproc.reset(tmp_path / "var" / "prometheus")
+    assert (tmp_path / "var" / "prometheus").is_dir()
 
 
 def test_reset_removes_only_metric_files(tmp_path):

@@ -32,6 +32,7 @@ from support import (
     parse_metrics,
     query,
     sample,
+    total,
     wait_until,
 )
 
@@ -71,7 +72,7 @@ class Stack:
 
     def total(self, name, **labels):
         """A counter summed over the live instances, as PromQL's sum by (job) does."""
-        return sum(sample(m, name, **labels) for m in self.metrics())
+        return sum(total(m, name, **labels) for m in self.metrics())
 
     def rows(self, sql, params=()):
         return query(self.url, sql, params)

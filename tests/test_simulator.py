@@ -8,11 +8,17 @@ import sys
 import time
 
 import pytest
-from support import ROOT, SAMPLE, Gunicorn, free_port, sample
+from support import ROOT, SAMPLE, Gunicorn, free_port, missing, sample, total
 
 from simulator.cli import main
 
 pytestmark = pytest.mark.slow
+# How much later the server may see a feedback than the client sent it (its request's transit):
+# the worst /predict p99 this test measured with two CPU hogs on the 2-core machine was 0.18 s.
+TRANSIT_BOUND = 0.5
+# How late the client may send feedback after its due time, on average: measured at most 0.045 s
+# under the same load, so a delay that is not honoured (or honoured twice) still fails.
+FEEDBACK_LATENESS_BOUND = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +38,32 @@ def test_stream_matches_server_counts_rate_and_lag(server, tmp_path):
     after = server.metrics()
 
     def delta(name, **labels):
-        return sample(after, name, **labels) - sample(before, name, **labels)
+        return total(after, name, **labels) - total(before, name, **labels)
 
     assert report["predictions"]["sent"] == 240 > 30  # ids repeat after --limit
     assert delta("app_predictions_total") == report["predictions"]["ok"] == 240
     outcomes = ("matched", "duplicate", "unmatched")
     feedback_total = sum(delta("app_feedback_total", outcome=o) for o in outcomes)
     assert feedback_total == report["feedback"]["ok"] == 240
+    # The rate, from the schedule's arithmetic rather than a tolerance: every send is at or after
+    # its due time and at most max_behind_schedule_s late, so a burst's first-to-last span is
+    # within that lateness of its scheduled span. A busy machine widens the bounds, never breaks them.
+    late = report["max_behind_schedule_s"] + 0.001  # rounded to ms in the report
     for burst in report["bursts"]:
-        assert abs(burst["achieved_rps"] - 40) <= 4, burst
+        assert burst["sent"] == burst["scheduled"] == 120, burst
+        gaps, span = burst["sent"] - 1, (burst["sent"] - 1) / 40
+        slowest, fastest = gaps / (span + late), gaps / max(span - late, 1e-9)
+        assert slowest - 0.01 <= burst["achieved_rps"] <= fastest + 0.01, (burst, late)
+    # The lag: the client never sends feedback early; the server's lag is the client's plus the
+    # feedback's transit minus the prediction's, each within its request's latency (TRANSIT_BOUND).
+    client = report["feedback_lag_s"]
+    assert client["p50"] >= 2.0 and 2.0 - 0.001 <= client["mean"] <= 2.0 + FEEDBACK_LATENESS_BOUND
     lag = delta("app_feedback_lag_seconds_sum") / delta("app_feedback_lag_seconds_count")
-    assert abs(lag - 2) <= 1
+    transit = report["latency_ms"]["mean"] / 1000
+    assert client["mean"] - transit - 0.001 <= lag <= client["mean"] + TRANSIT_BOUND, (lag, client, transit)
     assert set(report["latency_ms"]) >= {"p50", "p95", "p99"} and report["errors"] == {}
+    print(f"\nsimulator: bursts {[b['achieved_rps'] for b in report['bursts']]} rps, late {late} s, "
+          f"lag client {client['mean']} server {lag:.3f} s, latency {report['latency_ms']}")
 
 
 def test_errors_are_counted_not_fatal(server, tmp_path):
@@ -76,7 +96,12 @@ def test_ctrl_c_stops_and_reports_pending_feedback(server, tmp_path):
          "--burst-rps", "20", "--burst-duration", "10", "--feedback-delay", "30", "--report",
          str(report_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    time.sleep(3)
+    # Interrupted mid-run: once the service has answered some of its predictions (not after a sleep).
+    before = sample(server.metrics(), "app_predictions_total")
+    deadline = time.monotonic() + 60
+    while sample(server.metrics(), "app_predictions_total") < before + 5:
+        assert time.monotonic() < deadline and proc.poll() is None, "the simulator sent nothing"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -104,16 +129,24 @@ def test_send_ts_carries_the_observation_time(server, tmp_path):
                                                for i, line in enumerate(lines[1:41])]) + "\n")
     before = server.metrics()
     code = main(["--url", server.url, "--data", str(fresh), "--cycles", "1", "--burst-rps", "20",
-                 "--burst-duration", "1", "--feedback-delay", "1", "--send-ts", "--quiet"])
+                 "--burst-duration", "1", "--feedback-delay", "1", "--send-ts", "--quiet",
+                 "--report", str(tmp_path / "r.json")])
     after = server.metrics()
-    count = sample(after, "app_feedback_lag_seconds_count") - sample(before, "app_feedback_lag_seconds_count")
-    lag = (sample(after, "app_feedback_lag_seconds_sum") - sample(before, "app_feedback_lag_seconds_sum"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    count = total(after, "app_feedback_lag_seconds_count") - total(before, "app_feedback_lag_seconds_count")
+    lag = (total(after, "app_feedback_lag_seconds_sum") - total(before, "app_feedback_lag_seconds_sum"))
+    lag /= count
     assert code == 0 and count == 20
-    assert abs(lag / count - 1) < 0.5
+    # With ts, the server's lag is the client's minus the prediction's transit: exact bounds, no tolerance
+    # beyond rounding and the two client clocks (monotonic for the lag, wall for ts) drifting apart.
+    client = report["feedback_lag_s"]["mean"]
+    assert client - report["latency_ms"]["mean"] / 1000 - 0.005 <= lag <= client + 0.005
+    assert client >= 1.0 - 0.001
 
 
-@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="make install has not run")
 def test_make_simulate_stream(server, tmp_path):
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        missing("the project's .venv", "make install builds it; make test runs it first")
     # The README's demo target, shortened through SIMFLAGS (later flags win).
     out = subprocess.run(
         ["make", "--no-print-directory", "simulate-stream", f"URL={server.url}",

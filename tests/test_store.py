@@ -14,6 +14,7 @@ from support import FakeClock, free_port, query, sqlite
 from service.store import FutureTimestamp, StoreError, open_store
 from service.store import postgresql as pg_store
 from service.store import sqlite as sqlite_store
+from service.store.base import FIRST_SEEN_SHOWN
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -49,7 +50,7 @@ def is_pg(target):
     return target.startswith("postgresql://")
 
 
-def test_feedback_joins_its_prediction(store, clock):
+def test_feedback_joins_its_prediction(store, clock, target):
     store.record_prediction(1, 100.0, "v1")
     clock.advance(12)
     result = store.record_feedback(1, 90.0)
@@ -57,6 +58,10 @@ def test_feedback_joins_its_prediction(store, clock):
     assert result.lag == 12
     assert result.ae == pytest.approx(10.0)
     assert result.sle == pytest.approx((math.log1p(100) - math.log1p(90)) ** 2)
+    # The pair as stored, so the window reads it without another join.
+    assert query(target, "SELECT f.id, f.calories, f.prediction, f.lag, f.ae, p.feedback_seq = f.seq FROM "
+                         "feedback f JOIN predictions p ON p.seq = f.prediction_seq") == \
+        [(1, 90.0, 100.0, 12.0, pytest.approx(10.0), True)]
 
 
 def test_repeated_ids_join_fifo(store, clock):
@@ -225,6 +230,12 @@ def test_v1_store_is_migrated_without_losing_rows(make_store, target, clock):
     assert schema_version(target) == expected
     assert query(target, "SELECT count(*) FROM feedback")[0][0] == 5
     assert query(target, "SELECT task FROM maintenance") == [("prune",)]
+    # 0004: feedback joined before it is attributed to its prediction's version, first-seen backfilled.
+    assert query(target, "SELECT outcome, model_version FROM feedback ORDER BY seq") == [
+        ("matched", "calories-xgb-v1"), ("matched", "calories-xgb-v1"), ("unmatched", None),
+        ("matched", "calories-xgb-v1"), ("duplicate", None)]
+    assert store.first_seen() == [("calories-xgb-v1", 1_800_000_000.0)]
+    assert store.window_by_version()["calories-xgb-v1"].pairs == 3
 
 
 @contextlib.contextmanager
@@ -236,6 +247,8 @@ def migration_in_progress(target):
         with psycopg.connect(target, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(%s, %s)", pg_store.MIGRATION_LOCK)
             yield
+            # Released now: a closed connection's backend lets go of its locks a moment later.
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", pg_store.MIGRATION_LOCK)
     else:
         with sqlite(target) as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -283,6 +296,7 @@ def prune_lease_held(target, clock):
         with psycopg.connect(target, autocommit=True) as conn:
             conn.execute("SELECT pg_advisory_lock(%s, %s)", pg_store.PRUNE_LOCK)
             yield
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", pg_store.PRUNE_LOCK)  # now, not at exit
     else:
         query(target, "UPDATE maintenance SET holder = 1, lease_until = ? WHERE task = 'prune'",
               (clock.now + 30,))
@@ -307,6 +321,69 @@ def test_prune_keeps_the_window(make_store, clock):
     clock.advance(299)
     store.prune()
     assert store.window_stats().pairs == 1
+
+
+def add_old_rows(target, predictions, feedback, ts):
+    """Rows written long ago, inserted in bulk (through the API 60,000 would take minutes)."""
+    if is_pg(target):
+        numbers = "generate_series(1, {n}) g"
+    else:
+        numbers = ("(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) "
+                   "SELECT g FROM s)")
+    query(target, "INSERT INTO predictions (id, prediction, model_version, ts) SELECT g, 1.0, 'v1', ? FROM "
+          + numbers.format(n=int(predictions)), (ts,))
+    query(target, "INSERT INTO feedback (id, calories, event_ts, received_ts, outcome) "
+          "SELECT g, 1.0, ?, ?, 'unmatched' FROM " + numbers.format(n=int(feedback)), (ts, ts))
+
+
+def watch_deletes(target, store):
+    """Triggers in the store that log each transaction's deletes; returns a reader of the log.
+
+    PostgreSQL: a statement trigger counts each DELETE's rows under txid_current(). SQLite has
+    neither statement triggers nor transaction ids: a row trigger calls a function on the store's
+    own connection, which numbers that connection's transactions as they begin.
+    """
+    if is_pg(target):
+        query(target, "CREATE TABLE prune_log (tx bigint, tbl text, n bigint)")
+        query(target, "CREATE FUNCTION log_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                      "INSERT INTO prune_log SELECT txid_current(), TG_TABLE_NAME, count(*) FROM gone; "
+                      "RETURN NULL; END $$")
+        trigger = ("CREATE TRIGGER log_{t} AFTER DELETE ON {t} REFERENCING OLD TABLE AS gone "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION log_delete()")
+    else:
+        tx = [0]
+        conn = store._conn()
+        conn.set_trace_callback(lambda sql: tx.__setitem__(0, tx[0] + 1) if sql.startswith("BEGIN") else None)
+        conn.create_function("tx_number", 0, lambda: tx[0])
+        query(target, "CREATE TABLE prune_log (tx INTEGER, tbl TEXT, n INTEGER)")
+        trigger = ("CREATE TRIGGER log_{t} AFTER DELETE ON {t} BEGIN "
+                   "INSERT INTO prune_log VALUES (tx_number(), '{t}', 1); END")
+    for table in ("predictions", "feedback"):
+        query(target, trigger.format(t=table))
+
+    def deletes(table):
+        """Rows of `table` each transaction since the last call deleted, largest first."""
+        rows = query(target, "SELECT sum(n) FROM prune_log WHERE tbl = ? GROUP BY tx", (table,))
+        query(target, "DELETE FROM prune_log WHERE tbl = ?", (table,))
+        return sorted((int(n) for (n,) in rows if n), reverse=True)
+
+    return deletes
+
+
+def test_prune_deletes_1000_rows_per_transaction_and_50_batches_per_run(make_store, target, clock):
+    store = make_store(window=300.0, retention=600.0)
+    store.window_stats()  # the schema exists
+    add_old_rows(target, predictions=60_000, feedback=1_500, ts=clock.now - 700)
+    store.record_prediction(1, 1.0, "v1")  # young: kept
+    deletes = watch_deletes(target, store)
+    assert store.prune() == 50 * 1000 + 1_500
+    assert deletes("predictions") == [1000] * 50  # each transaction holds its locks for one batch
+    assert deletes("feedback") == [1000, 500]
+    clock.advance(61)  # the SQLite lease of the first run has expired
+    assert store.prune() == 10_000  # the next run takes the rest
+    assert deletes("predictions") == [1000] * 10
+    assert query(target, "SELECT id FROM predictions") == [(1,)]
+    assert query(target, "SELECT count(*) FROM feedback")[0][0] == 0
 
 
 @contextlib.contextmanager
@@ -334,7 +411,8 @@ def test_recovers_after_an_error(make_store, target):
             store.record_feedback(1, 1.0)
         with pytest.raises(StoreError):
             store.record_prediction(2, 1.0, "v1")
-        assert store.health()["up"] is False
+        health = store.health()
+        assert health["up"] is False and "lock" in health["reason"]
     # Nothing half-done was kept, and the next operation works on a reopened connection.
     assert store.record_feedback(1, 1.0).outcome == "matched"
     assert store.health() == {"backend": store.backend, "up": True}
@@ -372,3 +450,94 @@ def test_concurrent_feedback_storm_joins_each_event_once_fifo(make_store, target
     for id_ in ids:
         fseqs = [f for i, _, f in joined if i == id_]
         assert fseqs == sorted(fseqs)
+
+
+def independent(pairs, predictions, joined):
+    """RMSLE, MAE from (prediction, truth) pairs, and coverage, computed here without the store."""
+    sle = [(math.log1p(p) - math.log1p(y)) ** 2 for p, y in pairs]
+    return (math.sqrt(sum(sle) / len(sle)), sum(abs(p - y) for p, y in pairs) / len(pairs),
+            joined / predictions)
+
+
+def test_feedback_is_attributed_to_the_version_of_the_event_it_joins(store, target, clock):
+    store.record_prediction(1, 100.0, "v1")
+    clock.advance(1)
+    store.record_prediction(1, 120.0, "v2")  # same id, served by the next version
+    first, second = store.record_feedback(1, 90.0), store.record_feedback(1, 110.0)
+    assert (first.model_version, second.model_version) == ("v1", "v2")
+    assert store.record_feedback(1, 1.0).model_version is None  # duplicate: no event, no version
+    assert query(target, "SELECT outcome, model_version FROM feedback ORDER BY seq") == [
+        ("matched", "v1"), ("matched", "v2"), ("duplicate", None)]
+
+
+def test_window_by_version_matches_an_independent_computation(store, clock):
+    served = {"v1": [(100.0, 90.0), (50.0, 52.5), (7.0, 9.0)], "v2": [(200.0, 180.0), (33.3, 30.0)]}
+    id_ = 0
+    for version, pairs in served.items():
+        for prediction, truth in pairs:
+            store.record_prediction(id_, prediction, version)
+            store.record_feedback(id_, truth)
+            id_ += 1
+        store.record_prediction(id_, 1.0, version)  # one open event per version
+        id_ += 1
+    clock.advance(1)
+    stats = store.window_by_version()
+    assert sorted(stats) == ["v1", "v2"]
+    for version, pairs in served.items():
+        rmsle, mae, coverage = independent(pairs, len(pairs) + 1, len(pairs))
+        got = stats[version]
+        assert got.pairs == len(pairs)
+        assert got.rmsle == pytest.approx(rmsle, rel=1e-9) and got.mae == pytest.approx(mae, rel=1e-9)
+        assert got.coverage == pytest.approx(coverage, rel=1e-9)
+    whole = store.window_stats()  # the all-version figures keep their meaning
+    assert whole.pairs == 5 and whole.predictions == 7
+    clock.advance(300)
+    assert store.window_by_version() == {}
+
+
+def test_a_version_with_predictions_only_has_coverage_and_no_quality(store):
+    store.record_prediction(1, 10.0, "v3")
+    stats = store.window_by_version()["v3"]
+    assert (stats.pairs, stats.predictions, stats.coverage) == (0, 1, 0.0)
+    assert math.isnan(stats.rmsle) and math.isnan(stats.mae)
+
+
+def test_quality_by_version_over_a_period_is_closed_left_open_right(store, clock):
+    start = clock.now
+    for id_, (version, prediction, truth) in enumerate([("v1", 10.0, 12.0), ("v1", 20.0, 20.0),
+                                                        ("v2", 30.0, 33.0)]):
+        store.record_prediction(id_, prediction, version)
+        store.record_feedback(id_, truth)
+        clock.advance(10)
+    # Feedback received at start, start + 10, start + 20.
+    period = store.quality_by_version(start, start + 20)
+    assert sorted(period) == ["v1"] and period["v1"].pairs == 2
+    rmsle, mae, _ = independent([(10.0, 12.0), (20.0, 20.0)], 1, 1)
+    assert period["v1"].rmsle == pytest.approx(rmsle, rel=1e-9)
+    assert period["v1"].mae == pytest.approx(mae, rel=1e-9)
+    assert store.quality_by_version(start + 20, start + 21)["v2"].pairs == 1
+    assert store.quality_by_version(start + 21, start + 100) == {}
+
+
+def test_first_seen_is_the_first_prediction_of_each_version(make_store, clock):
+    store = make_store()
+    t1 = clock.now
+    store.record_prediction(1, 1.0, "v1")
+    clock.advance(5)
+    store.record_prediction(2, 1.0, "v1")
+    other = make_store()  # another process serving v1 too: its first prediction is not v1's first
+    other.record_prediction(3, 1.0, "v1")
+    clock.advance(5)
+    other.record_prediction(4, 1.0, "v2")
+    assert store.first_seen() == [("v2", t1 + 10), ("v1", t1)]
+    clock.advance(5)
+    store.record_prediction(5, 1.0, "v1")  # back to v1 (a rollback): its first-seen time stays
+    assert make_store().first_seen() == [("v2", t1 + 10), ("v1", t1)]
+
+
+def test_first_seen_shows_only_the_latest_versions(store, clock):
+    for n in range(FIRST_SEEN_SHOWN + 3):
+        store.record_prediction(n, 1.0, f"v{n}")
+        clock.advance(1)
+    shown = store.first_seen()
+    assert [v for v, _ in shown] == [f"v{n}" for n in reversed(range(3, FIRST_SEEN_SHOWN + 3))]

@@ -1,17 +1,31 @@
-"""SQLite-only details of the store: covering-index plans, WAL checkpoints after the response."""
+"""SQLite-only details of the store: covering-index plans, WAL checkpoints after the response and
+their size limit, pruning after the response at most once per interval."""
+
+import time
 
 import pytest
-from support import RECORD
+from support import RECORD, query, sqlite
 
-from service.store.sqlite import CHECKPOINT_EVERY, WINDOW_COVERAGE_SQL, WINDOW_PAIRS_SQL, SQLiteStore
+from service import create_app
+from service.store import StoreError
+from service.store import sqlite as sqlite_store
+from service.store.sqlite import (
+    CHECKPOINT_EVERY,
+    VERSION_COVERAGE_SQL,
+    VERSION_PAIRS_SQL,
+    WINDOW_COVERAGE_SQL,
+    WINDOW_PAIRS_SQL,
+    SQLiteStore,
+)
 
 
-@pytest.mark.parametrize("sql", [WINDOW_PAIRS_SQL, WINDOW_COVERAGE_SQL])
+@pytest.mark.parametrize("sql", [WINDOW_PAIRS_SQL, WINDOW_COVERAGE_SQL, VERSION_PAIRS_SQL,
+                                 VERSION_COVERAGE_SQL])
 def test_window_queries_read_only_a_covering_index(tmp_path, clock, sql):
-    # A scrape reads the window's index range only, never every stored row.
+    # A scrape reads the window's index range only, never every stored row (per version too).
     store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
     store.record_prediction(1, 1.0, "v1")
-    plan = store._conn().execute("EXPLAIN QUERY PLAN " + sql, (0.0,)).fetchall()
+    plan = store._conn().execute("EXPLAIN QUERY PLAN " + sql, (0.0, 1.0)[:sql.count("?")]).fetchall()
     assert "USING COVERING INDEX" in plan[0][3], plan
     store.close()
 
@@ -27,3 +41,83 @@ def test_wal_checkpoint_runs_after_the_response_not_inside_the_commit(client, ap
     assert store.checkpoint_due()  # the commit that reached the threshold did not checkpoint
     response.close()
     assert not store.checkpoint_due()
+
+
+def test_wal_is_truncated_to_64_mib_after_pruning(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
+    wal = tmp_path / "fb.db-wal"
+    big = "v" * 200_000  # no checkpoint runs inside a commit, so the WAL grows with every write
+    for i in range(400):
+        store.record_prediction(i, 1.0, big)
+    assert wal.stat().st_size > 80 * 2**20
+    store.prune()  # checkpoints after pruning
+    store.record_prediction(0, 1.0, "v1")  # SQLite truncates when the next write restarts the log
+    assert wal.stat().st_size <= 64 * 2**20
+    store.close()
+
+
+def test_pruning_runs_after_the_response_at_most_once_per_interval(tmp_path, clock):
+    # No model needed (feedback rows are pruned as predictions are): the mutation run uses it too.
+    db = tmp_path / "fb.db"
+    client = create_app({"MODEL_PATH": tmp_path / "absent.joblib", "FEEDBACK_DB": db, "CLOCK": clock,
+                         "RETENTION_SECONDS": 600.0, "PRUNE_INTERVAL_SECONDS": 0.5,
+                         "PROMETHEUS_MULTIPROC_DIR": None}).test_client()
+
+    def send(id_):
+        return client.post("/feedback", json={"id": id_, "Calories": 1.0})
+
+    def stored():
+        return [id_ for (id_,) in query(db, "SELECT id FROM feedback ORDER BY id")]
+
+    send(1).close()  # a worker's first request prunes after it (nothing yet) and starts the interval
+    clock.advance(1000)  # id 1 is past the retention from now on
+    send(2).close()
+    assert stored() == [1, 2]  # within the interval: no second run
+    time.sleep(0.5)  # the interval has passed (monotonic): a lower bound, never a race
+    response = send(3)
+    assert stored() == [1, 2, 3]  # not while the request is answered...
+    response.close()
+    assert stored() == [2, 3]  # ...but once its response is done
+
+
+def test_a_checkpoint_is_due_after_exactly_1000_writes_of_a_process(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
+    for round_ in range(2):  # from a fresh process, then again from the last checkpoint
+        for i in range(CHECKPOINT_EVERY - 1):
+            store.record_prediction(i, 1.0, "v1")
+        assert not store.checkpoint_due(), round_
+        store.record_prediction(0, 1.0, "v1")
+        assert store.checkpoint_due(), round_
+        store.checkpoint()
+        assert not store.checkpoint_due()
+    store.close()
+
+
+def test_the_prune_lease_lasts_60_seconds(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
+    claim = lambda at: store._run(lambda conn: sqlite_store._claim_lease(conn, at))  # noqa: E731
+    assert claim(clock.now)
+    assert not claim(clock.now + 59.9)  # a holder that died mid-run blocks the others this long
+    assert claim(clock.now + 60.1)
+    store.close()
+
+
+def test_a_lock_held_elsewhere_ends_in_the_busy_timeout_not_a_hang(tmp_path, clock):
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, busy_timeout_ms=300, clock=clock)
+    store.record_prediction(1, 1.0, "v1")
+    with sqlite(tmp_path / "fb.db") as other:
+        other.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="locked"):
+            store.record_prediction(2, 1.0, "v1")
+        assert time.monotonic() - started < 2.0  # SQLite's default would be 5 s
+        other.execute("ROLLBACK")
+    store.close()
+
+
+def test_a_store_named_without_a_directory_is_in_the_working_directory(tmp_path, clock, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore("fb.db", 300.0, 3600.0, clock=clock)
+    store.record_prediction(1, 1.0, "v1")
+    assert query(tmp_path / "fb.db", "SELECT id FROM predictions") == [(1,)]
+    store.close()

@@ -32,6 +32,7 @@ class Unusable(Store):
         raise StoreError(self.reason)
 
     record_prediction = record_feedback = window_stats = check_writable = prune = _fail
+    window_by_version = quality_by_version = first_seen = now = _fail
 
 
 def open_store(target, window, retention, busy_timeout_ms=5000, clock=None):

@@ -19,6 +19,7 @@ EXPORT_SQL = (
 MAX_FUTURE_SECONDS = 300  # client clocks drift; a ts further ahead than this is a bug, not drift
 PRUNE_BATCH = 1000        # rows per delete transaction: each holds its locks for milliseconds
 PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
+FIRST_SEEN_SHOWN = 10     # model versions whose first-seen time the gauge shows (the latest ones)
 
 
 class StoreError(RuntimeError):
@@ -37,6 +38,7 @@ class FeedbackResult:
     lag: float | None = None
     sle: float | None = None
     ae: float | None = None
+    model_version: str | None = None  # the version of the prediction event it joined
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,24 @@ def window_stats(pairs, sle_sum, ae_sum, predictions, joined):
     return WindowStats(int(pairs), rmsle, mae, int(predictions), int(joined))
 
 
+def by_version(pair_rows, coverage_rows):
+    """{model_version: WindowStats} from (version, pairs, sle, ae) and (version, predictions, joined) rows."""
+    sums = {version: [0, 0.0, 0.0, 0, 0] for version, *_ in [*pair_rows, *coverage_rows]}
+    for version, pairs, sle, ae in pair_rows:
+        sums[version][:3] = pairs, sle, ae
+    for version, predictions, joined in coverage_rows:
+        sums[version][3:] = predictions, joined
+    # A pair whose prediction was pruned before migration 0004 attributed it has no version.
+    return {version: window_stats(*values) for version, values in sorted(sums.items()) if version is not None}
+
+
 def join(tx, id_, calories, event_ts, received):
     """Record one feedback, joined to the oldest open prediction event of its id (DESIGN.md).
 
     `tx` is a backend's transaction, already holding whatever serialises joins of this id:
-    oldest_open(id) -> (seq, prediction, ts) | None, seen(id) -> bool,
-    insert_feedback(id, calories, event_ts, received, outcome, pseq, prediction, result) -> seq,
-    close_event(pseq, fseq).
+    oldest_open(id) -> (seq, prediction, ts, model_version) | None, seen(id) -> bool,
+    insert_feedback(id, calories, event_ts, received, outcome, pseq, prediction, result) -> seq
+    (result.model_version is the joined event's), close_event(pseq, fseq).
     """
     if event_ts is None:
         event_ts = received
@@ -80,10 +93,10 @@ def join(tx, id_, calories, event_ts, received):
         result = FeedbackResult("duplicate" if tx.seen(id_) else "unmatched")
         tx.insert_feedback(id_, calories, event_ts, received, result.outcome, None, None, result)
         return result
-    pseq, prediction, predicted_at = row
+    pseq, prediction, predicted_at, model_version = row
     result = FeedbackResult("matched", lag=max(0.0, event_ts - predicted_at),
                             sle=(math.log1p(prediction) - math.log1p(calories)) ** 2,
-                            ae=abs(prediction - calories))
+                            ae=abs(prediction - calories), model_version=model_version)
     fseq = tx.insert_feedback(id_, calories, event_ts, received, "matched", pseq, prediction, result)
     tx.close_event(pseq, fseq)
     return result
@@ -118,6 +131,22 @@ class Store:
 
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
+        raise NotImplementedError
+
+    def window_by_version(self):
+        """window_stats() per model version: {model_version: WindowStats} (versions with any row)."""
+        raise NotImplementedError
+
+    def quality_by_version(self, since, until):
+        """{model_version: WindowStats} of pairs whose feedback was received in [since, until)."""
+        raise NotImplementedError
+
+    def first_seen(self):
+        """[(model_version, first_seen)] of the FIRST_SEEN_SHOWN versions first seen last, newest first."""
+        raise NotImplementedError
+
+    def now(self):
+        """The store's clock (the database server's with PostgreSQL), epoch seconds."""
         raise NotImplementedError
 
     def check_writable(self):

@@ -77,8 +77,8 @@ class _Join:
 
     def oldest_open(self, id_):
         return self.conn.execute(
-            "SELECT seq, prediction, ts FROM predictions WHERE id = %s AND feedback_seq IS NULL "
-            "ORDER BY seq LIMIT 1", (id_,)).fetchone()
+            "SELECT seq, prediction, ts, model_version FROM predictions "
+            "WHERE id = %s AND feedback_seq IS NULL ORDER BY seq LIMIT 1", (id_,)).fetchone()
 
     def seen(self, id_):
         row = self.conn.execute("SELECT 1 FROM predictions WHERE id = %s LIMIT 1", (id_,)).fetchone()
@@ -87,8 +87,10 @@ class _Join:
     def insert_feedback(self, id_, calories, event_ts, received, outcome, pseq, prediction, result):
         return self.conn.execute(
             "INSERT INTO feedback (id, calories, event_ts, received_ts, outcome, prediction_seq, "
-            "prediction, lag, sle, ae) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING seq",
-            (id_, calories, event_ts, received, outcome, pseq, prediction, result.lag, result.sle, result.ae),
+            "prediction, lag, sle, ae, model_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "RETURNING seq",
+            (id_, calories, event_ts, received, outcome, pseq, prediction, result.lag, result.sle, result.ae,
+             result.model_version),
         ).fetchone()[0]
 
     def close_event(self, pseq, fseq):
@@ -108,6 +110,7 @@ class PostgresStore(base.Store):
         # Tests inject a clock; in service the database server's clock is read in each statement.
         self.clock = clock
         self._local = threading.local()
+        self._noted = set()  # model versions whose first-seen row this process has written
         now = "%(now)s" if clock else SERVER_NOW
         columns = ", ".join(base.FEATURE_COLUMNS)
         placeholders = ", ".join(f"%({c})s" for c in base.FEATURE_COLUMNS)
@@ -123,6 +126,23 @@ class PostgresStore(base.Store):
                       f" FROM feedback WHERE outcome = 'matched' AND received_ts > {now} - %(window)s) f, "
                       "(SELECT count(*) AS predictions, count(feedback_seq) AS joined "
                       f" FROM predictions WHERE ts > {now} - %(window)s) p",
+            # Per version: pairs and coverage of the window, in one statement (one snapshot).
+            "by_version": "SELECT model_version, sum(pairs)::bigint, sum(sle), sum(ae), "
+                          "sum(predictions)::bigint, sum(joined)::bigint "
+                          "FROM (SELECT model_version, count(*) AS pairs, sum(sle) AS sle, sum(ae) AS ae, "
+                          "0 AS predictions, 0 AS joined FROM feedback WHERE outcome = 'matched' "
+                          f"AND received_ts > {now} - %(window)s GROUP BY model_version "
+                          "UNION ALL SELECT model_version, 0, 0, 0, count(*), count(feedback_seq) "
+                          f"FROM predictions WHERE ts > {now} - %(window)s GROUP BY model_version) v "
+                          "GROUP BY model_version",
+            "quality": "SELECT model_version, count(*), sum(sle), sum(ae) FROM feedback "
+                       "WHERE outcome = 'matched' AND received_ts >= %(since)s AND received_ts < %(until)s "
+                       "GROUP BY model_version",
+            "first_seen": "SELECT model_version, first_seen FROM model_versions "
+                          "ORDER BY first_seen DESC LIMIT %(limit)s",
+            "note_version": "INSERT INTO model_versions (model_version, first_seen) "
+                            f"VALUES (%(version)s, {now}) ON CONFLICT DO NOTHING",
+            "now": f"SELECT {now}",
             "probe": "INSERT INTO meta (key, value) VALUES ('ready_probe', "
                      f"({now})::text) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             "prune_predictions": "DELETE FROM predictions WHERE seq IN (SELECT seq FROM predictions "
@@ -211,8 +231,12 @@ class PostgresStore(base.Store):
         """Record one answered prediction event (one autocommit statement, asynchronous commit)."""
         values = dict(zip(base.FEATURE_COLUMNS, features or base.NO_FEATURES, strict=True))
         with self._guarded():
-            self._conn().execute(self._sql["prediction"],
-                                 self._args(id=id_, prediction=prediction, version=model_version, **values))
+            conn = self._conn()
+            if model_version not in self._noted:  # once per process and version: its first-seen time
+                conn.execute(self._sql["note_version"], self._args(version=model_version))
+            conn.execute(self._sql["prediction"],
+                         self._args(id=id_, prediction=prediction, version=model_version, **values))
+        self._noted.add(model_version)
 
     def record_feedback(self, id_, calories, event_ts=None):
         """Durably record feedback, joined FIFO; the id's advisory lock serialises its joins.
@@ -231,6 +255,28 @@ class PostgresStore(base.Store):
         with self._guarded():
             row = self._conn().execute(self._sql["window"], self._args(window=self.window)).fetchone()
         return base.window_stats(*row)
+
+    def window_by_version(self):
+        """window_stats() per model version, in one statement."""
+        with self._guarded():
+            rows = self._conn().execute(self._sql["by_version"], self._args(window=self.window)).fetchall()
+        return {version: base.window_stats(*sums) for version, *sums in rows if version is not None}
+
+    def quality_by_version(self, since, until):
+        """Pairs whose feedback was received in [since, until), per model version."""
+        with self._guarded():
+            rows = self._conn().execute(self._sql["quality"], {"since": since, "until": until}).fetchall()
+        return base.by_version(rows, [])
+
+    def first_seen(self):
+        """The latest model versions and when each was first seen, newest first."""
+        with self._guarded():
+            return self._conn().execute(self._sql["first_seen"], {"limit": base.FIRST_SEEN_SHOWN}).fetchall()
+
+    def now(self):
+        """The database server's clock (or the injected one)."""
+        with self._guarded():
+            return self._conn().execute(self._sql["now"], self._args()).fetchone()[0]
 
     def export_batch(self, since, until, after=None, limit=1000, model_version=None):
         """One key range of matched pairs, in its own short statement (no long-held snapshot)."""

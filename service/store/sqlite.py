@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import math
 import os
 import sqlite3
 import threading
@@ -20,6 +21,13 @@ PRUNE_LEASE_SECONDS = 60
 WINDOW_PAIRS_SQL = ("SELECT count(*), total(sle), total(ae) FROM feedback "
                     "WHERE outcome = 'matched' AND received_ts > ?")
 WINDOW_COVERAGE_SQL = "SELECT count(*), count(feedback_seq) FROM predictions WHERE ts > ?"
+VERSION_PAIRS_SQL = ("SELECT model_version, count(*), total(sle), total(ae) FROM feedback "
+                     "WHERE outcome = 'matched' AND received_ts > ? AND received_ts < ? "
+                     "GROUP BY model_version")
+VERSION_COVERAGE_SQL = ("SELECT model_version, count(*), count(feedback_seq) FROM predictions "
+                        "WHERE ts > ? GROUP BY model_version")
+FIRST_SEEN_SQL = "SELECT model_version, first_seen FROM model_versions ORDER BY first_seen DESC LIMIT ?"
+NOTE_VERSION_SQL = "INSERT OR IGNORE INTO model_versions (model_version, first_seen) VALUES (?, ?)"
 INSERT_PREDICTION_SQL = ("INSERT INTO predictions (id, prediction, model_version, ts, "
                          f"{', '.join(base.FEATURE_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * (4 + len(base.FEATURE_COLUMNS)))})")
@@ -33,8 +41,8 @@ class _Join:
 
     def oldest_open(self, id_):
         return self.conn.execute(
-            "SELECT seq, prediction, ts FROM predictions WHERE id = ? AND feedback_seq IS NULL "
-            "ORDER BY seq LIMIT 1", (id_,)).fetchone()
+            "SELECT seq, prediction, ts, model_version FROM predictions "
+            "WHERE id = ? AND feedback_seq IS NULL ORDER BY seq LIMIT 1", (id_,)).fetchone()
 
     def seen(self, id_):
         row = self.conn.execute("SELECT 1 FROM predictions WHERE id = ? LIMIT 1", (id_,)).fetchone()
@@ -43,8 +51,9 @@ class _Join:
     def insert_feedback(self, id_, calories, event_ts, received, outcome, pseq, prediction, result):
         return self.conn.execute(
             "INSERT INTO feedback (id, calories, event_ts, received_ts, outcome, prediction_seq, "
-            "prediction, lag, sle, ae) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (id_, calories, event_ts, received, outcome, pseq, prediction, result.lag, result.sle, result.ae),
+            "prediction, lag, sle, ae, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id_, calories, event_ts, received, outcome, pseq, prediction, result.lag, result.sle, result.ae,
+             result.model_version),
         ).lastrowid
 
     def close_event(self, pseq, fseq):
@@ -61,6 +70,7 @@ class SQLiteStore(base.Store):
         self.path = os.fspath(path)
         self.busy_timeout_ms, self.clock = busy_timeout_ms, clock or time.time
         self._local = threading.local()
+        self._noted = set()  # model versions whose first-seen row this process has written
 
     def describe(self):
         """Where the store is, for log lines."""
@@ -192,8 +202,12 @@ class SQLiteStore(base.Store):
         """Record one answered prediction event (its own autocommit transaction)."""
         ts = self.clock()
         with self._guarded(), self._writing():
-            self._conn().execute(INSERT_PREDICTION_SQL,
-                                 (id_, prediction, model_version, ts, *(features or base.NO_FEATURES)))
+            conn = self._conn()
+            if model_version not in self._noted:  # once per process and version: its first-seen time
+                conn.execute(NOTE_VERSION_SQL, (model_version, ts))
+            conn.execute(INSERT_PREDICTION_SQL,
+                         (id_, prediction, model_version, ts, *(features or base.NO_FEATURES)))
+        self._noted.add(model_version)
 
     def record_feedback(self, id_, calories, event_ts=None):
         """Durably record feedback, joined FIFO to the oldest open prediction event of the id."""
@@ -213,6 +227,36 @@ class SQLiteStore(base.Store):
             finally:
                 conn.execute("COMMIT")
         return base.window_stats(pairs, sle, ae, predictions, joined)
+
+    def window_by_version(self):
+        """window_stats() per model version, in one snapshot."""
+        since = self.clock() - self.window
+        with self._guarded():
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                pairs = conn.execute(VERSION_PAIRS_SQL, (since, math.inf)).fetchall()
+                coverage = conn.execute(VERSION_COVERAGE_SQL, (since,)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return base.by_version(pairs, coverage)
+
+    def quality_by_version(self, since, until):
+        """Pairs whose feedback was received in [since, until), per model version."""
+        with self._guarded():
+            # (since - tiny, until): the same index range read, closed on the left.
+            bounds = (math.nextafter(since, -math.inf), until)
+            rows = self._conn().execute(VERSION_PAIRS_SQL, bounds).fetchall()
+        return base.by_version(rows, [])
+
+    def first_seen(self):
+        """The latest model versions and when each was first seen, newest first."""
+        with self._guarded():
+            return self._conn().execute(FIRST_SEEN_SQL, (base.FIRST_SEEN_SHOWN,)).fetchall()
+
+    def now(self):
+        """This instance's clock (SQLite serves one instance)."""
+        return self.clock()
 
     def export_batch(self, since, until, after=None, limit=1000, model_version=None):
         """One key range of matched pairs, in its own short read (never a long one holding the WAL)."""

@@ -1,0 +1,173 @@
+"""python -m service.publish: the handout's trained model into MLflow, as a registered model version.
+
+One run per artifact (its parameters and holdout metrics from metrics.json; as artifacts the model,
+metrics.json, schema.json, features.py, a parity sample, the compiled tree library and files.json;
+the data sample's, the artifact's sha256 and the model_version as tags), then a version of the
+registered model. The same artifact published twice finds its version instead of adding one.
+"""
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+import tempfile
+import time
+
+from . import config, mlflow_rest, registry
+from .model import ModelLoadError, ModelService, read_metrics, verify_artifact
+
+log = logging.getLogger(__name__)
+PARITY_ROWS = 1000  # what the startup parity check needs: every tree path taken, in seconds
+
+
+def parse_args(argv):
+    settings = config.from_env()
+    p = argparse.ArgumentParser(prog="python -m service.publish", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=pathlib.Path, default=settings["MODEL_PATH"],
+                   help="model.joblib, metrics.json beside it (default: MODEL_PATH)")
+    p.add_argument("--handout", type=pathlib.Path, default=settings["HANDOUT_DIR"],
+                   help="folder with schema.json, features.py, data_sample/train.csv (default: HANDOUT_DIR)")
+    p.add_argument("--name", default=settings["MLFLOW_MODEL_NAME"], help="registered model name")
+    p.add_argument("--experiment", default=settings["MLFLOW_EXPERIMENT"], help="experiment of the run")
+    p.add_argument("--alias", help="point this alias (e.g. champion) at the version; none by default")
+    p.add_argument("--no-compiled", action="store_true", help="publish without the compiled tree library")
+    args = p.parse_args(argv)
+    args.settings = settings
+    return args
+
+
+def parity_sample(handout, out):
+    """The first PARITY_ROWS rows of the handout sample (header kept)."""
+    with open(handout / "data_sample" / "train.csv") as src, open(out, "w") as dst:
+        for n, line in enumerate(src):
+            if n > PARITY_ROWS:
+                break
+            dst.write(line)
+    return out
+
+
+def compiled_library(model, handout, sample, cache):
+    """Build the trees' library as the service would, checked against Pipeline.predict; None if not."""
+    service = ModelService(model, handout, compiled_dir=cache, sample_path=sample)
+    service.load()
+    if service.inference != "compiled":
+        log.warning("no compiled library published (inference here: %s): a host without a C compiler "
+                    "will serve this version with XGBoost's booster", service.inference)
+        return None
+    return pathlib.Path(service.fast.compiled.path)
+
+
+def staged_files(args, metrics, tmp):
+    """{artifact name: local path} of everything a version carries, and files.json describing them."""
+    files = {"model.joblib": args.model, "metrics.json": args.model.with_name("metrics.json"),
+             "schema.json": args.handout / "schema.json", "features.py": args.handout / "features.py",
+             registry.PARITY_SAMPLE: parity_sample(args.handout, tmp / registry.PARITY_SAMPLE)}
+    manifest = {"model_version": metrics["model_version"], "artifact_sha256": metrics["artifact_sha256"]}
+    library = None if args.no_compiled else compiled_library(
+        args.model, args.handout, files[registry.PARITY_SAMPLE], tmp / "compiled")
+    if library is not None:
+        name = f"published/{library.name}"
+        files[name] = library
+        manifest["compiled"] = {"file": name, **registry.platform_tag()}
+    manifest["files"] = {name: registry.file_sha256(path) for name, path in files.items()}
+    (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    files[registry.MANIFEST] = tmp / registry.MANIFEST
+    return files, manifest
+
+
+def run_record(metrics, data_sha256, manifest):
+    """The run's params, metrics and tags (MLflow's log-batch shapes)."""
+    now = int(time.time() * 1000)
+    params = {"seed": metrics.get("seed"), "n_estimators": metrics.get("n_estimators"),
+              "target": metrics.get("target"), "rows_train": metrics.get("rows", {}).get("train"),
+              "rows_holdout": metrics.get("rows", {}).get("holdout"),
+              "features": ",".join(metrics.get("features", [])),
+              "data_path": metrics.get("data", {}).get("path"),
+              **{f"version_{k}": v for k, v in metrics.get("versions", {}).items()}}
+    values = {k: metrics[k] for k in ("holdout_rmsle", "holdout_mae", "training_seconds") if k in metrics}
+    tags = {"model_version": metrics["model_version"], "artifact_sha256": metrics["artifact_sha256"],
+            "data_sha256": data_sha256, "mlflow.runName": metrics["model_version"],
+            "compiled_platform": json.dumps(manifest.get("compiled", {}))}
+    return ([{"key": k, "value": str(v)} for k, v in params.items() if v is not None],
+            [{"key": k, "value": float(v), "timestamp": now, "step": 0} for k, v in values.items()],
+            [{"key": k, "value": v} for k, v in tags.items()])
+
+
+def existing_version(rest, name, sha):
+    """The registered version of this artifact, if it was published before."""
+    try:
+        found = rest.search_versions(f"name='{name}' and tags.artifact_sha256='{sha}'")
+    except mlflow_rest.NotFound:
+        return None
+    return min(found, key=lambda v: int(v["version"])) if found else None
+
+
+def finished_run(rest, experiment_id, sha):
+    """A completed run of this artifact (every artifact uploaded), if one exists."""
+    found = f"tags.artifact_sha256 = '{sha}' and attributes.status = 'FINISHED'"
+    runs = rest.search_runs(experiment_id, found)
+    return runs[0]["info"] if runs else None
+
+
+def log_run(rest, experiment_id, args, metrics):
+    """Create the run, log its record and upload every artifact; the run's info."""
+    with tempfile.TemporaryDirectory(prefix="calories-publish-") as tmp:
+        files, manifest = staged_files(args, metrics, pathlib.Path(tmp))
+        data_sha = registry.file_sha256(args.handout / "data_sample" / "train.csv")
+        info = rest.post("runs/create", experiment_id=experiment_id, run_name=metrics["model_version"],
+                         start_time=int(time.time() * 1000))["run"]["info"]
+        params, values, tags = run_record(metrics, data_sha, manifest)
+        rest.log_batch(info["run_id"], params=params, metrics=values, tags=tags)
+        for name, path in files.items():
+            rest.upload(info["artifact_uri"], f"model/{name}", path)
+    rest.post("runs/update", run_id=info["run_id"], status="FINISHED", end_time=int(time.time() * 1000))
+    return info
+
+
+def register(rest, name, info, metrics):
+    """A new version of the registered model (created when missing) from the run's model/ folder."""
+    try:
+        rest.post("registered-models/create", name=name)
+    except mlflow_rest.RegistryError as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    tags = [{"key": k, "value": metrics[k]} for k in ("model_version", "artifact_sha256")]
+    return rest.post("model-versions/create", name=name, source=f"{info['artifact_uri']}/model",
+                     run_id=info["run_id"], tags=tags)["model_version"]
+
+
+def publish(args):
+    """Publish (or find) the artifact's version; the report as a dict."""
+    metrics = read_metrics(args.model)
+    verify_artifact(args.model, metrics)  # never publish bytes other than the ones training recorded
+    rest = registry.client(args.settings)
+    version, created = existing_version(rest, args.name, metrics["artifact_sha256"]), False
+    if version is None:
+        experiment_id = rest.experiment_id(args.experiment)
+        info = finished_run(rest, experiment_id, metrics["artifact_sha256"]) or log_run(
+            rest, experiment_id, args, metrics)
+        version, created = register(rest, args.name, info, metrics), True
+    if args.alias:
+        rest.post("registered-models/alias", name=args.name, alias=args.alias, version=version["version"])
+    number = int(version["version"])
+    return {"name": args.name, "version": number, "uri": f"models:/{args.name}/{number}",
+            "run_id": version["run_id"], "model_version": metrics["model_version"], "created": created,
+            "alias": args.alias}
+
+
+def main(argv=None):
+    """Publish; print the report as one JSON line. 0 done, 1 refused or the registry failed."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        report = publish(args)
+    except (ModelLoadError, mlflow_rest.RegistryError, registry.RegistryModelError, OSError) as exc:
+        print(f"publish failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

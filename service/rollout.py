@@ -1,0 +1,207 @@
+"""python -m service.rollout: move one instance (a gunicorn master) to another model version.
+
+It resolves the URI once (an alias becomes a concrete version, so the workers of the instance
+never disagree), downloads and checks the version, loads it in a separate process exactly as a
+worker would (sha256, parity check, compiled library prepared in the cache), and only if all of
+that passes points the instance at it (MODEL_CACHE_DIR/serving.json) and has the master start as
+many new workers (TTIN), waits until each has loaded the version, then stops the old ones (TTOU,
+gracefully). Anything short of that changes nothing; new workers that fail to come up (they
+passed the same checks, so this is rare) put the old pointer back and restart every worker (HUP).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from . import config, mlflow_rest, registry, serving
+
+CHECK_TIMEOUT = 300
+
+
+class RolloutError(RuntimeError):
+    """The rollout stopped; the message says why and what was (not) changed."""
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m service.rollout", description=__doc__.split("\n")[0])
+    p.add_argument("--uri", help="models:/<name>/<version> or models:/<name>@<alias> (default: MODEL_URI)")
+    p.add_argument("--pid", type=int, help="the instance's gunicorn master")
+    p.add_argument("--pidfile", type=pathlib.Path, help="file holding the master's pid (gunicorn --pid)")
+    p.add_argument("--no-reload", action="store_true",
+                   help="prepare the version and point the instance at it, send no HUP (before a start)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds for the workers to be replaced")
+    p.add_argument("--allow-slower", action="store_true",
+                   help="accept a version that would not run on the compiled trees here")
+    p.add_argument("--check", help=argparse.SUPPRESS)  # internal: load one version, print the outcome
+    return p.parse_args(argv)
+
+
+def check_version(uri_text):
+    """Load a version as a worker would (in this process); its outcome as a dict."""
+    from .model import ModelLoadError, version_service
+
+    cfg = config.from_env()
+    service = version_service(cfg, registry.ModelURI.parse(uri_text))
+    try:
+        service.load()
+    except ModelLoadError as exc:
+        return {"ready": False, "error": str(exc)}
+    return {"ready": True, "model_version": service.version, "inference": service.inference}
+
+
+def checked_in_child(uri):
+    """check_version in a separate process: a candidate that crashes or hangs takes nothing down."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "service.rollout", "--check", str(uri)],
+                              capture_output=True, text=True, timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise RolloutError(f"{uri} did not load within {CHECK_TIMEOUT} s") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise RolloutError(f"{uri} crashed the loading process (exit {done.returncode}): "
+                           f"{done.stderr.strip()[-500:]}") from None
+
+
+def master_pid(args):
+    """The gunicorn master to signal (checked alive, with workers), or None with --no-reload."""
+    if args.no_reload:
+        return None
+    pid = args.pid
+    if pid is None and args.pidfile is not None:
+        try:
+            pid = int(args.pidfile.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise RolloutError(f"cannot read the master's pid from {args.pidfile}: {exc}") from None
+    if pid is None:
+        raise RolloutError("say which instance: --pid PID or --pidfile FILE (or --no-reload to only prepare)")
+    if not workers_of(pid):
+        raise RolloutError(f"pid {pid} is not a running gunicorn master with workers")
+    return pid
+
+
+def workers_of(pid):
+    """The pids of a process's children (gunicorn's workers)."""
+    with contextlib.suppress(OSError):
+        return set(map(int, pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()))
+    return set()
+
+
+def _wait(check, deadline, what):
+    """Poll check() until true; RolloutError at the deadline."""
+    while not check():
+        if time.monotonic() > deadline:
+            raise RolloutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _loaded(cache_dir, pid, model_version):
+    """Whether worker pid has loaded model_version; RolloutError if it loaded anything else."""
+    state = serving.worker_state(cache_dir, pid)
+    if state is None:
+        return False
+    if not state["ready"] or state["model_version"] != model_version:
+        raise RolloutError(f"new worker {pid} came up with {state['model_version']} "
+                           f"(ready: {state['ready']}), not {model_version}")
+    return True
+
+
+def replace_workers(pid, cache_dir, model_version, timeout):
+    """New workers first, old ones stopped only once every new one has loaded the version.
+
+    TTIN adds a worker (one signal at a time: identical pending signals merge); TTOU stops the
+    oldest, gracefully. Unlike HUP, which stops the old workers while the new ones still load (every
+    request then waits in the backlog for the whole load), some worker always accepts.
+    """
+    deadline = time.monotonic() + timeout
+    old = workers_of(pid)
+    for n in range(1, len(old) + 1):
+        os.kill(pid, signal.SIGTTIN)
+        _wait(lambda n=n: len(workers_of(pid) - old) >= n, deadline, "gunicorn to start a new worker")
+    new = workers_of(pid) - old
+    _wait(lambda: all(_loaded(cache_dir, p, model_version) for p in new), deadline,
+          f"the new workers to load {model_version}")
+    for n in range(1, len(old) + 1):
+        os.kill(pid, signal.SIGTTOU)
+        _wait(lambda n=n: len(workers_of(pid) & old) <= len(old) - n, deadline, "an old worker to stop")
+    return workers_of(pid)
+
+
+def rollout(args):
+    """The rollout itself; its report as a dict, or RolloutError."""
+    cfg = config.from_env()
+    text = args.uri or cfg.get("MODEL_URI")
+    if not text:
+        raise RolloutError("no version named: --uri models:/<name>/<version|@alias>, or set MODEL_URI")
+    pid = master_pid(args)
+    target = registry.resolve(text, cfg)
+    registry.fetch(target, cfg)
+    outcome = checked_in_child(target)
+    if not outcome["ready"]:
+        raise RolloutError(f"{target} does not load: {outcome['error']}")
+    if outcome["inference"] != "compiled" and cfg["MODEL_COMPILED"] and not args.allow_slower:
+        raise RolloutError(f"{target} would serve with {outcome['inference']} here, not the compiled trees "
+                           "(no matching published library and no C compiler?): --allow-slower to accept")
+    previous = serving.read_pointer(cfg["MODEL_CACHE_DIR"])
+    serving.write_pointer(cfg["MODEL_CACHE_DIR"], cfg.get("MODEL_URI"), target)
+    report = {"uri": str(target), "model_version": outcome["model_version"],
+              "inference": outcome["inference"], "previous": _serving_before(cfg, previous),
+              "reloaded": pid is not None}
+    if pid is None:
+        return report
+    started = time.monotonic()
+    try:
+        live = replace_workers(pid, cfg["MODEL_CACHE_DIR"], outcome["model_version"], args.timeout)
+    except RolloutError as exc:
+        _restore(cfg["MODEL_CACHE_DIR"], previous, pid)
+        raise RolloutError(f"{exc}: the previous pointer is restored, every worker restarted on it (HUP)"
+                           ) from None
+    report.update(workers=len(live), seconds=round(time.monotonic() - started, 3))
+    return report
+
+
+def _serving_before(cfg, pointer):
+    """What the instance served before: the pointer's version if it applied, else its configuration."""
+    if pointer and pointer.get("model_uri", "") == (cfg.get("MODEL_URI") or ""):
+        return pointer["version_uri"]
+    return cfg.get("MODEL_URI") or str(cfg["MODEL_PATH"])
+
+
+def _restore(cache_dir, previous, pid):
+    """Put the pointer back as it was and reload again (the new workers did not come up)."""
+    pointer = pathlib.Path(cache_dir) / serving.POINTER
+    if previous is None:
+        pointer.unlink(missing_ok=True)
+    else:
+        uri = registry.ModelURI.parse(previous["version_uri"])
+        serving.write_pointer(cache_dir, previous["model_uri"], uri)
+    os.kill(pid, signal.SIGHUP)
+
+
+REFUSALS = (RolloutError, registry.RegistryModelError, mlflow_rest.RegistryError, config.ConfigError)
+
+
+def main(argv=None):
+    """Roll out; one JSON line on success (exit 0), one `rollout refused:` line otherwise (exit 1)."""
+    args = parse_args(argv)
+    if args.check:
+        print(json.dumps(check_version(args.check)))
+        return 0
+    try:
+        report = rollout(args)
+    except REFUSALS as exc:
+        print(f"rollout refused: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""What an instance serves: the rollout's pointer (MODEL_CACHE_DIR/serving.json) and what each
+worker process recorded it loaded (MODEL_CACHE_DIR/workers/<pid>.json)."""
+
+import json
+import logging
+import os
+import pathlib
+import time
+
+from .registry import ModelURI, RegistryModelError
+
+log = logging.getLogger(__name__)
+POINTER = "serving.json"
+
+
+def read_pointer(cache_dir):
+    """{model_uri, version_uri, ...} the rollout wrote, or None."""
+    try:
+        return json.loads((pathlib.Path(cache_dir) / POINTER).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise RegistryModelError(f"{pathlib.Path(cache_dir) / POINTER} unreadable: {exc}") from None
+
+
+def write_pointer(cache_dir, configured, uri):
+    """Point this instance at a concrete version for the MODEL_URI it is configured with (atomic)."""
+    cache = pathlib.Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    body = {"model_uri": configured or "", "version_uri": str(uri), "written_at": time.time()}
+    tmp = cache / (POINTER + ".tmp")
+    tmp.write_text(json.dumps(body) + "\n")
+    os.replace(tmp, cache / POINTER)
+
+
+def serving_uri(cfg):
+    """The concrete version this instance serves, or None for MODEL_PATH.
+
+    The rollout's pointer wins while it was written for the MODEL_URI configured now (so a changed
+    MODEL_URI is never shadowed by an old rollout). An alias is never resolved here: every worker
+    would ask the registry on its own, and the workers of one instance could end up on two versions.
+    """
+    configured = cfg.get("MODEL_URI") or ""
+    pointer = read_pointer(cfg["MODEL_CACHE_DIR"])
+    if pointer and pointer.get("model_uri", "") == configured:
+        return ModelURI.parse(pointer["version_uri"])
+    if not configured:
+        return None
+    uri = ModelURI.parse(configured)
+    if uri.alias:
+        raise RegistryModelError(f"MODEL_URI={uri} names an alias: resolve it once for the instance with "
+                                 "python -m service.rollout (the workers never resolve aliases themselves)")
+    return uri
+
+
+def process_start(pid):
+    """A process's start time in clock ticks since boot (with the pid, it names one process)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def note_worker(cache_dir, service):
+    """Record what this process serves, in MODEL_CACHE_DIR/workers/<pid>.json; drop markers of the dead."""
+    folder = pathlib.Path(cache_dir) / "workers"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for marker in folder.glob("*.json"):
+            if process_start(marker.stem) is None:
+                marker.unlink(missing_ok=True)
+        body = {"pid": os.getpid(), "start": process_start(os.getpid()), "ready": service.ready,
+                "model_version": service.version, "uri": str(service.uri or "")}
+        tmp = folder / f".{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, folder / f"{os.getpid()}.json")
+    except OSError as exc:  # a read-only cache: the rollout cannot confirm workers, serving goes on
+        log.warning("cannot record this worker's model in %s: %s", folder, exc)
+
+
+def worker_state(cache_dir, pid):
+    """What worker `pid` recorded at its start, or None (not yet, or a marker of an earlier process)."""
+    try:
+        state = json.loads((pathlib.Path(cache_dir) / "workers" / f"{pid}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if state.get("start") == process_start(pid) else None
