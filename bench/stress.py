@@ -59,6 +59,8 @@ def parse(argv):
     p.add_argument("--feedback-delay", type=float, default=1.0)
     p.add_argument("--poisson", action="store_true", help="Poisson arrivals instead of evenly spaced")
     p.add_argument("--timeout", type=float, default=5.0, help="client timeout, s (default 5)")
+    p.add_argument("--sample-seconds", type=float, default=1.0,
+                   help="interval of the server-side /metrics samples, s (default 1; a step needs two)")
     p.add_argument("--max-outstanding", type=int, default=4000)
     p.add_argument("--data", type=pathlib.Path, default=SAMPLE)
     p.add_argument("--json", type=pathlib.Path, default=ROOT / "reports" / "stress.json")
@@ -206,7 +208,7 @@ def run(args, stack):
     machine = _machine()
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}; pinned {pinned or 'no'}", flush=True)
     traffic = Traffic(records, args.feedback_fraction, args.feedback_delay, poisson=args.poisson)
-    with Sampler(args.metrics_url) as sampler:
+    with Sampler(args.metrics_url, interval=args.sample_seconds) as sampler:
         if args.warmup_seconds > 0:
             warmup = [(min(50.0, ramp_rates(args)[0]), args.warmup_seconds)]
             phase(args, exe, args.url, traffic, sampler, warmup)

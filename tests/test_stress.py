@@ -139,7 +139,7 @@ def test_no_knee_is_claimed_above_a_rate_the_generator_could_not_offer():
 def test_make_stress_against_one_instance(tmp_path, model_path):
     env = {"MODEL_PATH": str(model_path), "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
     report, out = stress(tmp_path, "--rates", "50,100", "--step-seconds", "1.5", "--bursts", "",
-                         "--warmup-seconds", "1", env=env)
+                         "--warmup-seconds", "1", "--sample-seconds", "0.25", env=env)
     assert report["target"] == "instance" and report["pinned"] == {"server": [0], "generator": [1]}
     assert "machine: " in out and report["machine"]
     for step in report["ramp"]:
@@ -154,7 +154,7 @@ def test_make_stress_against_nginx_and_two_instances(tmp_path, model_path, postg
     env = {"MODEL_PATH": str(model_path), "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
     args = ["--target", "nginx", "--instances", "2", "--workers", "1", "--rates", "40,80"]
     report, _ = stress(tmp_path, *args, "--step-seconds", "1.5", "--bursts", "", "--warmup-seconds", "1",
-                       env=env)
+                       "--sample-seconds", "0.25", env=env)
     assert report["target"] == "nginx"
     for step in report["ramp"]:
         assert step["success"] == 1.0 and step["offered"]
