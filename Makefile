@@ -14,6 +14,7 @@ DATA ?= ../shared/data/calories_public.csv
 URL ?= http://127.0.0.1:8000
 SIMFLAGS ?=
 BENCHFLAGS ?=
+STRESSFLAGS ?=
 # Debian's docker 20.10 CLI builds with BuildKit built in; a newer CLI without buildx cannot.
 DOCKER ?= $(firstword $(wildcard /usr/bin/docker) docker)
 IMAGE ?= calories:latest
@@ -27,11 +28,11 @@ QUALITYFLAGS ?=
 # gunicorn's pid file, so `make rollout` knows which master to signal.
 PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench mutation image image-size clean
+.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean
 
 install: $(STAMP)  ## create .venv and install runtime + dev dependencies
 
-$(STAMP): requirements.txt requirements-dev.txt $(CONSTRAINTS)
+$(STAMP): requirements.txt requirements-dev.txt requirements-plot.txt $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) --upgrade pip
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r requirements.txt -r requirements-dev.txt
@@ -96,6 +97,9 @@ soak: $(STAMP)  ## the concurrency soak of the fault tests, 10 minutes by defaul
 
 bench: model  ## /predict vs a bare-Flask reference (wrk), cost breakdown, memory, /metrics scrape
 	$(BIN)/python -m bench $(BENCHFLAGS)
+
+stress: model  ## capacity at a p99 SLO and bursts, open-loop (one instance pinned to CPU 0; STRESSFLAGS="--url URL" or "--target nginx")
+	$(BIN)/python -m bench.stress $(STRESSFLAGS)
 
 image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build-arg ..." pass through
 	DOCKER_BUILDKIT=1 $(DOCKER) build $(BUILDFLAGS) -t $(IMAGE) .

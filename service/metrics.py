@@ -3,13 +3,15 @@
 import contextlib
 import logging
 import math
+import re
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Summary,
     generate_latest,
@@ -26,6 +28,7 @@ bp = Blueprint("metrics", __name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNTRACKED_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$"]
+_UNTRACKED = re.compile("|".join(UNTRACKED_PATHS))
 
 # Module-level metrics: in multiprocess mode their values live in per-process files under
 # PROMETHEUS_MULTIPROC_DIR and are summed at scrape time, so there is no pid label.
@@ -49,6 +52,11 @@ STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed."
 # (service/drift.py). Exact across workers (multiprocess files), summed across replicas.
 DRIFT_BINS = Counter("app_drift_bin_total", "Answered requests by bin of the training reference, per feature "
                      "(and the prediction).", ["feature", "bin", "model_version"])
+
+# Requests being handled now, summed over this instance's live workers (a dead worker's share
+# goes with it): a dashboard's saturation signal and a candidate autoscaling metric.
+INFLIGHT = Gauge("app_inflight_requests", "Requests being handled by this instance's workers "
+                 "(probes and /metrics excluded).", multiprocess_mode="livesum")
 
 for _outcome in OUTCOMES:  # every outcome exists at 0 from the start
     FEEDBACK.labels(_outcome)
@@ -81,6 +89,19 @@ def start_version(version):
 def observe_store_error(operation):
     """Count one failed store operation."""
     STORE_ERRORS.labels(operation).inc()
+
+
+def _inflight_begin():
+    """Count a request in, unless it is a probe or a scrape."""
+    if _UNTRACKED.match(request.path) is None:
+        INFLIGHT.inc()
+        g.inflight = True
+
+
+def _inflight_end(exc):
+    """Count it out, however it ended."""
+    if g.pop("inflight", False):
+        INFLIGHT.dec()
 
 
 def _gauge(name, doc, value, labels=None):
@@ -209,6 +230,8 @@ def init_app(app):
         start_version(model.version)
     if app.config["DRIFT_METRICS"] and model.ready and model.drift_bins:
         app.extensions["drift"] = drift.Counters(DRIFT_BINS, model.drift_bins, model.version)
+    app.before_request(_inflight_begin)
+    app.teardown_request(_inflight_end)
     app.extensions["metrics_registry"] = exposition_registry(
         bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
         app.extensions["store"], model, app.extensions.get("drift"))

@@ -1,0 +1,147 @@
+"""The stress run's traffic: the simulator's mix of predictions and their delayed ground truth, and
+the server-side signals sampled from /metrics while it runs."""
+
+import collections
+import contextlib
+import json
+import os
+import pathlib
+import random
+import re
+import threading
+import time
+
+import requests
+
+from .openloop import Shot
+
+
+class Traffic:
+    """Predictions from the handout's records, each followed by its feedback `delay` s later.
+
+    Each slot of the schedule is a feedback when one is due (with the share the fraction implies),
+    else a new prediction, so the total rate is exactly the one offered; the pending feedback
+    carries over from phase to phase, as a real stream's would.
+    """
+
+    def __init__(self, records, feedback_fraction=1.0, delay=1.0, seed=0, poisson=False, id_base=None):
+        self.records, self.fraction, self.delay = records, feedback_fraction, delay
+        self.rng = random.Random(seed)
+        self.poisson = poisson
+        self.id_base = int(time.time()) * 1_000_000 if id_base is None else id_base
+        self.pending = collections.deque()  # (absolute time, id, label) awaiting feedback
+        self.seq = 0
+        self.clock = 0.0  # absolute schedule time across phases
+
+    def phase(self, segments, gap=0.0):
+        """Shots for consecutive (rate, seconds) segments, `at` relative to the phase's start."""
+        shots, t0 = [], 0.0
+        for rate, seconds in segments:
+            t = t0
+            while t < t0 + seconds:
+                shots.append(self._shot(t))
+                t += self.rng.expovariate(rate) if self.poisson else 1.0 / rate
+            t0 += seconds
+        self.clock += t0 + gap
+        return shots
+
+    def _shot(self, t):
+        now = self.clock + t
+        share = self.fraction / (1.0 + self.fraction)
+        if self.pending and self.pending[0][0] <= now - self.delay and self.rng.random() < share:
+            _, id_, label = self.pending.popleft()
+            return Shot(t, "feedback", "/feedback", json.dumps({"id": id_, "Calories": label}).encode())
+        features, label = self.records[self.seq % len(self.records)]
+        id_ = self.id_base + self.seq
+        self.seq += 1
+        if self.rng.random() < self.fraction:
+            self.pending.append((now, id_, label))
+        return Shot(t, "predict", "/predict", json.dumps({**features, "id": id_}).encode())
+
+
+SERIES = {"app_inflight_requests": "inflight",
+          "flask_http_request_duration_seconds_sum": "busy_seconds",
+          "flask_http_request_total": "requests"}
+_LINE = re.compile(rf"^({'|'.join(SERIES)})(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+
+
+def signals(text):
+    """In-flight requests, summed request seconds and request count from an exposition."""
+    out = dict.fromkeys(SERIES.values(), 0.0)
+    for name, value in _LINE.findall(text):
+        out[SERIES[name]] += float(value)
+    return out
+
+
+class Sampler:
+    """Scrapes each instance's /metrics every `interval` s in a thread, as Prometheus would."""
+
+    def __init__(self, urls, interval=1.0, timeout=2.0):
+        self.urls, self.interval, self.timeout = list(urls), interval, timeout
+        self.samples = []  # (monotonic, url, scrape seconds or None, signals or None)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        if self.urls:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(self.timeout + 1)
+
+    def _loop(self):
+        session = requests.Session()
+        while not self.stop.wait(self.interval):
+            for url in self.urls:
+                started = time.monotonic()
+                try:
+                    text = session.get(url + "/metrics", timeout=self.timeout).text
+                    self.samples.append((started, url, time.monotonic() - started, signals(text)))
+                except requests.RequestException:
+                    self.samples.append((started, url, None, None))
+
+    def between(self, start, end):
+        """Server-side figures over [start, end): mean in-flight, Little's-law concurrency (request
+        seconds per second), completed requests per second, and how the scrapes themselves fared."""
+        window = [s for s in self.samples if start <= s[0] < end]
+        if not self.urls or not window:
+            return None
+        inflight = little = rate = 0.0
+        for url in self.urls:
+            good = [s for s in window if s[1] == url and s[3] is not None]
+            if len(good) < 2:
+                return None
+            span = good[-1][0] - good[0][0]
+            inflight += sum(s[3]["inflight"] for s in good) / len(good)
+            little += (good[-1][3]["busy_seconds"] - good[0][3]["busy_seconds"]) / span
+            rate += (good[-1][3]["requests"] - good[0][3]["requests"]) / span
+        scrapes = [s[2] for s in window if s[2] is not None]
+        return {"inflight_mean": round(inflight, 3), "little_concurrency": round(little, 3),
+                "server_rps": round(rate, 1), "scrape_max_ms": round(max(scrapes) * 1000, 1),
+                "scrapes_failed": sum(s[2] is None for s in window), "scrapes": len(window)}
+
+
+def children(pid):
+    """Every live descendant of pid (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in pathlib.Path(f"/proc/{current}/task").iterdir():
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds the processes have used so far."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
