@@ -21,7 +21,7 @@ def _use_gunicorn_logging():
 
 def create_app(overrides=None):
     """Build the app: defaults and environment from config, then test overrides, then extensions."""
-    from . import errors, feedback, health, metrics, model, openapi, predict, schemas, store
+    from . import errors, feedback, health, metrics, model, openapi, predict, quickload, schemas, store
 
     app = Flask(__name__)
     app.config.from_mapping(config.from_env())
@@ -34,7 +34,9 @@ def create_app(overrides=None):
     errors.init_app(app)
     store.init_app(app)
     model.init_app(app)
-    app.extensions["predict_schema"] = schemas.predict_schema(_schema(app))
+    spec = _schema(app)
+    app.extensions["predict_schema"] = schemas.predict_schema(spec)
+    app.extensions["predict_quickload"] = quickload.record_loader(spec)
     metrics.init_app(app)
     for module in (predict, feedback, health, openapi):
         app.register_blueprint(module.bp)

@@ -1,6 +1,8 @@
 """POST /predict: answer, stored event, counters."""
 
 
+import flask
+import pytest
 from prometheus_client import REGISTRY
 from support import RECORD, sqlite
 
@@ -51,3 +53,14 @@ def test_store_failure_still_answers_and_counts(client, config):
     r = client.post("/predict", json=RECORD)
     assert r.status_code == 200
     assert REGISTRY.get_sample_value("app_store_errors_total", {"operation": "prediction"}) == before + 1
+
+
+@pytest.mark.parametrize("value", [229.64292907714844, 1.0, 0.0, 1e-7, 123456789.5, 5e300, float("inf")])
+def test_the_answer_is_what_flask_would_write(app, value):
+    from service.predict import answer
+
+    with app.test_request_context():
+        fast = answer(2**63 - 1, value)
+        fast = fast if isinstance(fast, flask.Response) else app.make_response(fast)
+        flask_own = app.make_response({"id": 2**63 - 1, "Calories": value})
+    assert fast.get_data() == flask_own.get_data() and fast.mimetype == flask_own.mimetype
