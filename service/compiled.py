@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 # Libraries kept in the cache: the current model and a few before it (rollbacks start fast).
 KEEP_LIBRARIES = 3
 CFLAGS = ["-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"]  # exact IEEE float32
+# The handout's feature function for one row, in C (predict_row); used only where it agrees.
+ROW_FEATURES = pathlib.Path(__file__).with_name("features_row.c")
+RAW_WIDTH, FEATURE_WIDTH = 7, 10  # what features_row.c reads and writes
+COMPLETE_DEPTH = 8  # deepest trees laid out as complete arrays (2^8 leaves each at most)
+LANES = 8  # trees walked side by side
+PREDICT_ROWS = ("void predict(const float *X, long n, long stride, float *out) {\n"
+                "  for (long r = 0; r < n; r++) out[r] = margin(X + r * stride);\n}\n")
 
 
 class CompileError(RuntimeError):
@@ -65,19 +72,91 @@ def supported(model):
             and all(not t.get("categories_nodes") and set(t["split_type"]) <= {0} for t in trees))
 
 
+def _depth(tree, i=0):
+    """Depth of the subtree at node i (a leaf is 0)."""
+    left = tree["left_children"][i]
+    return 0 if left == -1 else 1 + max(_depth(tree, left), _depth(tree, tree["right_children"][i]))
+
+
+def _complete(tree, depth):
+    """The tree as a complete binary tree of `depth` levels, in breadth-first arrays: thresholds and
+    feature bytes (bit 7: missing goes left) of the 2^depth - 1 inner nodes, then 2^depth leaves.
+    A leaf above the last level fills every leaf below it, so the inner nodes padded under it
+    decide nothing (any test is right)."""
+    inner = 2**depth - 1
+    thresholds, features, leaves = [0.0] * inner, [0] * inner, [0.0] * (inner + 1)
+
+    def place(node, slot, level):
+        if tree["left_children"][node] == -1:
+            width = 2 ** (depth - level)  # the leaves of this slot's subtree, left to right
+            first = (slot + 1) * width - inner - 1
+            leaves[first:first + width] = [tree["split_conditions"][node]] * width
+            return
+        thresholds[slot] = tree["split_conditions"][node]
+        features[slot] = tree["split_indices"][node] | (0x80 if tree["default_left"][node] else 0)
+        place(tree["left_children"][node], 2 * slot + 1, level + 1)
+        place(tree["right_children"][node], 2 * slot + 2, level + 1)
+
+    place(0, 0, 0)
+    return thresholds, features, leaves
+
+
+def _array(name, ctype, rows):
+    """A static const 2-D C array."""
+    body = ",\n".join("{" + ",".join(row) + "}" for row in rows)
+    return f"static const {ctype} {name}[{len(rows)}][{len(rows[0])}] = {{\n{body}}};\n"
+
+
 def c_source(model):
-    """C source of `predict(X, n, stride, out)` for a saved XGBoost model (save_raw('json'))."""
+    """C source of `predict(X, n, stride, out)` for a saved XGBoost model (save_raw('json')).
+
+    Trees up to COMPLETE_DEPTH levels are evaluated from compact arrays without branches (every
+    tree padded to the same complete depth: ~0.6 KB a tree at depth 6, cache-resident, and no
+    mispredicted branch per node); deeper ones as nested ifs (2^depth would not stay compact).
+    """
     learner = model["learner"]
     base = float(learner["learner_model_param"]["base_score"].strip("[]"))
     trees = learner["gradient_booster"]["model"]["trees"]
+    depth = max(_depth(t) for t in trees)
+    if 1 <= depth <= COMPLETE_DEPTH and max(max(t["split_indices"]) for t in trees) < 0x80:
+        return _complete_source(trees, depth, base) + ROW_FEATURES.read_text()
     parts = ["/* generated from an XGBoost model; do not edit */\n"]
     for k, tree in enumerate(trees):
         parts.append(f"static float tree{k}(const float *x) {{\n{_node(tree, 0, 1)}}}\n")
-    body = "".join(f"    s += tree{k}(x);\n" for k in range(len(trees)))
-    parts.append("void predict(const float *X, long n, long stride, float *out) {\n"
-                 "  for (long r = 0; r < n; r++) {\n    const float *x = X + r * stride;\n"
-                 f"    float s = {_literal(base)};\n{body}    out[r] = s;\n  }}\n}}\n")
-    return "".join(parts)
+    body = "".join(f"  s += tree{k}(x);\n" for k in range(len(trees)))
+    parts.append(f"static float margin(const float *x) {{\n  float s = {_literal(base)};\n{body}"
+                 "  return s;\n}\n")
+    return "".join(parts) + PREDICT_ROWS + ROW_FEATURES.read_text()
+
+
+def _complete_source(trees, depth, base):
+    """The arrays of every tree at one complete depth, and the branch-free walk over them."""
+    laid = [_complete(t, depth) for t in trees]
+    inner = 2**depth - 1
+    return ("/* generated from an XGBoost model; do not edit */\n"
+            + _array("THRESHOLD", "float", [[_literal(v) for v in t[0]] for t in laid])
+            + _array("FEATURE", "unsigned char", [[str(v) for v in t[1]] for t in laid])
+            + _array("LEAF", "float", [[_literal(v) for v in t[2]] for t in laid])
+            + "/* XGBoost: left when v < threshold; a missing (NaN) value follows bit 7. */\n"
+            "#define STEP(t, i) do { const unsigned c = FEATURE[t][i]; const float v = x[c & 0x7f]; \\\n"
+            "  i = 2 * i + 1 + (!(v < THRESHOLD[t][i]) & !((v != v) & (c >> 7))); } while (0)\n"
+            "static float margin(const float *x) {\n"
+            f"  float s = {_literal(base)};\n"
+            f"  int t = 0;\n"
+            f"  /* {LANES} trees walked side by side (independent chains of loads), summed in order. */\n"
+            f"  for (; t + {LANES} <= {len(trees)}; t += {LANES}) {{\n"
+            f"    unsigned i[{LANES}] = {{0}};\n"
+            f"    for (int d = 0; d < {depth}; d++)\n"
+            f"      for (int k = 0; k < {LANES}; k++) STEP(t + k, i[k]);\n"
+            f"    for (int k = 0; k < {LANES}; k++) s += LEAF[t + k][i[k] - {inner}];\n"
+            "  }\n"
+            f"  for (; t < {len(trees)}; t++) {{\n"
+            "    unsigned i = 0;\n"
+            f"    for (int d = 0; d < {depth}; d++) STEP(t, i);\n"
+            f"    s += LEAF[t][i - {inner}];\n"
+            "  }\n"
+            "  return s;\n"
+            "}\n" + PREDICT_ROWS)
 
 
 def _build(source, target):
@@ -155,6 +234,24 @@ class CompiledTrees:
         self.fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
         self.fn.restype = None
         self.n_features = n_features
+        # The row path (features_row.c): absent from libraries built before it existed.
+        self.row = getattr(self.lib, "predict_row", None)
+        self.features_fn = getattr(self.lib, "features_rows", None)
+        if self.row is not None and self.features_fn is not None:
+            self.row.argtypes, self.row.restype = [ctypes.c_void_p], ctypes.c_float
+            self.features_fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+            self.features_fn.restype = None
+        else:
+            self.row = self.features_fn = None
+
+    def row_features(self, raw):
+        """features_row.c's features of raw float32 rows (Sex coded), to compare with feature_matrix."""
+        x = np.ascontiguousarray(raw, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != RAW_WIDTH or self.n_features != FEATURE_WIDTH:
+            raise ValueError(f"the row path reads {RAW_WIDTH} raw values into {FEATURE_WIDTH} features")
+        out = np.empty((x.shape[0], FEATURE_WIDTH), dtype=np.float32)
+        self.features_fn(x.ctypes.data, x.shape[0], out.ctypes.data)
+        return out
 
     def predict(self, features):
         """float32 margins for a (n, n_features) feature matrix."""

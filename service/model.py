@@ -1,5 +1,6 @@
 """The model contract: load the handout's artifact safely, predict one record, report readiness."""
 
+import ctypes
 import hashlib
 import importlib
 import importlib.util
@@ -90,6 +91,7 @@ class FastPath:
         pipe = estimator.regressor_
         self.booster = pipe.steps[-1][1].get_booster()
         self.compiled = None  # a compiled.CompiledTrees once built
+        self.row_margin = None  # its one-call row path, once checked (enable_rows)
         self.columns = features.RAW_COLUMNS
         self.sex_codes = features.SEX_CODES
         self.feature_matrix = features.feature_matrix
@@ -100,6 +102,11 @@ class FastPath:
         """Which evaluator runs the trees."""
         return "compiled" if self.compiled is not None else "booster"
 
+    @property
+    def rows(self):
+        """How one request's features are computed: C (compiled row path) or numpy."""
+        return "c" if self.row_margin is not None else "numpy"
+
     def predict_raw(self, raw):
         """Predictions for a float32 array of raw rows (Sex already coded)."""
         feats = self.feature_matrix(raw)
@@ -109,8 +116,51 @@ class FastPath:
 
     def row(self, record):
         """One record as the raw float32 row the feature function expects."""
-        values = [self.sex_codes[record["Sex"]]] + [record[c] for c in self.columns[1:]]
-        return np.array([values], dtype=np.float32)
+        return np.array([self._raw_values(record)], dtype=np.float32)
+
+    def _raw_values(self, record):
+        return [self.sex_codes[record["Sex"]], *map(record.__getitem__, self.columns[1:])]
+
+    def predict_record(self, record):
+        """Predicted Calories for one validated record, as a Python float."""
+        if self.row_margin is None:
+            return float(self.predict_raw(self.row(record))[0])
+        buffer = self._buffer
+        buffer[:] = self._raw_values(record)  # each value rounded to float32 as np.array does
+        return float(self.inverse(np.float32(self.row_margin(self._address))))
+
+    def enable_rows(self, raw):
+        """Use the compiled row path (features and trees in one C call) if its features equal
+        feature_matrix's bit for bit on these raw rows; say why not otherwise."""
+        compiled = self.compiled
+        if compiled is None or compiled.row is None:
+            return "the compiled library has no row path"
+        if len(self.columns) != compiled_module().RAW_WIDTH:
+            return f"{len(self.columns)} raw columns, not {compiled_module().RAW_WIDTH}"
+        raw = np.ascontiguousarray(raw, dtype=np.float32)
+        expected = self.feature_matrix(raw)
+        try:
+            got = compiled.row_features(raw)
+        except ValueError as exc:
+            return str(exc)
+        differ = int(np.sum(np.any(got.view(np.uint32) != expected.view(np.uint32), axis=1)))
+        if differ:
+            return f"its features differ from features.feature_matrix on {differ} of {len(raw)} rows"
+        self._buffer = (ctypes.c_float * len(self.columns))()
+        self._address = ctypes.addressof(self._buffer)
+        margins = compiled.predict(expected)
+        for i in range(len(raw)):  # the very call the service makes, row by row
+            self._buffer[:] = raw[i].tolist()
+            if np.float32(compiled.row(self._address)) != margins[i]:
+                return f"its margin differs from the trees' on row {i}"
+        self.row_margin = compiled.row
+        return None
+
+
+def compiled_module():
+    """service.compiled, imported only where the compiled evaluator is used."""
+    from . import compiled
+    return compiled
 
 
 def fast_path_for(estimator, features):
@@ -212,6 +262,7 @@ class ModelService:
             got = self.fast.predict_raw(raw)
             worst = float(np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1e-9)))
             if worst <= PARITY_RTOL:
+                self._enable_row_path(raw)
                 return
             log.error("%s fast path disagrees with Pipeline.predict (max rel %.3g > %g): falling back",
                       self.fast.name, worst, PARITY_RTOL)
@@ -220,10 +271,31 @@ class ModelService:
             else:
                 self.fast = None
 
+    def _enable_row_path(self, sample_raw):
+        """One C call per request where the compiled row path computes exactly what numpy does:
+        checked on the sample and on rows spread over schema.json's whole ranges."""
+        if self.fast.compiled is None:
+            return
+        reason = self.fast.enable_rows(np.vstack([sample_raw, self._range_rows()]))
+        if reason:
+            log.warning("per-row features computed by numpy, not the compiled row path: %s", reason)
+
+    def _range_rows(self, n=4096):
+        """Raw rows (Sex coded) spread uniformly over schema.json's ranges, both ends included."""
+        try:
+            spec = json.loads(self.schema_path.read_text())["features"]
+            bounds = [(spec[c]["minimum"], spec[c]["maximum"]) for c in self.fast.columns[1:]]
+        except (OSError, ValueError, KeyError):
+            return np.empty((0, len(self.fast.columns)), dtype=np.float32)
+        rng = np.random.default_rng(0)
+        columns = [np.arange(n) % 2] + [np.concatenate([[lo, hi], rng.uniform(lo, hi, n - 2)])
+                                         for lo, hi in bounds]
+        return np.column_stack(columns).astype(np.float32)
+
     def predict_one(self, record):
         """Predicted Calories for one validated record, as a Python float."""
         if self.fast is not None:
-            return float(self.fast.predict_raw(self.fast.row(record))[0])
+            return self.fast.predict_record(record)
         import pandas as pd
         frame = pd.DataFrame([record], columns=self.features.RAW_COLUMNS)
         return float(np.asarray(self.estimator.predict(frame)).ravel()[0])

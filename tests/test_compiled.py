@@ -168,3 +168,74 @@ def test_prebuild_fails_when_the_model_would_not_be_compiled(model_path, tmp_pat
     assert done.returncode == 1 and "served by booster, not compiled" in done.stderr
     done = prebuild(tmp_path / "absent.joblib", tmp_path / "cache")
     assert done.returncode == 1 and "Model artifact not found" in done.stderr
+
+
+
+@pytest.mark.parametrize("csv", [SAMPLE, PUBLIC_CSV], ids=["sample", "public"])
+def test_the_row_path_equals_xgboost_bit_for_bit(service, csv):
+    if not csv.exists():
+        missing("the public data file", f"no data at {csv} (CALORIES_PUBLIC_CSV names another place)")
+    fast = service.fast
+    assert fast.rows == "c"
+    records = pd.read_csv(csv)[fast.columns].to_dict("records")
+    margins = []
+    for record in records:  # the one C call per request: features and trees
+        fast._buffer[:] = fast._raw_values(record)
+        margins.append(fast.row_margin(fast._address))
+    expected = fast.booster.inplace_predict(features_of(service, csv))
+    np.testing.assert_array_equal(np.array(margins, dtype=np.float32), expected)
+    # What the service answers: the pipeline's inverse (expm1 in float32) of exactly that margin.
+    answers = np.array([service.predict_one(r) for r in records])
+    np.testing.assert_array_equal(answers, np.expm1(expected).astype(np.float64))
+
+
+def test_a_feature_function_that_differs_keeps_numpy(model_path, tmp_path, caplog):
+    svc = ModelService(model_path, HANDOUT, compiled_dir=model_path.parent / "compiled")
+    svc.load()
+    fast = svc.fast
+    fast.row_margin = None
+    original = fast.feature_matrix
+
+    def changed(raw):  # the data-science team changed features.py: BMI from metres, say
+        out = original(raw)
+        out[:, 7] *= 1.0001
+        return out
+
+    fast.feature_matrix = changed
+    assert "differ from features.feature_matrix" in fast.enable_rows(svc.features.encode_frame(
+        pd.read_csv(SAMPLE)))
+    assert fast.rows == "numpy"
+    record = {**pd.read_csv(SAMPLE)[fast.columns].iloc[0].to_dict()}
+    assert svc.predict_one(record) == float(fast.predict_raw(fast.row(record))[0])  # the numpy path serves
+
+
+def test_a_library_without_the_row_path_keeps_numpy(service, tmp_path):
+    lib = tmp_path / "old.c"
+    lib.write_text("void predict(const float *X, long n, long stride, float *out) {}\n")
+    subprocess.run(["cc", *compiled.CFLAGS, "-o", str(tmp_path / "old.so"), str(lib)], check=True)
+    old = compiled.CompiledTrees(tmp_path / "old.so", 10)
+    assert old.row is None
+    fast = service.fast
+    kept = fast.compiled, fast.row_margin
+    try:
+        fast.compiled, fast.row_margin = old, None
+        assert fast.enable_rows(np.zeros((1, 7), dtype=np.float32)) == "the compiled library has no row path"
+        assert fast.rows == "numpy"
+    finally:
+        fast.compiled, fast.row_margin = kept
+
+
+def test_deep_trees_are_compiled_as_nested_ifs_with_the_same_margins(service, tmp_path, monkeypatch):
+    # Trees deeper than COMPLETE_DEPTH would not stay compact as arrays: nested ifs instead.
+    x = features_of(service, SAMPLE)[:500].copy()
+    x[np.random.default_rng(1).random(x.shape) < 0.2] = np.nan  # both layouts send NaN the same way
+    arrays = service.fast.compiled.predict(x)
+    model = json.loads(service.fast.booster.save_raw("json"))
+    assert "THRESHOLD" in compiled.c_source(model)  # the service's trees: complete arrays
+    monkeypatch.setattr(compiled, "COMPLETE_DEPTH", 0)
+    source = compiled.c_source(model)
+    last = len(model["learner"]["gradient_booster"]["model"]["trees"]) - 1
+    assert "THRESHOLD" not in source and f"static float tree{last}(" in source
+    nested = compiled.load(service.fast.booster, tmp_path / "cache")
+    assert nested.row is not None
+    np.testing.assert_array_equal(nested.predict(x), arrays)
