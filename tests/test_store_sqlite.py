@@ -121,3 +121,18 @@ def test_a_store_named_without_a_directory_is_in_the_working_directory(tmp_path,
     store.record_prediction(1, 1.0, "v1")
     assert query(tmp_path / "fb.db", "SELECT id FROM predictions") == [(1,)]
     store.close()
+
+
+def test_a_new_store_uses_small_pages_and_an_old_one_keeps_its_own(tmp_path, clock):
+    # Each commit writes every page it touched to the WAL: small pages, small writes per prediction.
+    store = SQLiteStore(tmp_path / "new.db", 300.0, 3600.0, clock=clock)
+    store.record_prediction(1, 1.0, "v1")
+    assert store._conn().execute("PRAGMA page_size").fetchone()[0] == sqlite_store.PAGE_SIZE
+    store.close()
+    with sqlite(tmp_path / "old.db") as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE x (y)")  # an existing file, made before this setting
+    old = SQLiteStore(tmp_path / "old.db", 300.0, 3600.0, clock=clock)
+    old.record_prediction(1, 1.0, "v1")
+    assert old._conn().execute("PRAGMA page_size").fetchone()[0] == 4096
+    old.close()
