@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from support import ROOT, Gunicorn
+from support import ROOT, Gunicorn, missing
 
 README = ROOT / "README.md"
 GUIDES = sorted((ROOT / "docs").glob("*.md"))
@@ -123,8 +123,9 @@ def test_readme_stays_an_entry_point():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
 def test_quickstart_curl_session(tmp_path, model_path):
+    if not shutil.which("curl"):
+        missing("curl", ".ci/run installs Debian's curl")
     block = next(b for b in code_blocks() if b.startswith("curl"))
     with Gunicorn(tmp_path, model_path, workers=2) as server:
         script = block.replace("http://127.0.0.1:8000", server.url)
