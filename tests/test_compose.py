@@ -272,8 +272,8 @@ def test_mlflow_image_installs_from_a_complete_lock():
 
 
 def readme_compose_commands():
-    """The Compose v2 commands README's Containers section shows (code blocks and inline), in order."""
-    section = (ROOT / "README.md").read_text().split("## Containers", 1)[1].split("\n## ", 1)[0]
+    """The Compose v2 commands of docs/deployment.md, Containers (code blocks and inline), in order."""
+    section = (ROOT / "docs" / "deployment.md").read_text().split("## Containers", 1)[1].split("\n## ", 1)[0]
     found = re.findall(r"^(docker compose [^\n`]+)|`(docker compose [^`]+)`", section, re.MULTILINE)
     return [(block or inline).strip() for block, inline in found]
 
