@@ -279,7 +279,7 @@ def readme_compose_commands():
 
 
 def as_compose_1_29(command):
-    """A README command for the test stack's docker-compose: its arguments, `-T` where a terminal would be."""
+    """A guide's command for the test stack's docker-compose: its arguments, `-T` where a terminal would be."""
     args = command.split()[2:]  # after `docker compose`
     for verb in ("run", "exec"):
         if verb in args:
@@ -374,7 +374,7 @@ def test_stack_runs_the_stand_ins_and_the_projects_images(stack):
 
 @pytest.fixture(scope="module")
 def simulated(stack, request):
-    """The README's simulator command, through nginx, with a short run's flags; its JSON report."""
+    """The guide's simulator command, through nginx, with a short run's flags; its JSON report."""
     args = as_compose_1_29(next(c for c in readme_compose_commands() if " run " in c))
     with timed(request, "simulator through nginx (docker-compose --profile sim run)"):
         done = stack.compose(*args, "--limit", "150", "--cycles", "2", "--burst-rps", "25",
@@ -483,7 +483,7 @@ def test_mlflow_stores_runs_in_its_own_database_and_artifacts_on_its_volume(stac
     code = ("import requests; print(requests.get('http://mlflow:5000/api/2.0/mlflow/registered-models/get',"
             " params={'name': 'calories-compose-test'}, timeout=10).status_code)")
     assert stack.compose("exec", "-T", "app1", "python", "-c", code).stdout.strip() == "200"
-    # README's command for a volume initialised before: a no-op here, where it already ran.
+    # The guide's command for a volume initialised before: a no-op here, where it already ran.
     again = as_compose_1_29(next(c for c in readme_compose_commands() if "10-mlflow.sh" in c))
     assert "role and database ready" in stack.compose(*again).stdout
     assert stack.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'mlflow'").stdout.strip() == "1"

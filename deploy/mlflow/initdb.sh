@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MLflow's own role and database in the stack's PostgreSQL, beside the service's. The postgres
 # image runs this from /docker-entrypoint-initdb.d when its data volume is empty; on an older
-# volume, run it once by hand (README, Containers). Running it again changes nothing.
+# volume, run it once by hand (docs/deployment.md, Containers). Running it again changes nothing.
 set -euo pipefail
 : "${MLFLOW_DB_PASSWORD:?MLFLOW_DB_PASSWORD is not set}"
 # Values travel as psql variables, quoted by psql (:'...', :"..."), never spliced into the SQL.
