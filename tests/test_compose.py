@@ -279,7 +279,7 @@ def readme_compose_commands():
 
 
 def as_compose_1_29(command):
-    """A guide's command for the test stack's docker-compose: its arguments, `-T` where a terminal would be."""
+    """A guide's command for the test stack's docker-compose: its arguments, `-T` where a tty would be."""
     args = command.split()[2:]  # after `docker compose`
     for verb in ("run", "exec"):
         if verb in args:
