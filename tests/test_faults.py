@@ -186,7 +186,7 @@ def assert_recovered(server):
     wait_until(lambda: requests.get(server.url + "/readyz", timeout=10).json()["store"]["up"], "recovery", 10)
     requests.post(server.url + "/predict", json=record(2), timeout=10).raise_for_status()
     r = requests.post(server.url + "/feedback", json={"id": 2, "Calories": 10}, timeout=10)
-    assert r.status_code == 200 and r.json()["outcome"] == "matched"
+    assert r.status_code == 200 and r.json()["outcome"] == "matched", (r.text, server.log.read_text()[-3000:])
     assert sample(server.metrics(), "app_store_up") == 1
     assert store_rows(server.env["FEEDBACK_DB"], "SELECT id, calories FROM feedback") == [(2, 10.0)]
 
@@ -214,8 +214,9 @@ def without_permission_override(server):
 
 
 def test_store_file_read_only(tmp_path, model_path):
-    # Each worker opens the store while it is read-only (SQLite falls back to a read-only
-    # connection that stays so): recovery needs the reopen after the error.
+    # Each worker meets the store while it is read-only. SQLite would open it read-only, silently,
+    # and such a connection stays so after the fix: a worker that kept one (opened by a scrape,
+    # which only reads) failed its first write after the others had recovered. None is kept now.
     db = tmp_path / "feedback.db"
     server = Gunicorn(tmp_path, model_path, workers=2)
     with server:

@@ -136,3 +136,17 @@ def test_a_new_store_uses_small_pages_and_an_old_one_keeps_its_own(tmp_path, clo
     old.record_prediction(1, 1.0, "v1")
     assert old._conn().execute("PRAGMA page_size").fetchone()[0] == 4096
     old.close()
+
+
+def test_a_failed_write_reopens_the_connection(tmp_path, clock):
+    # A fault on the live connection that only a new connection clears (query_only stands for a
+    # connection stuck read-only): the write that meets it fails, the next one is stored.
+    store = SQLiteStore(tmp_path / "fb.db", 300.0, 3600.0, clock=clock)
+    store.record_prediction(1, 1.0, "v1")
+    store._conn().execute("PRAGMA query_only = ON")
+    with pytest.raises(StoreError, match="readonly"):
+        store.record_prediction(2, 2.0, "v1")
+    store.record_prediction(3, 3.0, "v1")
+    assert query(tmp_path / "fb.db", "SELECT id FROM predictions ORDER BY id") == [(1,), (3,)]
+    store.close()
+

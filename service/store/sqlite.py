@@ -118,7 +118,16 @@ class SQLiteStore(base.Store):
             fcntl.flock(local.lock, fcntl.LOCK_UN)
             local.writes = getattr(local, "writes", 0) + 1
 
+    def _refuse_read_only(self):
+        """SQLite opens a file it may not write read-only, silently, and such a connection stays
+        read-only after the file is fixed: a worker that kept one would fail its next write (a
+        lost prediction, a 503) after every other worker had recovered. So none is kept."""
+        for name in (self.path, self.path + "-wal", self.path + "-shm"):
+            if os.path.exists(name) and not os.access(name, os.W_OK):
+                raise StoreError(f"cannot open feedback store {self.path}: {name} is not writable")
+
     def _open(self):
+        self._refuse_read_only()
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000,
