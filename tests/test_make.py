@@ -7,11 +7,16 @@ import shutil
 import subprocess
 
 import pytest
-from support import PUBLIC_CSV, ROOT, snapshot
+from support import PUBLIC_CSV, ROOT, missing, snapshot
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(),
-                                 reason="make install has not run")]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def installed():
+    """These run make targets with the project's .venv (make test builds it first)."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        missing("the project's .venv", "make install builds it; make test runs it first")
 
 
 @pytest.fixture(scope="module")

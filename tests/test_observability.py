@@ -16,6 +16,7 @@ from support import (
     Gunicorn,
     PrometheusServer,
     free_port,
+    missing,
     prometheus_binary,
     sample,
     total,
@@ -255,8 +256,9 @@ def test_every_dashboard_query_returns_what_the_run_did(scraped, model_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "gunicorn").exists(), reason="make install has not run")
 def test_make_observe_starts_service_and_prometheus(tmp_path, model_path):
+    if not (ROOT / ".venv" / "bin" / "gunicorn").exists():
+        missing("the project's .venv", "make install builds it; make test runs it first")
     binary("prometheus")
     bind, prom_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {**os.environ, "BIND": bind, "PROMETHEUS_ADDR": prom_addr, "MODEL_PATH": str(model_path),

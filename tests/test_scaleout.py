@@ -301,8 +301,9 @@ def test_prometheus_scrapes_every_instance_and_the_rules_aggregate_them(stack, t
             prom.value("max(app_rolling_rmsle_5m)"), rel=1e-12)
 
 
-@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="make install has not run")
 def test_make_scaleout_runs_until_ctrl_c(tmp_path, model_path, postgres):
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        missing("the project's .venv", "make install builds it; make test runs it first")
     port = free_port()
     env = {**os.environ, "MODEL_PATH": str(model_path), "ACCESS_LOG": "off",
            "SCALEOUTFLAGS": f"--port {port} --state {tmp_path / 'state'}"}
