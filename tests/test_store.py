@@ -11,7 +11,7 @@ import threading
 import pytest
 from support import FakeClock, free_port, query, sqlite
 
-from service.store import FutureTimestamp, StoreError, open_store
+from service.store import FutureTimestamp, StoreError, base, open_store
 from service.store import postgresql as pg_store
 from service.store import sqlite as sqlite_store
 from service.store.base import FIRST_SEEN_SHOWN
@@ -541,3 +541,12 @@ def test_first_seen_shows_only_the_latest_versions(store, clock):
         clock.advance(1)
     shown = store.first_seen()
     assert [v for v, _ in shown] == [f"v{n}" for n in reversed(range(3, FIRST_SEEN_SHOWN + 3))]
+
+
+def test_pruning_goes_on_after_a_batch_of_any_size_until_one_removes_nothing():
+    # Found by make mutation: stopping after a batch of exactly one row went unnoticed.
+    batches = iter([1000, 1, 7, 0, 1000])
+    assert base.prune_batches(lambda: next(batches)) == 1008
+    assert next(batches) == 1000  # the batch after the empty one was never asked for
+    always = iter(lambda: 1, None)
+    assert base.prune_batches(lambda: next(always)) == base.PRUNE_MAX_BATCHES
