@@ -86,8 +86,8 @@ observe: model  ## service + Prometheus (deploy/prometheus) on loopback, URLs pr
 scaleout: model  ## PostgreSQL + 2 instances + nginx on loopback (state in ./var/scaleout); Ctrl-C stops all
 	$(BIN)/python -m scaleout $(SCALEOUTFLAGS)
 
-test: $(STAMP)  ## full test suite and lint via tox
-	$(BIN)/tox
+test: $(STAMP)  ## full test suite and lint via tox (its environments side by side)
+	$(BIN)/tox p -p all -o --parallel-no-spinner
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

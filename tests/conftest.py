@@ -114,7 +114,8 @@ def second_model_path(tmp_path_factory):
 @pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect
 def pytest_collection_modifyitems(session, config, items):
     """Launch the MLflow server as soon as a test that needs it is collected: it boots (10-40 s)
-    while the tests before it run. Without its binary, the fixture reports that instead."""
+    while the tests before it run. Without its binary (or while its venv is still being built),
+    the fixture waits for it or reports that instead."""
     if not any("mlflow_server" in item.fixturenames for item in items):
         return
     with contextlib.suppress(pytest.skip.Exception, pytest.fail.Exception):
@@ -133,8 +134,8 @@ def stop_mlflow(server):
 def mlflow_server(request):
     """A real MLflow tracking server for the session, on loopback."""
     server = request.config.stash.get(EARLY_MLFLOW, None)
-    if server is None:
-        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-")).launch()
+    if server is None:  # its venv was still being built at collection (make test builds it meanwhile)
+        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-"), wait=600).launch()
     try:
         yield server.wait()
     finally:

@@ -176,13 +176,21 @@ def wait_until(check, what, timeout=60):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def mlflow_binary():
-    """The `mlflow` of the server's own venv (tox env `mlflow`); CI must have it, elsewhere skip."""
-    candidates = [os.environ.get("MLFLOW_SERVER_BIN"), ROOT / ".tox" / "mlflow" / "bin" / "mlflow",
-                  shutil.which("mlflow")]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return str(candidate)
+def mlflow_binary(wait=0.0):
+    """The `mlflow` of the server's own venv (tox env `mlflow`, complete once its `ready` file
+    exists: make test builds it while the tests run, so wait up to `wait` s); else one on PATH;
+    CI must have one, elsewhere skip."""
+    deadline = time.monotonic() + wait
+    envs = [os.environ.get("MLFLOW_SERVER_BIN"), ROOT / ".tox" / "mlflow" / "bin" / "mlflow"]
+    while True:
+        for candidate in filter(None, envs):
+            if os.access(candidate, os.X_OK) and (pathlib.Path(candidate).parent.parent / "ready").exists():
+                return str(candidate)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1)
+    if shutil.which("mlflow"):
+        return shutil.which("mlflow")
     missing("the MLflow server", "tox -e mlflow builds its venv from requirements-mlflow.txt "
                                  "(make test does)")
 
@@ -190,12 +198,12 @@ def mlflow_binary():
 class MlflowServer:
     """A real MLflow tracking server on loopback: SQLite backend, artifacts on local disk, proxied."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, wait=0.0):
         self.tmp = pathlib.Path(tmp)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.artifacts = self.tmp / "artifacts"
-        self.cmd = [mlflow_binary(), "server", "--host", "127.0.0.1", "--port", str(self.port),
+        self.cmd = [mlflow_binary(wait), "server", "--host", "127.0.0.1", "--port", str(self.port),
                     "--workers", "1", "--backend-store-uri", f"sqlite:///{self.tmp / 'mlflow.db'}",
                     "--artifacts-destination", str(self.artifacts)]
         self.log = self.tmp / "mlflow.log"
