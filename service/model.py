@@ -119,15 +119,17 @@ class FastPath:
         return np.array([self._raw_values(record)], dtype=np.float32)
 
     def _raw_values(self, record):
+        """The record's raw values in column order, Sex coded."""
         return [self.sex_codes[record["Sex"]], *map(record.__getitem__, self.columns[1:])]
 
     def predict_record(self, record):
         """Predicted Calories for one validated record, as a Python float."""
         if self.row_margin is None:
             return float(self.predict_raw(self.row(record))[0])
-        buffer = self._buffer
-        buffer[:] = self._raw_values(record)  # each value rounded to float32 as np.array does
-        return float(self.inverse(np.float32(self.row_margin(self._address))))
+        # A fresh array a call (1 µs): a gthread worker may run two requests at once. Each value
+        # is rounded to float32 as np.array does.
+        raw = self._raw_row(*self._raw_values(record))
+        return float(self.inverse(np.float32(self.row_margin(raw))))
 
     def enable_rows(self, raw):
         """Use the compiled row path (features and trees in one C call) if its features equal
@@ -146,12 +148,10 @@ class FastPath:
         differ = int(np.sum(np.any(got.view(np.uint32) != expected.view(np.uint32), axis=1)))
         if differ:
             return f"its features differ from features.feature_matrix on {differ} of {len(raw)} rows"
-        self._buffer = (ctypes.c_float * len(self.columns))()
-        self._address = ctypes.addressof(self._buffer)
+        self._raw_row = ctypes.c_float * len(self.columns)
         margins = compiled.predict(expected)
         for i in range(len(raw)):  # the very call the service makes, row by row
-            self._buffer[:] = raw[i].tolist()
-            if np.float32(compiled.row(self._address)) != margins[i]:
+            if np.float32(compiled.row(self._raw_row(*raw[i].tolist()))) != margins[i]:
                 return f"its margin differs from the trees' on row {i}"
         self.row_margin = compiled.row
         return None

@@ -1,5 +1,6 @@
 """The compiled tree evaluator: equal to XGBoost, cached per model, read-only caches, clean fallbacks."""
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -180,8 +181,7 @@ def test_the_row_path_equals_xgboost_bit_for_bit(service, csv):
     records = pd.read_csv(csv)[fast.columns].to_dict("records")
     margins = []
     for record in records:  # the one C call per request: features and trees
-        fast._buffer[:] = fast._raw_values(record)
-        margins.append(fast.row_margin(fast._address))
+        margins.append(fast.row_margin(fast._raw_row(*fast._raw_values(record))))
     expected = fast.booster.inplace_predict(features_of(service, csv))
     np.testing.assert_array_equal(np.array(margins, dtype=np.float32), expected)
     # What the service answers: the pipeline's inverse (expm1 in float32) of exactly that margin.
@@ -239,3 +239,19 @@ def test_deep_trees_are_compiled_as_nested_ifs_with_the_same_margins(service, tm
     nested = compiled.load(service.fast.booster, tmp_path / "cache")
     assert nested.row is not None
     np.testing.assert_array_equal(nested.predict(x), arrays)
+
+
+def test_the_row_path_is_safe_for_threads(service):
+    # gunicorn's gthread workers run requests side by side, and ctypes lets go of the GIL in the
+    # call: a buffer shared between requests mixed their rows (this test failed with one).
+    records = pd.read_csv(SAMPLE)[service.fast.columns].head(400).to_dict("records")
+    expected = [service.predict_one(r) for r in records]
+
+    def run(offset):
+        order = records[offset:] + records[:offset]
+        return [service.predict_one(r) for r in order * 5][:len(records)]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, [0, 100, 200, 300]))
+    for offset, got in zip([0, 100, 200, 300], results, strict=True):
+        assert got == expected[offset:] + expected[:offset]
