@@ -120,7 +120,10 @@ def test_sigkill_of_a_worker_under_load(tmp_path, model_path):
     stored = dict(store_rows(db, "SELECT id, calories FROM feedback WHERE outcome = 'matched'"))
     assert stored == truth  # every acknowledged feedback, joined once
     counted = sum(sample(metrics, "app_feedback_total", outcome=o) for o in ("matched", "duplicate"))
-    assert counted == store_rows(db, "SELECT count(*) FROM feedback")[0][0]
+    # The kill may land between a feedback's commit and its counter (the client's retry then comes
+    # back "duplicate"): the store may hold the killed worker's one in-flight feedback uncounted.
+    stored_feedback = store_rows(db, "SELECT count(*) FROM feedback")[0][0]
+    assert counted <= stored_feedback <= counted + 1, (counted, stored_feedback)
     predicted = {i: p for c in clients for i, p in c.predicted.items()}
     pairs = [(predicted[i], y) for i, y in truth.items()]
     rmsle = math.sqrt(math.fsum((math.log1p(p) - math.log1p(y)) ** 2 for p, y in pairs) / len(pairs))
