@@ -11,9 +11,7 @@ trees is loaded if it is there, and nothing is locked, touched, built or pruned.
 """
 
 import argparse
-import contextlib
 import ctypes
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +23,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from . import filelock
 
 log = logging.getLogger(__name__)
 # Libraries kept in the cache: the current model and a few before it (rollbacks start fast).
@@ -173,14 +173,9 @@ def _build(source, target):
         os.replace(lib, target)
 
 
-@contextlib.contextmanager
 def _cache_locked(cache_dir):
     """The cache directory, held exclusively: one process at a time builds, loads or prunes in it."""
-    cache = pathlib.Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield cache
+    return filelock.locked_dir(cache_dir, ".build.lock")
 
 
 def _source_and_target(booster, cache):

@@ -1,7 +1,6 @@
 """The model contract: load the handout's artifact safely, predict one record, report readiness."""
 
 import ctypes
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -22,15 +21,6 @@ class ModelLoadError(RuntimeError):
     """The artifact is missing, altered or unloadable; the message says what to do."""
 
 
-def file_sha256(path):
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_metrics(model_path):
     """metrics.json written beside the artifact by training."""
     path = model_path.with_name("metrics.json")
@@ -49,7 +39,7 @@ def verify_artifact(model_path, metrics, pinned=None):
     `pinned` (MODEL_SHA256) is the operator's own: an artifact replaced with its metrics.json fails it.
     """
     expected = metrics.get("artifact_sha256")
-    actual = file_sha256(model_path)
+    actual = registry.file_sha256(model_path)
     if expected != actual:
         raise ModelLoadError(f"Model artifact {model_path} does not match the sha256 in metrics.json "
                              f"({actual[:12]} != {str(expected)[:12]}): refusing to load; run make train")

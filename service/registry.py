@@ -6,8 +6,6 @@ uploaded: model.joblib, metrics.json, schema.json, features.py, parity_sample.cs
 (sha256 of each file, the compiled library's platform) and maybe compiled/trees-*.so.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -20,7 +18,7 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 
-from . import mlflow_rest
+from . import filelock, mlflow_rest
 
 log = logging.getLogger(__name__)
 MANIFEST = "files.json"
@@ -86,14 +84,9 @@ def version_dir(cache_dir, uri):
     return pathlib.Path(cache_dir) / uri.name / uri.version
 
 
-@contextlib.contextmanager
 def _locked(cache_dir):
     """One process at a time fills the cache (the workers of an instance start together)."""
-    cache = pathlib.Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield cache
+    return filelock.locked_dir(cache_dir, ".lock")
 
 
 def fetch(uri, cfg):
