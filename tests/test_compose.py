@@ -433,13 +433,23 @@ def test_recording_rule_rmsle_equals_the_rolling_gauge(stack, simulated):
     # Both sides are evaluated at one past instant, so they read the same samples (a recorded
     # value may predate the last scrape's ingestion); the recorded series must exist as well.
     assert stack.value("job:app_feedback_rmsle:5m") > 0
-    at = time.time() - 20  # beyond one scrape interval (15 s): every sample up to it is in
-    rule = stack.query(RULE_EXPR["job:app_feedback_rmsle:5m"], at=at)[0][1]
-    per_instance = [v for v in stack.by_instance(
-        "sqrt(sum by (instance) (increase(app_feedback_squared_log_error_sum[5m]))"
-        " / sum by (instance) (increase(app_feedback_squared_log_error_count[5m])))", at=at).values()
-        if math.isfinite(v)]
-    assert per_instance, "no instance had feedback in the window"
+    # The instant lags now by more than one scrape interval (15 s), so every sample up to it is in;
+    # right after the simulation it may still precede the second scrape with feedback (increase()
+    # needs two samples), hence the wait for an instant with feedback in its window.
+    seen = {}
+
+    def evaluated_at_a_past_instant():
+        at = time.time() - 20
+        seen["per_instance"] = [v for v in stack.by_instance(
+            "sqrt(sum by (instance) (increase(app_feedback_squared_log_error_sum[5m]))"
+            " / sum by (instance) (increase(app_feedback_squared_log_error_count[5m])))", at=at).values()
+            if math.isfinite(v)]
+        rule = stack.query(RULE_EXPR["job:app_feedback_rmsle:5m"], at=at)
+        seen["rule"] = rule[0][1] if rule else None
+        return seen["per_instance"] and seen["rule"] is not None
+
+    wait_until(evaluated_at_a_past_instant, "an instant with feedback in its 5-minute window", 60)
+    rule, per_instance = seen["rule"], seen["per_instance"]
     assert min(per_instance) * (1 - 1e-9) <= rule <= max(per_instance) * (1 + 1e-9), (rule, per_instance)
 
 
