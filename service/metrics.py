@@ -3,7 +3,6 @@
 import contextlib
 import logging
 import math
-import re
 
 from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import (
@@ -27,8 +26,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-UNTRACKED_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$"]
-_UNTRACKED = re.compile("|".join(UNTRACKED_PATHS))
+UNTRACKED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 # Module-level metrics: in multiprocess mode their values live in per-process files under
 # PROMETHEUS_MULTIPROC_DIR and are summed at scrape time, so there is no pid label.
@@ -92,10 +90,14 @@ def observe_store_error(operation):
 
 
 def _inflight_begin():
-    """Count a request in, unless it is a probe or a scrape."""
-    if _UNTRACKED.match(request.path) is None:
-        INFLIGHT.inc()
-        g.inflight = True
+    """Count a request in; a probe or a scrape is left out of every request metric."""
+    if request.path in UNTRACKED_PATHS:
+        # The exporter's own do-not-track mark (what its do_not_track() decorator sets), by path
+        # as its excluded_paths would, without that option's regular expressions on every request.
+        request.prom_do_not_track = True
+        return
+    INFLIGHT.inc()
+    g.inflight = True
 
 
 def _inflight_end(exc):
@@ -224,7 +226,7 @@ def init_app(app):
     # A registry per app: the exporter skips its hooks when its names are already registered.
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
-                      buckets=LATENCY_BUCKETS, excluded_paths=UNTRACKED_PATHS)
+                      buckets=LATENCY_BUCKETS)
     model = app.extensions["model"]
     if model.ready:
         start_version(model.version)
