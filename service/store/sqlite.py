@@ -95,6 +95,18 @@ class SQLiteStore(base.Store):
         with self._guarded():
             self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def _write_lock(self):
+        """This process's descriptor of the instance's write lock file (see _writing)."""
+        local = self._local
+        if getattr(local, "lock_pid", None) != os.getpid():
+            try:
+                fd = os.open(self.path + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"cannot open the store's write lock: {exc}") from exc
+            weakref.finalize(self, os.close, fd)
+            local.lock, local.lock_pid, local.writes = fd, os.getpid(), 0
+        return local.lock
+
     @contextlib.contextmanager
     def _writing(self):
         """Hold the instance's write lock: a waiting worker wakes the moment it frees.
@@ -103,20 +115,13 @@ class SQLiteStore(base.Store):
         The kernel releases the lock if its holder dies, and a holder waits at most its busy
         timeout on SQLite, so no worker can block the others for good.
         """
-        local = self._local
-        if getattr(local, "lock_pid", None) != os.getpid():
-            try:
-                fd = os.open(self.path + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise StoreError(f"cannot open the store's write lock: {exc}") from exc
-            weakref.finalize(self, os.close, fd)
-            local.lock, local.lock_pid = fd, os.getpid()
-        fcntl.flock(local.lock, fcntl.LOCK_EX)
+        lock = self._write_lock()
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(local.lock, fcntl.LOCK_UN)
-            local.writes = getattr(local, "writes", 0) + 1
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            self._local.writes += 1
 
     def _refuse_read_only(self):
         """SQLite opens a file it may not write read-only, silently, and such a connection stays
@@ -215,12 +220,22 @@ class SQLiteStore(base.Store):
     def record_prediction(self, id_, prediction, model_version, features=None):
         """Record one answered prediction event (its own autocommit transaction)."""
         ts = self.clock()
-        with self._guarded(), self._writing():
+        # _guarded() and _writing() spelled out: this is every /predict's path, and the two
+        # generator-based context managers cost more than the lock itself.
+        lock = self._write_lock()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
             conn = self._conn()
             if model_version not in self._noted:  # once per process and version: its first-seen time
                 conn.execute(NOTE_VERSION_SQL, (model_version, ts))
             conn.execute(INSERT_PREDICTION_SQL,
                          (id_, prediction, model_version, ts, *(features or base.NO_FEATURES)))
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"feedback store: {exc}") from exc
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            self._local.writes += 1
         self._noted.add(model_version)
 
     def record_feedback(self, id_, calories, event_ts=None):
