@@ -81,6 +81,14 @@ def python_load(url, seconds, connections):
     return {"rps": len(latencies) / seconds, "p50_ms": q[49], "p99_ms": q[98], "errors": errors[0]}
 
 
+def combined(parts):
+    """One round's figures from its equal-length chunks: mean rate, mean of the chunks' percentiles."""
+    return {"rps": statistics.fmean(p["rps"] for p in parts),
+            "p50_ms": statistics.fmean(p["p50_ms"] for p in parts),
+            "p99_ms": statistics.fmean(p["p99_ms"] for p in parts),
+            "errors": sum(p["errors"] for p in parts), "chunks": len(parts)}
+
+
 def memory(pids):
     """RSS and PSS (MB) of each process, from /proc/PID/smaps_rollup."""
     out = []
@@ -225,9 +233,19 @@ def run_load(args, work, pg_url):
             stack.enter_context(contextlib.closing(instance))
             instance.start(timeout=120, probe="/healthz")
             load(instance.url, 2, args.connections)  # warm up
+        seconds = max(1, min(args.chunk, args.duration))
+        chunks = max(1, args.duration // seconds)
         for r in range(args.rounds):
-            for name, instance in servers.items():
-                figures = load(instance.url, args.duration, args.connections)
+            # Each configuration's round is split in chunks taken in turn with the others', so a
+            # change in the shared machine's speed lasting a few seconds hits them all alike.
+            taken = {name: [] for name in servers}
+            for k in range(chunks):
+                for name, instance in servers.items():
+                    taken[name].append(load(instance.url, seconds, args.connections))
+                print(f"round {r + 1} turn {k + 1}/{chunks} ({seconds} s each, req/s): "
+                      + "  ".join(f"{name} {parts[-1]['rps']:.0f}" for name, parts in taken.items()))
+            for name, parts in taken.items():
+                figures = combined(parts)
                 results[name].append(figures)
                 print(f"round {r + 1} {name:18} {figures['rps']:8.0f} req/s  "
                       f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
@@ -361,7 +379,9 @@ def main(argv=None):
     """Run every benchmark and print the figures; 0 when they ran (targets are reported, not enforced)."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--duration", type=int, default=10, help="seconds per load run")
+    p.add_argument("--duration", type=int, default=10, help="seconds of load per configuration and round")
+    p.add_argument("--chunk", type=int, default=2,
+                   help="seconds per turn: the configurations take turns within a round (default 2)")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--scrape-predictions", type=int, default=1_000_000)
     p.add_argument("--scrape-feedback", type=int, default=500_000)

@@ -17,7 +17,7 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     out = tmp_path / "bench.json"
     env = {**os.environ, "MODEL_PATH": str(model_path),
            "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
-    proc = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--duration", "1",
+    proc = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--duration", "2", "--chunk", "1",
                            "--scrape-predictions", "20000", "--scrape-feedback", "10000", "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -29,6 +29,10 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     report = json.loads(out.read_text())
     assert report["ratio"] > 0 and report["pss_total_mb"] > 0
     assert {r["errors"] for rounds in report["rounds"].values() for r in rounds} == {0}
+    # Each configuration's 2 s came in two 1-s turns, taken in turn with the other configurations'.
+    assert {r["chunks"] for rounds in report["rounds"].values() for r in rounds} == {2}
+    turns = [line.split(": ")[1].split()[::2] for line in proc.stdout.splitlines() if " turn " in line]
+    assert turns == 2 * [["reference", "service", "service_lean", "service_postgresql"]], turns
     assert report["costs_us"]["inference"] == "compiled"
     assert set(report["rounds"]) == {"reference", "service", "service_lean", "service_postgresql"}
     assert set(report["scrape"]) == {"sqlite", "postgresql"}
