@@ -192,6 +192,9 @@ def build_pg_store(url, predictions, feedback, span):
     open_store(url, 300.0, 30 * 86400.0).window_stats()  # creates the schema
     step = span / predictions
     with psycopg.connect(url, autocommit=True) as conn:
+        # The load rounds wrote their predictions here minutes ago, inside the scrape's window:
+        # left in, they made PostgreSQL's scrape read ~50,000 window rows where SQLite's read 3,500.
+        conn.execute("TRUNCATE predictions, feedback, model_versions RESTART IDENTITY")
         now = conn.execute("SELECT extract(epoch from now())::float8").fetchone()[0]
         conn.execute("INSERT INTO predictions (id, prediction, model_version, ts, feedback_seq) "
                      "OVERRIDING SYSTEM VALUE SELECT g, 100, 'bench', %s + g * %s, "

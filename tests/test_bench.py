@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 
+import psycopg
 import pytest
 from support import ROOT, Gunicorn
 
 from bench import run
+from service.store import open_store
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +44,13 @@ def test_python_load_generator_fallback(tmp_path, model_path):
     with Gunicorn(tmp_path, model_path, workers=2) as server:
         figures = run.python_load(server.url, 1, 2)
     assert figures["rps"] > 0 and figures["errors"] == 0 and figures["p99_ms"] >= figures["p50_ms"]
+
+
+def test_big_postgresql_store_holds_only_what_it_was_built_with(pg_url):
+    # As in make bench: the load rounds' predictions are in the database before the scrape's store.
+    open_store(pg_url, 300.0, 86400.0).record_prediction(1, 100.0, "load-round")
+    run.build_pg_store(pg_url, 200, 100, 86400.0)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*), count(feedback_seq), min(seq) FROM predictions").fetchone() \
+            == (200, 100, 1)
+        assert conn.execute("SELECT count(*) FROM feedback").fetchone() == (100,)
