@@ -186,6 +186,16 @@ class Compose:
         """One field of the service container's `docker inspect`, by Go template."""
         return self.docker.docker("inspect", "-f", template, self.container(service)).stdout.strip()
 
-    def health(self, service):
-        """The service container's health status (healthy, starting, unhealthy)."""
-        return self.inspect(service, "{{.State.Health.Status}}")
+    def healths(self):
+        """{service: health status} of every container of the project, in two docker calls.
+
+        Not health() per service: each docker-compose 1.29 call is a Python start (~1 s here), and
+        a poll of six of them took seconds of the CPU the starting containers need."""
+        ids = self.docker.docker("ps", "-aq", "--filter",
+                                 f"label=com.docker.compose.project={self.project}").stdout.split()
+        if not ids:
+            return {}
+        template = '{{index .Config.Labels "com.docker.compose.service"}} {{if .State.Health}}' \
+                   '{{.State.Health.Status}}{{else}}none{{end}}'
+        lines = self.docker.docker("inspect", "-f", template, *ids).stdout.splitlines()
+        return dict(line.split() for line in lines)

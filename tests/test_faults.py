@@ -308,7 +308,7 @@ def soak(url, seconds, rps, threads=8):
 
 
 def test_soak(tmp_path, model_path):
-    seconds, rps = float(os.environ.get("SOAK_SECONDS", "40")), 200
+    seconds, rps = float(os.environ.get("SOAK_SECONDS", "25")), 200
     with Gunicorn(tmp_path, model_path, workers=4) as server:
         statuses, acked, took = soak(server.url, seconds, rps)
         metrics = server.metrics()
