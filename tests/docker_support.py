@@ -9,7 +9,9 @@ over the host's network.
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -47,38 +49,158 @@ def timed(request, what):
     say(request, f"{what}: {time.monotonic() - started:.1f} s")
 
 
+# The session's builds, in the order they can start: the base first, the others on it side by side.
+# The stand-ins and MLflow's image are for the Compose stack (COMPOSE_FILE and the rest, below).
+STANDINS = "stand-ins (postgres, nginx, prometheus)"
+MLFLOW_IMAGE = "calories-mlflow:3.17.2"  # as compose.yaml names it: the test stack uses it unchanged
+BUILD_TIMEOUT = 900
+EARLY = pytest.StashKey()
+
+
+def build_commands():
+    """{build: (command, timeout)}: the base, `make image` as README runs it, the stack's images."""
+    return {
+        BASE: (["bash", str(ROOT / "deploy" / "container" / "build-base.sh"), BASE], 600),
+        IMAGE: (["make", "--no-print-directory", "image", f"IMAGE={IMAGE}", f"BUILDFLAGS={BUILD_FLAGS}"],
+                BUILD_TIMEOUT),
+        STANDINS: (["bash", str(ROOT / "deploy" / "container" / "build-standins.sh"), BUILD_FLAGS],
+                   BUILD_TIMEOUT),
+        MLFLOW_IMAGE: ([private.DOCKER, "build", BUILD_FLAGS, "-t", MLFLOW_IMAGE,
+                        str(ROOT / "deploy" / "mlflow")], BUILD_TIMEOUT),
+    }
+
+
+def wanted_builds(items):
+    """The builds the collected tests need, base first; none when no test runs a container."""
+    needs = set().union(*(item.fixturenames for item in items)) if items else set()
+    if "stack_images" in needs:
+        return [BASE, IMAGE, STANDINS, MLFLOW_IMAGE]
+    if "image" in needs:
+        return [BASE, IMAGE]
+    return [BASE] if "base_image" in needs else []
+
+
+class Builds:
+    """The session's image builds in the background: the base, then the rest of `wanted` at once.
+
+    Started at collection: ~2.5 minutes, much of it downloads, that go on while the tests before
+    the container tests run. A fixture waits for the build it needs."""
+
+    def __init__(self, daemon, wanted):
+        self.daemon, self.wanted, self.started = daemon, wanted, time.monotonic()
+        self.results, self.procs, self.stopped = {}, {}, False
+        self.changed = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        if not self.wanted or self._build(self.wanted[0]) != 0:
+            for name in self.wanted[1:]:
+                self._finish(name, -1, f"not built: {self.wanted[0]} failed")
+            return
+        rest = [threading.Thread(target=self._build, args=(name,)) for name in self.wanted[1:]]
+        for thread in rest:
+            thread.start()
+        for thread in rest:
+            thread.join()
+
+    def _build(self, name):
+        command, timeout = build_commands()[name]
+        with self.changed:
+            if self.stopped:
+                return self._finish(name, -1, "not built: the session ended")
+            proc = subprocess.Popen(command, cwd=ROOT, env=self.daemon.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            self.procs[name] = proc
+        try:
+            out = proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = f"timed out after {timeout} s\n" + proc.communicate()[0]
+        return self._finish(name, proc.returncode, out)
+
+    def _finish(self, name, returncode, output):
+        with self.changed:
+            self.results[name] = (returncode, output, time.monotonic() - self.started)
+            self.changed.notify_all()
+        return returncode
+
+    def wait(self, request, name):
+        """Until the build is done; fails with its output if it failed. Its wall time is printed."""
+        assert name in self.wanted, f"{name} is not among the builds started for this session: {self.wanted}"
+        waiting = time.monotonic()
+        with self.changed:
+            self.changed.wait_for(lambda: name in self.results, timeout=2 * BUILD_TIMEOUT)
+        assert name in self.results, f"{name}: not built in {2 * BUILD_TIMEOUT} s"
+        returncode, output, at = self.results[name]
+        assert returncode == 0, f"{name}:\n{output[-3000:]}"
+        say(request, f"{name} built {at:.1f} s after the builds started; "
+                     f"the tests waited {time.monotonic() - waiting:.1f} s for it")
+        return name
+
+    def stop(self):
+        """Kill the builds still running (a session that ends early); none starts after this."""
+        with self.changed:
+            self.stopped = True
+            running = [p for p in self.procs.values() if p.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def lacking_tools():
+    """What the private dockerd and the base build need and this machine lacks."""
+    return private.missing_tools() + ([] if shutil.which("mmdebstrap") else ["mmdebstrap"])
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect
+def pytest_collection_modifyitems(session, config, items):
+    """Start the private dockerd and the builds the collected tests need, right away."""
+    wanted = wanted_builds(items)
+    if not wanted or lacking_tools() or config.option.collectonly:
+        return  # the fixtures start them, or report what is missing
+    try:
+        daemon = private.PrivateDockerd().start()
+    except (private.DockerdError, OSError, subprocess.SubprocessError):
+        return  # the docker fixture tries again and fails the tests that need it, with the reason
+    builds = Builds(daemon, wanted)
+    config.stash[EARLY] = (daemon, builds)
+    config.add_cleanup(daemon.stop)  # again is harmless: the fixture stops it first
+    config.add_cleanup(builds.stop)
+
+
 @pytest.fixture(scope="session")
 def docker(request):
     """A private dockerd for the whole session; everything it created is removed at the end."""
-    lacking = private.missing_tools() + ([] if shutil.which("mmdebstrap") else ["mmdebstrap"])
-    if lacking:
-        missing(", ".join(lacking), ".ci/run installs docker.io and mmdebstrap; dockerd needs root")
-    with timed(request, "private dockerd started"):
-        daemon = private.PrivateDockerd().start()
+    if lacking_tools():
+        missing(", ".join(lacking_tools()), ".ci/run installs docker.io and mmdebstrap; dockerd needs root")
+    early = request.config.stash.get(EARLY, None)
+    if early is None:  # not started at collection (the daemon failed to start there, say)
+        with timed(request, "private dockerd started"):
+            daemon = private.PrivateDockerd().start()
+        early = daemon, Builds(daemon, wanted_builds(request.session.items))
+        request.config.stash[EARLY] = early
+    daemon, session_builds = early
     yield daemon
+    session_builds.stop()
     with timed(request, "private dockerd and all it created removed"):
         daemon.stop()
 
 
+def builds(request):
+    """The session's Builds (the docker fixture made sure there is one)."""
+    return request.config.stash[EARLY][1]
+
+
 @pytest.fixture(scope="session")
 def base_image(docker, request):
-    """The stand-in for python:3.11-slim, built once per session from Debian packages."""
-    with timed(request, f"stand-in {BASE} built (mmdebstrap)"):
-        done = subprocess.run(["bash", str(ROOT / "deploy" / "container" / "build-base.sh"), BASE],
-                              env=docker.env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return BASE
+    """The stand-in for python:3.11-slim, built once per session from Debian packages (mmdebstrap)."""
+    return builds(request).wait(request, BASE)
 
 
 @pytest.fixture(scope="session")
 def image(docker, base_image, request):
     """The service's image, built once per session by `make image` on the stand-in base."""
-    with timed(request, f"{IMAGE} built by make image (cold)"):
-        done = subprocess.run(["make", "--no-print-directory", "image", f"IMAGE={IMAGE}",
-                               f"BUILDFLAGS={BUILD_FLAGS}"],
-                              cwd=ROOT, env=docker.env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return IMAGE
+    return builds(request).wait(request, IMAGE)
 
 
 class Container:
@@ -124,9 +246,6 @@ class Container:
 # The Compose stack (tests/test_compose.py): stand-ins for the official images, MLflow's image.
 COMPOSE_FILE = ROOT / "compose.yaml"
 COMPOSE_TEST_FILE = ROOT / "deploy" / "container" / "compose.test.yaml"
-MLFLOW_IMAGE = "calories-mlflow:3.17.2"  # as compose.yaml names it: the test stack uses it unchanged
-
-
 def compose_binary():
     """docker-compose 1.29, the only Compose packaged here (`docker compose` v2 is not)."""
     path = shutil.which("docker-compose")
@@ -136,29 +255,11 @@ def compose_binary():
 
 
 @pytest.fixture(scope="session")
-def stack_images(docker, base_image, request):
-    """The stand-ins and MLflow's image, built on the stand-in base while `make image` runs."""
-    started = time.monotonic()
-    builds = {
-        "stand-ins (postgres, nginx, prometheus)": subprocess.Popen(
-            ["bash", str(ROOT / "deploy" / "container" / "build-standins.sh"), BUILD_FLAGS],
-            env=docker.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-        MLFLOW_IMAGE: subprocess.Popen(
-            [private.DOCKER, "build", BUILD_FLAGS, "-t", MLFLOW_IMAGE, str(ROOT / "deploy" / "mlflow")],
-            env=docker.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-    }
-    try:
-        app_image = request.getfixturevalue("image")
-        for what, build in builds.items():
-            out = build.communicate(timeout=900)[0]
-            assert build.returncode == 0, f"{what}:\n{out[-3000:]}"
-            say(request, f"{what} built: {time.monotonic() - started:.1f} s after the start of the builds")
-    finally:
-        for build in builds.values():
-            if build.poll() is None:
-                build.kill()
-                build.wait()
-    return app_image
+def stack_images(docker, image, request):
+    """The stand-ins and MLflow's image, built on the stand-in base beside `make image`."""
+    for name in (STANDINS, MLFLOW_IMAGE):
+        builds(request).wait(request, name)
+    return image
 
 
 class Compose:
