@@ -157,30 +157,32 @@ def pytest_collection_modifyitems(session, config, items):
     """Start the private dockerd and the builds the collected tests need, right away; the tests
     that run containers go last, so the builds overlap every other test instead of a few."""
     items[:] = sorted(items, key=lambda item: "docker" in item.fixturenames)  # stable: order kept
-    wanted = wanted_builds(items)
-    if not wanted or lacking_tools() or config.option.collectonly:
+    if not wanted_builds(items) or lacking_tools() or config.option.collectonly:
         return  # the fixtures start them, or report what is missing
-    try:
-        daemon = private.PrivateDockerd().start()
-    except (private.DockerdError, OSError, subprocess.SubprocessError):
-        return  # the docker fixture tries again and fails the tests that need it, with the reason
-    builds = Builds(daemon, wanted)
-    config.stash[EARLY] = (daemon, builds)
-    config.add_cleanup(daemon.stop)  # again is harmless: the fixture stops it first
-    config.add_cleanup(builds.stop)
+    with contextlib.suppress(private.DockerdError, OSError, subprocess.SubprocessError):
+        start_session(config, items)  # else the docker fixture tries again and fails with the reason
+
+
+def start_session(config, items):
+    """The private dockerd and the builds `items` need, kept in the stash for the fixtures."""
+    daemon = private.PrivateDockerd().start()
+    session_builds = Builds(daemon, wanted_builds(items))
+    config.stash[EARLY] = daemon, session_builds
+    config.add_cleanup(daemon.stop)  # again is harmless: the docker fixture stops it first
+    config.add_cleanup(session_builds.stop)
+    return daemon, session_builds
 
 
 @pytest.fixture(scope="session")
 def docker(request):
     """A private dockerd for the whole session; everything it created is removed at the end."""
-    if lacking_tools():
-        missing(", ".join(lacking_tools()), ".ci/run installs docker.io and mmdebstrap; dockerd needs root")
+    lacking = lacking_tools()
+    if lacking:
+        missing(", ".join(lacking), ".ci/run installs docker.io and mmdebstrap; dockerd needs root")
     early = request.config.stash.get(EARLY, None)
     if early is None:  # not started at collection (the daemon failed to start there, say)
         with timed(request, "private dockerd started"):
-            daemon = private.PrivateDockerd().start()
-        early = daemon, Builds(daemon, wanted_builds(request.session.items))
-        request.config.stash[EARLY] = early
+            early = start_session(request.config, request.session.items)
     daemon, session_builds = early
     yield daemon
     session_builds.stop()
@@ -248,6 +250,8 @@ class Container:
 # The Compose stack (tests/test_compose.py): stand-ins for the official images, MLflow's image.
 COMPOSE_FILE = ROOT / "compose.yaml"
 COMPOSE_TEST_FILE = ROOT / "deploy" / "container" / "compose.test.yaml"
+
+
 def compose_binary():
     """docker-compose 1.29, the only Compose packaged here (`docker compose` v2 is not)."""
     path = shutil.which("docker-compose")
