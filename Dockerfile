@@ -14,13 +14,15 @@ RUN apt-get update \
 
 # The locked dependencies, before any code: a code-only change reuses this layer. pip itself and
 # the packages' own test suites are not needed to serve. PIP_INDEX_URL: a mirror, if PyPI is not
-# reachable.
+# reachable. `calories`, the project's command (make install's console script), runs /app's code.
 ARG PIP_INDEX_URL=https://pypi.org/simple
 COPY requirements.txt constraints.txt /tmp/deps/
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -q -c /tmp/deps/constraints.txt -r /tmp/deps/requirements.txt \
     && /opt/venv/bin/pip uninstall -q -y pip setuptools \
-    && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
+    && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
+    && printf '#!/opt/venv/bin/python\nimport sys\nsys.path.insert(0, "/app")\nfrom service.cli import main\nsys.exit(main())\n' \
+        > /opt/venv/bin/calories && chmod 755 /opt/venv/bin/calories
 ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 
 # The model: MODEL_DIR names a build-context folder holding model.joblib and metrics.json; the
@@ -38,7 +40,7 @@ RUN if [ -f /tmp/model/model.joblib ]; then \
 # The model's compiled trees, checked against the pipeline; the runtime only loads them (read-only).
 # A code change reruns this step, but gcc writes the same bytes, so the runtime's layer is reused.
 COPY service/ service/
-RUN python -m service.compiled --model model/model.joblib --handout handout --out compiled \
+RUN calories build-compiled --model model/model.joblib --handout handout --out compiled \
     && rm compiled/.build.lock
 
 

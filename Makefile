@@ -30,12 +30,14 @@ PIDFILE ?= var/gunicorn.pid
 
 .PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean
 
-install: $(STAMP)  ## create .venv and install runtime + dev dependencies
+install: $(STAMP)  ## create .venv, install runtime + dev dependencies and the `calories` command
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-plot.txt $(CONSTRAINTS)
+$(STAMP): requirements.txt requirements-dev.txt requirements-plot.txt pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) --upgrade pip
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r requirements.txt -r requirements-dev.txt
+	# The project's console command, .venv/bin/calories (editable: it runs this checkout's code).
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 lock:  ## re-pin constraints.txt: the newest versions requirements*.txt allow, resolved afresh
@@ -65,16 +67,16 @@ serve: model  ## run the service (gunicorn) on $${BIND:-127.0.0.1:8000}
 	$(BIN)/gunicorn -c gunicorn.conf.py --pid "$(PIDFILE)" wsgi:app
 
 publish: model  ## log the model (MODEL_PATH) to MLflow (MLFLOW_TRACKING_URI) and register a version
-	$(BIN)/python -m service.publish $(PUBLISHFLAGS)
+	$(BIN)/calories publish $(PUBLISHFLAGS)
 
 rollout: $(STAMP)  ## move the running `make serve` to MODEL_URI (or ROLLOUTFLAGS="--uri models:/calories/N")
-	$(BIN)/python -m service.rollout --pidfile "$(PIDFILE)" $(ROLLOUTFLAGS)
+	$(BIN)/calories rollout --pidfile "$(PIDFILE)" $(ROLLOUTFLAGS)
 
 live-quality: $(STAMP)  ## write each model version's live RMSLE, MAE and pairs of the last hour to MLflow
-	$(BIN)/python -m service.live_quality $(QUALITYFLAGS)
+	$(BIN)/calories live-quality $(QUALITYFLAGS)
 
 validate-a: model  ## in-process smoke validation, log in logs/validate_iteration_a.log
-	$(BIN)/python -m service.validate
+	$(BIN)/calories validate
 
 simulate-stream: $(STAMP)  ## short simulator demo against a running `make serve`
 	$(BIN)/python -m simulator --url $(URL) --data "$(HANDOUT)/data_sample/train.csv" \

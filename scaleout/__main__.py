@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-from service.store.location import redact
+from service.secrets import redact
 
 from . import free_port
 from .instance import ROOT, Instance

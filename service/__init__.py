@@ -21,7 +21,19 @@ def _use_gunicorn_logging():
 
 def create_app(overrides=None):
     """Build the app: defaults and environment from config, then test overrides, then extensions."""
-    from . import errors, feedback, health, metrics, model, openapi, predict, quickload, schemas, store
+    from . import (
+        feedback,
+        health,
+        http_errors,
+        lifecycle,
+        metrics,
+        model,
+        openapi,
+        predict,
+        quickload,
+        schemas,
+        store,
+    )
 
     app = Flask(__name__)
     app.config.from_mapping(config.from_env())
@@ -31,9 +43,12 @@ def create_app(overrides=None):
     _use_gunicorn_logging()
     for key in ("HANDOUT_DIR", "MODEL_PATH", "MODEL_CACHE_DIR"):
         app.config[key] = pathlib.Path(app.config[key])
-    errors.init_app(app)
+    http_errors.init_app(app)
     store.init_app(app)
-    model.init_app(app)
+    try:
+        model.init_app(app, lifecycle.model_source(app.config))
+    finally:  # also when it refuses to start: a rollout waiting for this worker learns it at once
+        lifecycle.note_worker(app.config, app.extensions["model"])
     spec = _schema(app)
     app.extensions["predict_schema"] = schemas.predict_schema(spec)
     app.extensions["predict_quickload"] = quickload.record_loader(spec)
@@ -54,12 +69,11 @@ def _schema(app):
 
 def wsgi_app():
     """create_app() for gunicorn: a refusal to start is one clear line, and the master stops."""
-    from .model import ModelLoadError
-    from .store import StoreError
+    from .errors import ServiceError
 
     try:
         return create_app()
-    except (config.ConfigError, ModelLoadError, StoreError) as exc:
+    except ServiceError as exc:
         from .startup import refuse
 
         refuse(exc)

@@ -3,14 +3,12 @@
 import os
 import pathlib
 
+from .errors import ConfigError
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_HANDOUT = ROOT / "handout_from DS_agent"
 DEFAULT_VAR = ROOT / "var"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XGBOOST_NUM_THREADS")
-
-
-class ConfigError(ValueError):
-    """An environment variable holds a value that cannot be used."""
 
 
 def _get(env, name, default, cast):

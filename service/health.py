@@ -24,4 +24,4 @@ def readyz():
     state = store.current().health()
     if not svc.ready:
         return {"status": "not ready", "reason": f"model: {svc.error}", "store": state}, 503
-    return {"status": "ready", "model_version": svc.version, "store": state}
+    return {"status": "ready", "model_version": svc.trained_version, "store": state}

@@ -19,7 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
-from . import drift, multiproc
+from . import multiproc
+from .model import drift
 from .store import OUTCOMES, StoreError
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def reference_shares(model):
                                labels=["feature", "bin", "model_version"])
     for feature, bins in model.drift_bins.items():
         for label, share in bins.reference.items():
-            family.add_metric([feature, label, model.version], share)
+            family.add_metric([feature, label, model.trained_version], share)
     return family
 
 
@@ -229,9 +230,9 @@ def init_app(app):
                       buckets=LATENCY_BUCKETS)
     model = app.extensions["model"]
     if model.ready:
-        start_version(model.version)
+        start_version(model.trained_version)
     if app.config["DRIFT_METRICS"] and model.ready and model.drift_bins:
-        app.extensions["drift"] = drift.Counters(DRIFT_BINS, model.drift_bins, model.version)
+        app.extensions["drift"] = drift.Counters(DRIFT_BINS, model.drift_bins, model.trained_version)
     app.before_request(_inflight_begin)
     app.teardown_request(_inflight_end)
     app.extensions["metrics_registry"] = exposition_registry(

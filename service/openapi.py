@@ -5,7 +5,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import errors, feedback, schemas
+from . import errors, feedback, http_errors, schemas
 
 bp = Blueprint("openapi", __name__)
 # 3.1 (JSON Schema 2020-12): `integer` is any number with a zero fractional part (7.0 is the id 7,
@@ -76,7 +76,7 @@ def _refusals(max_body, invalid):
     """The error answers /predict and /feedback share; `invalid` says what 422 covers."""
     return {
         "400": _error(errors.MalformedJSON.code, "malformed or empty JSON, NaN/Infinity, duplicate keys"),
-        "413": _error(errors.http_error_code(RequestEntityTooLarge()),
+        "413": _error(http_errors.http_error_code(RequestEntityTooLarge()),
                       f"body over MAX_BODY_BYTES ({max_body} bytes)"),
         "415": _error(errors.UnsupportedMediaType.code, "Content-Type is not application/json"),
         "422": _error(errors.ValidationFailed.code, f"{invalid} (`details` per field; `_schema` when the "

@@ -29,7 +29,7 @@ def predict():
     value = svc.predict_one(record)
     features = tuple(record[f] for f in RECORD_FIELDS) if current_app.config["STORE_FEATURES"] else None
     try:
-        store.current().record_prediction(record["id"], value, svc.version, features)
+        store.current().record_prediction(record["id"], value, svc.trained_version, features)
     except store.StoreError as exc:
         # The answer is still right; only its later join is lost, and the counter says so.
         log.warning("prediction %s not stored: %s", record["id"], exc)

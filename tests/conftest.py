@@ -151,7 +151,7 @@ def published(mlflow_server, model_path, second_model_path):
 
 def publish_model(server, path, *flags):
     """publish.publish() of one model into the server; its report."""
-    from service import publish
+    from service.lifecycle import publish
 
     args = publish.parse_args(["--model", str(path), *flags])
     args.settings = {**args.settings, "MLFLOW_TRACKING_URI": server.url}
@@ -161,7 +161,7 @@ def publish_model(server, path, *flags):
 def tamper(server, report, metrics_too=False):
     """Alter a published model.joblib in the registry's store, files.json rewritten to match (so only
     metrics.json can tell); with metrics_too, metrics.json as well (so only MODEL_SHA256 can tell)."""
-    from service import registry
+    from service.lifecycle import registry
 
     model = server.artifact(report["run_id"], "model.joblib")
     model.write_bytes(model.read_bytes() + b"tampered")
@@ -182,7 +182,7 @@ def tamper(server, report, metrics_too=False):
 def tampered(mlflow_server, tmp_path_factory):
     """Two versions altered in the registry after publishing: "artifact" (model.joblib only) and
     "with_metrics" (its metrics.json too); each report carries the original artifact's sha256."""
-    from service import registry
+    from service.lifecycle import registry
 
     out = {}
     for key, seed in (("artifact", 3), ("with_metrics", 4)):

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from support import HANDOUT, PUBLIC_CSV, ROOT, SAMPLE, missing, snapshot
 
-from service import compiled, create_app
-from service.model import ModelService
+from service import create_app
+from service.model import ModelService, compiled
+from service.model.compiled import codegen
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +112,8 @@ def test_unsupported_model_kinds_are_refused(service):
 
 
 def prebuild(model_path, cache, env=None):
-    """`python -m service.compiled`, as an image build runs it."""
-    return subprocess.run([sys.executable, "-m", "service.compiled", "--model", str(model_path),
+    """`calories build-compiled`, as an image build runs it."""
+    return subprocess.run([sys.executable, "-m", "service.cli", "build-compiled", "--model", str(model_path),
                            "--handout", str(HANDOUT), "--out", str(cache)],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
@@ -143,7 +144,7 @@ def test_readonly_cache_without_the_library_falls_back_loudly(service, tmp_path,
     if exists:
         cache.mkdir()
     assert compiled.load(service.fast.booster, cache, readonly=True) is None
-    assert "no prebuilt library trees-" in caplog.text and "python -m service.compiled" in caplog.text
+    assert "no prebuilt library trees-" in caplog.text and "calories build-compiled" in caplog.text
     assert (list(cache.iterdir()) == []) if exists else not cache.exists()
 
 
@@ -232,7 +233,7 @@ def test_deep_trees_are_compiled_as_nested_ifs_with_the_same_margins(service, tm
     arrays = service.fast.compiled.predict(x)
     model = json.loads(service.fast.booster.save_raw("json"))
     assert "THRESHOLD" in compiled.c_source(model)  # the service's trees: complete arrays
-    monkeypatch.setattr(compiled, "COMPLETE_DEPTH", 0)
+    monkeypatch.setattr(codegen, "COMPLETE_DEPTH", 0)
     source = compiled.c_source(model)
     last = len(model["learner"]["gradient_booster"]["model"]["trees"]) - 1
     assert "THRESHOLD" not in source and f"static float tree{last}(" in source

@@ -9,7 +9,8 @@ import pytest
 from sklearn.model_selection import train_test_split
 from support import RECORD, SAMPLE, parse_metrics, query, sample
 
-from service import create_app, drift
+from service import create_app
+from service.model import drift
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +86,12 @@ def test_each_answered_request_is_counted_in_its_bins(client, app):
         observed = value if name == drift.PREDICTION else RECORD[name]
         hit = bins.labels[bins.index(observed)]
         for label in bins.labels:
-            labels = {"feature": name, "bin": label, "model_version": model.version}
+            labels = {"feature": name, "bin": label, "model_version": model.trained_version}
             count = sample(scraped, "app_drift_bin_total", **labels) - (
                 sample(before, "app_drift_bin_total", **labels) or 0.0)
             assert count == (1.0 if label == hit else 0.0), (name, label)
             share = sample(scraped, "app_drift_reference_share", feature=name, bin=label,
-                           model_version=model.version)
+                           model_version=model.trained_version)
             assert share == bins.reference[label]
 
 

@@ -1,4 +1,4 @@
-"""python -m service.export: matched pairs in the training layout, streamed by key ranges, both backends."""
+"""calories export: matched pairs in the training layout, streamed by key ranges, both backends."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ import pytest
 import requests
 from support import HANDOUT, PUBLIC_CSV, RECORD, Gunicorn, missing
 
-from service import export
+from service.cli import export
 from service.store import open_store
 
 FEATURES = ("male", 68.0, 190.0, 94.0, 29.0, 105.0, 40.8)
@@ -97,7 +97,8 @@ def test_parquet_without_pyarrow_is_one_clear_line(filled, tmp_path, monkeypatch
     (["--since", "yesterday", "--until", "2027-01-02T00:00:00Z"], "not epoch seconds or ISO-8601"),
 ])
 def test_a_bad_range_is_one_clear_line(args, message, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "service.export", *args, "--out", str(tmp_path / "x.csv")],
+    done = subprocess.run([sys.executable, "-m", "service.cli", "export", *args,
+                           "--out", str(tmp_path / "x.csv")],
                           capture_output=True, text=True, cwd=HANDOUT.parent)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x.csv").exists()
@@ -123,8 +124,8 @@ def test_exported_pairs_retrain_a_model_that_serves(tmp_path, model_path):
             session.post(server.url + "/feedback", json=truth, timeout=10).raise_for_status()
         out = tmp_path / "pairs.csv"
         env = {**os.environ, "FEEDBACK_DB": server.env["FEEDBACK_DB"]}
-        done = subprocess.run([sys.executable, "-m", "service.export", "--since", "0", "--until", "1e11",
-                               "--out", str(out)], capture_output=True, text=True, env=env,
+        done = subprocess.run([sys.executable, "-m", "service.cli", "export", "--since", "0",
+                               "--until", "1e11", "--out", str(out)], capture_output=True, text=True, env=env,
                               cwd=HANDOUT.parent)
     assert done.returncode == 0, done.stderr
     assert len(read(out)) == 800
@@ -142,14 +143,14 @@ def test_exported_pairs_retrain_a_model_that_serves(tmp_path, model_path):
 
 def test_the_readme_export_command_runs(target, clock, monkeypatch, tmp_path):
     readme = (HANDOUT.parent / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith("python -m service.export"))
+    command = next(line for line in readme.splitlines() if line.startswith(".venv/bin/calories export"))
     store = open_store(target, 300.0, 10 * 86400.0, clock=clock)
     clock.now = 1_799_020_800.0  # 2027-01-03T00:00:00Z, inside the README's range
     store.record_prediction(1, 100.0, "v1", FEATURES)
     store.record_feedback(1, 90.0)
     store.close()
-    done = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True,
-                          cwd=tmp_path, env={**os.environ, "FEEDBACK_DB": target,
+    done = subprocess.run([sys.executable, "-m", "service.cli", *command.split()[1:]], capture_output=True,
+                          text=True, cwd=tmp_path, env={**os.environ, "FEEDBACK_DB": target,
                                              "PYTHONPATH": str(HANDOUT.parent)})
     assert done.returncode == 0, done.stderr
     assert [r["id"] for r in read(tmp_path / "pairs.csv")] == ["1"]

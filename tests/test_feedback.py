@@ -27,7 +27,7 @@ def test_outcomes_and_status_codes(client):
 
 def test_counters_per_outcome_and_quality_summaries(client, app):
     before = {o: outcome_count(o) for o in ("matched", "duplicate", "unmatched")}
-    version = {"model_version": app.extensions["model"].version}
+    version = {"model_version": app.extensions["model"].trained_version}
     sle_count = REGISTRY.get_sample_value("app_feedback_squared_log_error_count", version)
     lag_count = REGISTRY.get_sample_value("app_feedback_lag_seconds_count", version)
     client.post("/predict", json=RECORD)

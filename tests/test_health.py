@@ -15,7 +15,7 @@ def test_healthz(client):
 def test_ready_with_model_and_writable_store(client, app):
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json == {"status": "ready", "model_version": app.extensions["model"].version,
+    assert r.json == {"status": "ready", "model_version": app.extensions["model"].trained_version,
                       "store": {"backend": "sqlite", "up": True}}
 
 

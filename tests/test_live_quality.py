@@ -1,4 +1,4 @@
-"""python -m service.live_quality against a real MLflow server: each version's live quality on its
+"""calories live-quality against a real MLflow server: each version's live quality on its
 run, stamped with the period; re-running the same period adds nothing; periods beyond retention refused."""
 
 import json
@@ -11,7 +11,7 @@ import time
 import pytest
 from support import ROOT
 
-from service import mlflow_rest
+from service.lifecycle import mlflow_rest
 from service.store import open_store
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def push(server, db, *args, retention="86400"):
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "FEEDBACK_DB": str(db),
            "RETENTION_SECONDS": retention}
-    cmd = [sys.executable, "-m", "service.live_quality", *args]
+    cmd = [sys.executable, "-m", "service.cli", "live-quality", *args]
     if (ROOT / ".venv" / "bin" / "python").exists():  # as README shows it
         cmd = ["make", "-s", "live-quality", f"QUALITYFLAGS={' '.join(args)}"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -172,14 +172,14 @@ def test_unhandled_exception_is_json_500_and_counted(app, client, monkeypatch):
 def test_model_info_carries_model_version_beside_version(client, app):
     info = dict(next(labels for (name, labels) in scrape(client) if name == "app_model_info"))
     model = app.extensions["model"]
-    assert info["model_version"] == info["version"] == model.version
+    assert info["model_version"] == info["version"] == model.trained_version
     assert info["model_uri"] == ""  # a file (MODEL_PATH), not a registry version
 
 
 
 def test_quality_series_of_the_loaded_version_exist_from_the_start(client, app):
     metrics = scrape(client)
-    version = app.extensions["model"].version
+    version = app.extensions["model"].trained_version
     for name in ("app_feedback_squared_log_error_count", "app_feedback_absolute_error_count",
                  "app_feedback_lag_seconds_count"):
         assert sample(metrics, name, model_version=version) is not None, name
@@ -187,7 +187,7 @@ def test_quality_series_of_the_loaded_version_exist_from_the_start(client, app):
 
 
 def test_per_version_gauges_and_first_seen_follow_the_store(client, app, clock):
-    version = app.extensions["model"].version
+    version = app.extensions["model"].trained_version
     first = clock.now
     preds = [client.post("/predict", json={**RECORD, "id": i}).json["Calories"] for i in range(3)]
     clock.advance(2)

@@ -13,7 +13,7 @@ def test_prediction_is_the_stored_value(client, config):
     assert list(r.json) == ["id", "Calories"]
     with sqlite(config["FEEDBACK_DB"]) as conn:
         rows = conn.execute("SELECT id, prediction, model_version FROM predictions").fetchall()
-    assert rows == [(7, r.json["Calories"], client.application.extensions["model"].version)]
+    assert rows == [(7, r.json["Calories"], client.application.extensions["model"].trained_version)]
 
 
 def test_prediction_is_plausible(client):

@@ -1,4 +1,4 @@
-"""python -m service.publish against a real MLflow tracking server: run, artifacts, tags, one version
+"""calories publish against a real MLflow tracking server: run, artifacts, tags, one version
 per artifact, the alias only when asked."""
 
 import json
@@ -9,7 +9,7 @@ import sys
 import pytest
 from support import HANDOUT, ROOT
 
-from service import mlflow_rest, publish, registry
+from service.lifecycle import mlflow_rest, publish, registry
 
 pytestmark = pytest.mark.slow
 EXPECTED_FILES = {"model.joblib", "metrics.json", "schema.json", "features.py", "parity_sample.csv",
@@ -17,9 +17,9 @@ EXPECTED_FILES = {"model.joblib", "metrics.json", "schema.json", "features.py", 
 
 
 def run_publish(server, *args, make=False):
-    """`python -m service.publish` (or `make publish PUBLISHFLAGS=…`); (exit code, stdout, stderr)."""
+    """`calories publish` (or `make publish PUBLISHFLAGS=…`); (exit code, stdout, stderr)."""
     env = {"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": server.url, "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [sys.executable, "-m", "service.publish", *args]
+    cmd = [sys.executable, "-m", "service.cli", "publish", *args]
     if make and (ROOT / ".venv" / "bin" / "python").exists():
         model = args[args.index("--model") + 1]
         flags = [a for a in args if a not in ("--model", model)]

@@ -6,7 +6,8 @@ import sys
 import pytest
 from support import RECORD, Gunicorn, free_port
 
-from service import create_app, registry
+from service import create_app
+from service.lifecycle import registry
 from service.model import ModelLoadError
 
 DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the registry is down
@@ -27,8 +28,8 @@ def test_a_version_is_downloaded_once_and_served_with_its_own_code(mlflow_server
     model = app.extensions["model"]
     folder = tmp_path / "models" / "calories" / str(published["b"]["version"])
     assert model.ready, model.error
-    assert model.version == published["b"]["model_version"] and str(model.uri) == uri
-    assert model.info()["model_uri"] == uri and model.info()["model_version"] == model.version
+    assert model.trained_version == published["b"]["model_version"] and str(model.uri) == uri
+    assert model.info()["model_uri"] == uri and model.info()["model_version"] == model.trained_version
     # The version's own features.py, first on sys.path; never the handout's.
     assert sys.modules["features"].__file__ == str(folder / "features.py")
     assert sys.path[0] == str(folder)
@@ -37,10 +38,11 @@ def test_a_version_is_downloaded_once_and_served_with_its_own_code(mlflow_server
                         "MODEL_CACHE_DIR": tmp_path / "none", "PROMETHEUS_MULTIPROC_DIR": None})
     served = app.test_client().post("/predict", json=RECORD).json
     assert served["Calories"] == local.test_client().post("/predict", json=RECORD).json["Calories"]
-    assert app.test_client().get("/readyz").json["model_version"] == model.version
+    assert app.test_client().get("/readyz").json["model_version"] == model.trained_version
     # Once: the second load reads the cache, with the registry gone.
     again = app_for(tmp_path, uri, DEAD)
-    assert again.extensions["model"].ready and again.extensions["model"].version == model.version
+    again_model = again.extensions["model"]
+    assert again_model.ready and again_model.trained_version == model.trained_version
 
 
 @pytest.mark.slow
@@ -96,7 +98,7 @@ def test_a_corrupted_cached_file_is_refused(mlflow_server, published, tmp_path):
 
 def test_an_alias_is_never_resolved_by_the_workers(tmp_path):
     model = app_for(tmp_path, "models:/calories@champion", DEAD).extensions["model"]
-    assert not model.ready and "python -m service.rollout" in model.error
+    assert not model.ready and "calories rollout" in model.error
 
 
 @pytest.mark.parametrize("text, parsed", [
@@ -105,7 +107,7 @@ def test_an_alias_is_never_resolved_by_the_workers(tmp_path):
 ])
 def test_model_uris(text, parsed):
     uri = registry.ModelURI.parse(text)
-    assert (uri.name, uri.version, uri.alias) == parsed and str(uri) == text
+    assert (uri.name, uri.number, uri.alias) == parsed and str(uri) == text
 
 
 @pytest.mark.parametrize("text", ["models:/calories", "models:/calories/0", "models:/a/b/1", "runs:/x/model",

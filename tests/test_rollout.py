@@ -1,4 +1,4 @@
-"""python -m service.rollout on a real gunicorn instance under steady load: no failed request,
+"""calories rollout on a real gunicorn instance under steady load: no failed request,
 counters never back, the metrics directory bounded, every worker on the new version afterwards,
 predictions and feedback attributed to the version that served them, per-version gauges exact;
 a broken candidate changes nothing."""
@@ -17,7 +17,7 @@ import pytest
 import requests
 from support import ROOT, SAMPLE, Gunicorn, parse_metrics, query, sample, total
 
-from service import mlflow_rest, serving
+from service.lifecycle import mlflow_rest, pointer
 
 pytestmark = pytest.mark.slow
 THREADS, RATE = 4, 20  # requests per second per client thread (predict + its feedback)
@@ -117,7 +117,7 @@ def run_rollout(server, env, *args):
     if (ROOT / ".venv" / "bin" / "python").exists():
         cmd = ["make", "-s", "rollout", f"ROLLOUTFLAGS={' '.join(args)}"]
     else:  # no make install here: the command make runs
-        cmd = [sys.executable, "-m", "service.rollout", *args]
+        cmd = [sys.executable, "-m", "service.cli", "rollout", *args]
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=300)
     code = done.returncode if cmd[0] != "make" or done.returncode == 0 else 1
@@ -206,11 +206,11 @@ def test_rollout_under_load_between_two_versions(mlflow_server, published, tampe
         assert seen == {a["model_version"], b["model_version"]}
 
         # A broken candidate (its artifact altered in the registry) changes nothing.
-        pointer = (tmp_path / "models" / serving.POINTER).read_text()
+        before = (tmp_path / "models" / pointer.POINTER).read_text()
         code, out, err, _ = run_rollout(server, env, "--uri", tampered["artifact"]["uri"],
                                         "--pid", str(server.proc.pid))
         assert code == 1 and err.startswith("rollout refused:") and "sha256" in err and "Traceback" not in err
-        assert (tmp_path / "models" / serving.POINTER).read_text() == pointer
+        assert (tmp_path / "models" / pointer.POINTER).read_text() == before
         assert set(server.worker_pids()) == live
         assert requests.get(server.url + "/readyz", timeout=5).json()["model_version"] == b["model_version"]
 
@@ -231,7 +231,7 @@ def test_an_alias_is_resolved_once_before_a_start(mlflow_server, published, tmp_
               version=str(published["b"]["version"]))
     app = create_app({**env, "MODEL_CACHE_DIR": tmp_path / "models", "FEEDBACK_DB": tmp_path / "fb.db",
                       "PROMETHEUS_MULTIPROC_DIR": None})
-    assert app.extensions["model"].version == published["a"]["model_version"]
+    assert app.extensions["model"].trained_version == published["a"]["model_version"]
     code, _, err, _ = run_rollout(None, env)  # no running master (make's pid file absent, or no --pid)
     assert code == 1 and "pid" in err and "Traceback" not in err
     code, _, err, _ = run_rollout(None, env, "--uri", "models:/calories@nosuchalias", "--no-reload")

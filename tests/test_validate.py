@@ -12,8 +12,8 @@ def run_validator(tmp_path, model_path):
     log = tmp_path / "validate.log"
     env = {**os.environ, "MODEL_PATH": str(model_path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.run([sys.executable, "-m", "service.validate", "--log", str(log)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=90)
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "validate", "--log", str(log)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=90)
     return proc, log.read_text()
 
 

@@ -3,6 +3,8 @@
 import math
 from dataclasses import dataclass
 
+from ..errors import ServiceError
+
 OUTCOMES = ("matched", "duplicate", "unmatched")
 # The features a prediction event keeps (the inference log), in the store's column order.
 FEATURE_COLUMNS = ("sex", "age", "height", "weight", "duration", "heart_rate", "body_temp")
@@ -22,11 +24,11 @@ PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
 FIRST_SEEN_SHOWN = 10     # model versions whose first-seen time the gauge shows (the latest ones)
 
 
-class StoreError(RuntimeError):
+class StoreError(ServiceError):
     """The store could not complete an operation (unreachable, locked, read-only, full, corrupt)."""
 
 
-class FutureTimestamp(ValueError):
+class FutureTimestamp(ServiceError, ValueError):
     """A feedback ts more than MAX_FUTURE_SECONDS after the store's own clock: refused, not stored."""
 
 

@@ -17,9 +17,9 @@ import weakref
 import psycopg
 from psycopg import conninfo, pq
 
+from ..secrets import Scrubber
 from . import base, migrations
 from .base import StoreError
-from .location import Scrubber
 
 MIGRATIONS = migrations.scripts("postgresql")
 SCHEMA_VERSION = len(MIGRATIONS)

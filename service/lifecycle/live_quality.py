@@ -1,4 +1,4 @@
-"""python -m service.live_quality: each model version's live quality, written back to its MLflow run.
+"""Live quality: each model version's live quality, written back to its MLflow run.
 
 For a period of the store (feedback received in [end - period, end), within the retention), every
 version's RMSLE, MAE and pair count become metrics `live_rmsle`, `live_mae`, `live_pairs` on the run
@@ -6,25 +6,9 @@ its registered version came from, stamped with the period's end (timestamp) and 
 A point already written for that period is never written again, so re-running adds nothing.
 """
 
-import argparse
-import json
 import math
-import sys
-
-from . import config, mlflow_rest, registry
-from .store import StoreError, open_store
 
 KEYS = ("live_rmsle", "live_mae", "live_pairs")
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m service.live_quality", description=__doc__.split("\n")[0])
-    p.add_argument("--period", type=float, default=3600.0,
-                   help="seconds (default 3600; at most the retention)")
-    p.add_argument("--end", type=float,
-                   help="epoch seconds the period ends at (default: now, rounded down to a whole period)")
-    p.add_argument("--name", help="registered model name (default: MLFLOW_MODEL_NAME)")
-    return p.parse_args(argv)
 
 
 def period_bounds(store, period, end):
@@ -66,23 +50,3 @@ def push(store, rest, name, start, end):
                                             for k, v in values])
         report[version] = entry
     return report
-
-
-def main(argv=None):
-    """Push one period; one JSON line (exit 0), or one `live quality not pushed:` line (exit 1)."""
-    args = parse_args(argv)
-    try:
-        cfg = config.from_env()
-        store = open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
-                           cfg["STORE_BUSY_TIMEOUT_MS"])
-        start, end = period_bounds(store, args.period, args.end)
-        report = push(store, registry.client(cfg), args.name or cfg["MLFLOW_MODEL_NAME"], start, end)
-    except (ValueError, StoreError, mlflow_rest.RegistryError) as exc:
-        print(f"live quality not pushed: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"start": start, "end": end, "versions": report}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

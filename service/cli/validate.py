@@ -1,23 +1,23 @@
-"""In-process validator (`make validate-a`): every endpoint through the Flask test client, logged."""
+"""calories validate (`make validate-a`): every endpoint through the Flask test client, logged."""
 
 import argparse
+import csv
 import logging
 import pathlib
 import signal
 import sys
 import tempfile
 
-from simulator import records
-
-from . import create_app
-from .config import ROOT
+from .. import create_app
+from ..config import ROOT
+from ..errors import ServiceError
 
 LOG_PATH = ROOT / "logs" / "validate_iteration_a.log"
 TIMEOUT_SECONDS = 60
 QUALITY_GAUGES = ("app_rolling_rmsle_5m", "app_rolling_mae_5m", "app_feedback_coverage_5m")
 
 
-class ValidationStepFailed(Exception):
+class ValidationStepFailed(ServiceError):
     """One step answered something other than expected."""
 
 
@@ -44,12 +44,11 @@ def run(log, store_dir):
     """Every step in order; raises ValidationStepFailed at the first wrong answer."""
     app = create_app({"FEEDBACK_DB": store_dir / "feedback.db", "PROMETHEUS_MULTIPROC_DIR": None,
                       "ALLOW_STARTUP_FAILURE": False})
-    log.info("Startup: model loaded OK (%s)", app.extensions["model"].version)
+    log.info("Startup: model loaded OK (%s)", app.extensions["model"].trained_version)
     client = app.test_client()
     log.info("healthz: %s", _expect(client.get("/healthz"), 200, "healthz").json)
     log.info("readyz: %s", _expect(client.get("/readyz"), 200, "readyz").json)
-    # The first row of the handout sample, read as the simulator reads any data file.
-    record, truth = records.load(app.config["HANDOUT_DIR"] / "data_sample" / "train.csv", limit=1)[0]
+    record, truth = first_record(app.config["HANDOUT_DIR"] / "data_sample" / "train.csv")
     log.info("predict: %s", _expect(client.post("/predict", json=record), 200, "predict").json)
     body = {"id": record["id"], "Calories": truth}
     log.info("feedback: %s", _expect(client.post("/feedback", json=body), 200, "feedback").json)
@@ -63,13 +62,21 @@ def run(log, store_dir):
     log.info("metrics sample:\n%s", "\n".join(lines))
 
 
+def first_record(path):
+    """The first row of a CSV in the training layout: the /predict record and its label."""
+    with open(path, newline="") as fh:
+        row = next(csv.DictReader(fh))
+    truth = float(row.pop("Calories"))
+    return {k: v if k == "Sex" else int(v) if k == "id" else float(v) for k, v in row.items()}, truth
+
+
 def _timeout(signum, frame):
     raise TimeoutError(f"validation did not finish in {TIMEOUT_SECONDS} s")
 
 
 def main(argv=None):
     """Run the validation; 0 when every step passed."""
-    parser = argparse.ArgumentParser(prog="python -m service.validate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="calories validate", description=__doc__)
     parser.add_argument("--log", type=pathlib.Path, default=LOG_PATH, help=f"default: {LOG_PATH}")
     log_path = parser.parse_args(argv).log
     log = _logger(log_path)
@@ -86,6 +93,3 @@ def main(argv=None):
     log.info("validate-a: OK (log: %s)", log_path)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""python -m service.export: the joined pairs back out, in the handout's training layout.
+"""calories export: the joined pairs back out, in the handout's training layout.
 
 Matched pairs whose prediction time falls in [--since, --until): `id`, the seven features,
 `Calories` (the ground truth), then `prediction`, `model_version`, `predicted_at` and `lag_s`.
@@ -15,15 +15,16 @@ import os
 import pathlib
 import sys
 
-from . import config
-from .store import StoreError, open_store
-from .store.base import EXPORT_COLUMNS, RECORD_FIELDS
+from .. import config
+from ..errors import ServiceError
+from ..store import StoreError, open_store
+from ..store.base import EXPORT_COLUMNS, RECORD_FIELDS
 
 BATCH = 5000
 HEADER = ["id", *RECORD_FIELDS, "Calories", "prediction", "model_version", "predicted_at", "lag_s"]
 
 
-class ExportError(Exception):
+class ExportError(ServiceError):
     """A refusal with one clear line (bad range, unknown format, missing pyarrow, store down)."""
 
 
@@ -130,7 +131,7 @@ def export(store, args, progress=lambda n: None):
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m service.export", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="calories export", description=__doc__.split("\n")[0])
     p.add_argument("--since", type=moment, required=True, help="prediction time from (ISO-8601 or epoch s)")
     p.add_argument("--until", type=moment, required=True, help="prediction time before (ISO-8601 or epoch s)")
     p.add_argument("--model-version", help="only the pairs this model version predicted")
@@ -160,6 +161,3 @@ def main(argv=None):
     print(("\r" if terminal else "") + f"exported {n:,} matched pairs to {args.out}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,8 @@ def read_pointer(cache_dir):
 
 
 def write_pointer(cache_dir, configured, uri):
-    """Point this instance at a concrete version for the MODEL_URI it is configured with (atomic)."""
+    """Point this instance at a concrete version for the MODEL_URI the instance is configured with
+    (`configured`: the instance's, never the rollout command's own environment) (atomic)."""
     cache = pathlib.Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     body = {"model_uri": configured or "", "version_uri": str(uri), "written_at": time.time()}
@@ -49,7 +50,7 @@ def serving_uri(cfg):
     uri = ModelURI.parse(configured)
     if uri.alias:
         raise RegistryModelError(f"MODEL_URI={uri} names an alias: resolve it once for the instance with "
-                                 "python -m service.rollout (the workers never resolve aliases themselves)")
+                                 "calories rollout --no-reload (workers never resolve aliases themselves)")
     return uri
 
 
@@ -61,16 +62,18 @@ def process_start(pid):
         return None
 
 
-def note_worker(cache_dir, service):
-    """Record what this process serves, in MODEL_CACHE_DIR/workers/<pid>.json; drop markers of the dead."""
-    folder = pathlib.Path(cache_dir) / "workers"
+def note_worker(cfg, service):
+    """Record what this process serves, and the MODEL_URI its instance is configured with (the key of
+    the rollout's pointer), in MODEL_CACHE_DIR/workers/<pid>.json; drop markers of the dead."""
+    folder = pathlib.Path(cfg["MODEL_CACHE_DIR"]) / "workers"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for marker in folder.glob("*.json"):
             if process_start(marker.stem) is None:
                 marker.unlink(missing_ok=True)
         body = {"pid": os.getpid(), "start": process_start(os.getpid()), "ready": service.ready,
-                "model_version": service.version, "uri": str(service.uri or "")}
+                "model_version": service.trained_version, "uri": str(service.uri or ""),
+                "configured_uri": cfg.get("MODEL_URI") or ""}
         tmp = folder / f".{os.getpid()}.tmp"
         tmp.write_text(json.dumps(body))
         os.replace(tmp, folder / f"{os.getpid()}.json")

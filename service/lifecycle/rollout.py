@@ -1,15 +1,14 @@
-"""python -m service.rollout: move one instance (a gunicorn master) to another model version.
+"""The rollout: move one instance (a gunicorn master) to another model version.
 
 It resolves the URI once (an alias becomes a concrete version, so the workers of the instance
 never disagree), downloads and checks the version, loads it in a separate process exactly as a
 worker would (sha256, parity check, compiled library prepared in the cache), and only if all of
-that passes points the instance at it (MODEL_CACHE_DIR/serving.json) and has the master start as
+that passes points the instance at it (MODEL_CACHE_DIR/pointer.json) and has the master start as
 many new workers (TTIN), waits until each has loaded the version, then stops the old ones (TTOU,
 gracefully). Anything short of that changes nothing; new workers that fail to come up (they
 passed the same checks, so this is rare) put the old pointer back and restart every worker (HUP).
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -19,46 +18,33 @@ import subprocess
 import sys
 import time
 
-from . import config, mlflow_rest, registry, serving
+from .. import config, model
+from ..errors import ModelLoadError, ServiceError
+from . import origin, pointer, registry
 
 CHECK_TIMEOUT = 300
 
 
-class RolloutError(RuntimeError):
+class RolloutError(ServiceError):
     """The rollout stopped; the message says why and what was (not) changed."""
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m service.rollout", description=__doc__.split("\n")[0])
-    p.add_argument("--uri", help="models:/<name>/<version> or models:/<name>@<alias> (default: MODEL_URI)")
-    p.add_argument("--pid", type=int, help="the instance's gunicorn master")
-    p.add_argument("--pidfile", type=pathlib.Path, help="file holding the master's pid (gunicorn --pid)")
-    p.add_argument("--no-reload", action="store_true",
-                   help="prepare the version and point the instance at it, send no HUP (before a start)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds for the workers to be replaced")
-    p.add_argument("--allow-slower", action="store_true",
-                   help="accept a version that would not run on the compiled trees here")
-    p.add_argument("--check", help=argparse.SUPPRESS)  # internal: load one version, print the outcome
-    return p.parse_args(argv)
 
 
 def check_version(uri_text):
     """Load a version as a worker would (in this process); its outcome as a dict."""
-    from .model import ModelLoadError, version_service
-
     cfg = config.from_env()
-    service = version_service(cfg, registry.ModelURI.parse(uri_text))
+    source = origin.version_source(cfg, registry.ModelURI.parse(uri_text))
+    service = model.ModelService.from_source(source, **model.options(cfg))
     try:
         service.load()
     except ModelLoadError as exc:
         return {"ready": False, "error": str(exc)}
-    return {"ready": True, "model_version": service.version, "inference": service.inference}
+    return {"ready": True, "model_version": service.trained_version, "inference": service.inference}
 
 
 def checked_in_child(uri):
     """check_version in a separate process: a candidate that crashes or hangs takes nothing down."""
     try:
-        done = subprocess.run([sys.executable, "-m", "service.rollout", "--check", str(uri)],
+        done = subprocess.run([sys.executable, "-m", "service.cli", "rollout", "--check", str(uri)],
                               capture_output=True, text=True, timeout=CHECK_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise RolloutError(f"{uri} did not load within {CHECK_TIMEOUT} s") from None
@@ -87,6 +73,26 @@ def master_pid(args):
     return pid
 
 
+def instance_model_uri(pid, cache_dir, own):
+    """The MODEL_URI the instance was started with, which keys the pointer its workers read: what its
+    workers recorded, else its master's environment. This command's own (`own`) only before a start
+    (no pid): a rollout typed in another shell must not key the pointer on that shell's variables."""
+    if pid is None:
+        return own or ""
+    for worker in sorted(workers_of(pid)):
+        state = pointer.worker_state(cache_dir, worker)
+        if state is not None and "configured_uri" in state:
+            return state["configured_uri"]
+    try:
+        environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError as exc:
+        raise RolloutError(f"cannot tell which MODEL_URI instance {pid} was started with: no worker of it "
+                           f"recorded one in {cache_dir}/workers, and its environment is unreadable ({exc})"
+                           ) from None
+    found = [item.split(b"=", 1)[1] for item in environ if item.startswith(b"MODEL_URI=")]
+    return found[-1].decode() if found else ""
+
+
 def workers_of(pid):
     """The pids of a process's children (gunicorn's workers)."""
     with contextlib.suppress(OSError):
@@ -104,7 +110,7 @@ def _wait(check, deadline, what):
 
 def _loaded(cache_dir, pid, model_version):
     """Whether worker pid has loaded model_version; RolloutError if it loaded anything else."""
-    state = serving.worker_state(cache_dir, pid)
+    state = pointer.worker_state(cache_dir, pid)
     if state is None:
         return False
     if not state["ready"] or state["model_version"] != model_version:
@@ -149,10 +155,11 @@ def rollout(args):
     if outcome["inference"] != "compiled" and cfg["MODEL_COMPILED"] and not args.allow_slower:
         raise RolloutError(f"{target} would serve with {outcome['inference']} here, not the compiled trees "
                            "(no matching published library and no C compiler?): --allow-slower to accept")
-    previous = serving.read_pointer(cfg["MODEL_CACHE_DIR"])
-    serving.write_pointer(cfg["MODEL_CACHE_DIR"], cfg.get("MODEL_URI"), target)
+    configured = instance_model_uri(pid, cfg["MODEL_CACHE_DIR"], cfg.get("MODEL_URI"))
+    previous = pointer.read_pointer(cfg["MODEL_CACHE_DIR"])
+    pointer.write_pointer(cfg["MODEL_CACHE_DIR"], configured, target)
     report = {"uri": str(target), "model_version": outcome["model_version"],
-              "inference": outcome["inference"], "previous": _serving_before(cfg, previous),
+              "inference": outcome["inference"], "previous": _serving_before(cfg, configured, previous),
               "reloaded": pid is not None}
     if pid is None:
         return report
@@ -167,41 +174,18 @@ def rollout(args):
     return report
 
 
-def _serving_before(cfg, pointer):
+def _serving_before(cfg, configured, previous):
     """What the instance served before: the pointer's version if it applied, else its configuration."""
-    if pointer and pointer.get("model_uri", "") == (cfg.get("MODEL_URI") or ""):
-        return pointer["version_uri"]
-    return cfg.get("MODEL_URI") or str(cfg["MODEL_PATH"])
+    if previous and previous.get("model_uri", "") == configured:
+        return previous["version_uri"]
+    return configured or str(cfg["MODEL_PATH"])
 
 
 def _restore(cache_dir, previous, pid):
     """Put the pointer back as it was and reload again (the new workers did not come up)."""
-    pointer = pathlib.Path(cache_dir) / serving.POINTER
     if previous is None:
-        pointer.unlink(missing_ok=True)
+        (pathlib.Path(cache_dir) / pointer.POINTER).unlink(missing_ok=True)
     else:
         uri = registry.ModelURI.parse(previous["version_uri"])
-        serving.write_pointer(cache_dir, previous["model_uri"], uri)
+        pointer.write_pointer(cache_dir, previous["model_uri"], uri)
     os.kill(pid, signal.SIGHUP)
-
-
-REFUSALS = (RolloutError, registry.RegistryModelError, mlflow_rest.RegistryError, config.ConfigError)
-
-
-def main(argv=None):
-    """Roll out; one JSON line on success (exit 0), one `rollout refused:` line otherwise (exit 1)."""
-    args = parse_args(argv)
-    if args.check:
-        print(json.dumps(check_version(args.check)))
-        return 0
-    try:
-        report = rollout(args)
-    except REFUSALS as exc:
-        print(f"rollout refused: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

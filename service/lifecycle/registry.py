@@ -1,12 +1,11 @@
 """Model versions from the registry: `models:/` URIs, a local cache filled once per version, the
 files checked against what publishing recorded, the compiled library used only where it fits.
 
-A version's folder in MODEL_CACHE_DIR/<name>/<version>/ holds what `python -m service.publish`
+A version's folder in MODEL_CACHE_DIR/<name>/<number>/ holds what `calories publish`
 uploaded: model.joblib, metrics.json, schema.json, features.py, parity_sample.csv, files.json
 (sha256 of each file, the compiled library's platform) and maybe compiled/trees-*.so.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -18,24 +17,27 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 
-from . import filelock, mlflow_rest
+from .. import filelock
+from ..errors import ServiceError
+from ..model.trust import file_sha256
+from . import mlflow_rest
 
 log = logging.getLogger(__name__)
 MANIFEST = "files.json"
 PARITY_SAMPLE = "parity_sample.csv"
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[1-9][0-9]*)|@(?P<alias>[A-Za-z0-9_-]+))$")
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<number>[1-9][0-9]*)|@(?P<alias>[A-Za-z0-9_-]+))$")
 
 
-class RegistryModelError(RuntimeError):
+class RegistryModelError(ServiceError):
     """A registry model cannot be used: bad URI, unreachable and not cached, or files that do not match."""
 
 
 @dataclass(frozen=True)
 class ModelURI:
-    """models:/name/version or models:/name@alias."""
+    """models:/name/number or models:/name@alias (`number`: the registry's version number, a string)."""
 
     name: str
-    version: str | None = None
+    number: str | None = None
     alias: str | None = None
 
     @classmethod
@@ -44,10 +46,10 @@ class ModelURI:
         if not match:
             raise RegistryModelError(f"{text!r} is not a model URI (models:/<name>/<version> or "
                                      "models:/<name>@<alias>)")
-        return cls(match["name"], match["version"], match["alias"])
+        return cls(match["name"], match["number"], match["alias"])
 
     def __str__(self):
-        return f"models:/{self.name}/{self.version}" if self.version else f"models:/{self.name}@{self.alias}"
+        return f"models:/{self.name}/{self.number}" if self.number else f"models:/{self.name}@{self.alias}"
 
 
 def client(cfg):
@@ -59,29 +61,20 @@ def client(cfg):
 def resolve(uri, cfg):
     """A concrete models:/name/version for a URI (an alias asks the registry once)."""
     parsed = ModelURI.parse(str(uri))
-    if parsed.version:
+    if parsed.number:
         return parsed
     try:
-        found = client(cfg).version_by_alias(parsed.name, parsed.alias)
+        entry = client(cfg).version_by_alias(parsed.name, parsed.alias)
     except mlflow_rest.RegistryError as exc:
         raise RegistryModelError(f"cannot resolve {parsed}: {exc}") from None
-    return ModelURI(parsed.name, found["version"])
-
-
-def file_sha256(path):
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return ModelURI(parsed.name, entry["version"])
 
 
 # The cache.
 
 def version_dir(cache_dir, uri):
     """Where a concrete version lives in the cache."""
-    return pathlib.Path(cache_dir) / uri.name / uri.version
+    return pathlib.Path(cache_dir) / uri.name / uri.number
 
 
 def _locked(cache_dir):
@@ -107,7 +100,7 @@ def fetch(uri, cfg):
 def _download(uri, cfg, target):
     """Download a version into a temporary folder, check every file, then rename it into place."""
     rest = client(cfg)
-    source = rest.download_uri(uri.name, uri.version)
+    source = rest.download_uri(uri.name, uri.number)
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(".download-*"):  # a crashed download's leftovers
         shutil.rmtree(stale, ignore_errors=True)

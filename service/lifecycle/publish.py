@@ -1,4 +1,4 @@
-"""python -m service.publish: the handout's trained model into MLflow, as a registered model version.
+"""Publishing: the handout's trained model into MLflow, as a registered model version.
 
 One run per artifact (its parameters and holdout metrics from metrics.json; as artifacts the model,
 metrics.json, schema.json, features.py, a parity sample, the compiled tree library and files.json;
@@ -6,35 +6,18 @@ the data sample's, the artifact's sha256 and the model_version as tags), then a 
 registered model. The same artifact published twice finds its version instead of adding one.
 """
 
-import argparse
 import json
 import logging
 import pathlib
-import sys
 import tempfile
 import time
 
-from . import config, mlflow_rest, registry
-from .model import ModelLoadError, ModelService, read_metrics, verify_artifact
+from ..model import ModelService
+from ..model.trust import file_sha256, read_metrics, verify_artifact
+from . import mlflow_rest, registry
 
 log = logging.getLogger(__name__)
 PARITY_ROWS = 1000  # what the startup parity check needs: every tree path taken, in seconds
-
-
-def parse_args(argv):
-    settings = config.from_env()
-    p = argparse.ArgumentParser(prog="python -m service.publish", description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=pathlib.Path, default=settings["MODEL_PATH"],
-                   help="model.joblib, metrics.json beside it (default: MODEL_PATH)")
-    p.add_argument("--handout", type=pathlib.Path, default=settings["HANDOUT_DIR"],
-                   help="folder with schema.json, features.py, data_sample/train.csv (default: HANDOUT_DIR)")
-    p.add_argument("--name", default=settings["MLFLOW_MODEL_NAME"], help="registered model name")
-    p.add_argument("--experiment", default=settings["MLFLOW_EXPERIMENT"], help="experiment of the run")
-    p.add_argument("--alias", help="point this alias (e.g. champion) at the version; none by default")
-    p.add_argument("--no-compiled", action="store_true", help="publish without the compiled tree library")
-    args = p.parse_args(argv)
-    args.settings = settings
-    return args
 
 
 def parity_sample(handout, out):
@@ -70,7 +53,7 @@ def staged_files(args, metrics, tmp):
         name = f"published/{library.name}"
         files[name] = library
         manifest["compiled"] = {"file": name, **registry.platform_tag()}
-    manifest["files"] = {name: registry.file_sha256(path) for name, path in files.items()}
+    manifest["files"] = {name: file_sha256(path) for name, path in files.items()}
     (tmp / registry.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     files[registry.MANIFEST] = tmp / registry.MANIFEST
     return files, manifest
@@ -114,7 +97,7 @@ def log_run(rest, experiment_id, args, metrics):
     """Create the run, log its record and upload every artifact; the run's info."""
     with tempfile.TemporaryDirectory(prefix="calories-publish-") as tmp:
         files, manifest = staged_files(args, metrics, pathlib.Path(tmp))
-        data_sha = registry.file_sha256(args.handout / "data_sample" / "train.csv")
+        data_sha = file_sha256(args.handout / "data_sample" / "train.csv")
         info = rest.post("runs/create", experiment_id=experiment_id, run_name=metrics["model_version"],
                          start_time=int(time.time() * 1000))["run"]["info"]
         params, values, tags = run_record(metrics, data_sha, manifest)
@@ -154,20 +137,3 @@ def publish(args):
     return {"name": args.name, "version": number, "uri": f"models:/{args.name}/{number}",
             "run_id": version["run_id"], "model_version": metrics["model_version"], "created": created,
             "alias": args.alias}
-
-
-def main(argv=None):
-    """Publish; print the report as one JSON line. 0 done, 1 refused or the registry failed."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    try:
-        report = publish(args)
-    except (ModelLoadError, mlflow_rest.RegistryError, registry.RegistryModelError, OSError) as exc:
-        print(f"publish failed: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,14 +11,15 @@ import urllib.parse
 
 import requests
 
-from .store import location
+from ..errors import ServiceError
+from ..secrets import redact
 
 API = "/api/2.0/mlflow/"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 TIMEOUT = (3.05, 60)  # connect, read: an unreachable registry is noticed in seconds
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ServiceError):
     """The tracking server could not be reached or refused a request; the message says which."""
 
 
@@ -31,10 +32,10 @@ class Client:
 
     def __init__(self, tracking_uri, token=None, username=None, password=None):
         if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
-            shown = location.redact(tracking_uri) if tracking_uri else tracking_uri
+            shown = redact(tracking_uri) if tracking_uri else tracking_uri
             raise RegistryError(f"MLFLOW_TRACKING_URI must be an http(s):// URL, got {shown!r}")
         self.base = tracking_uri.rstrip("/")
-        self.shown = location.redact(self.base)  # what messages name: never a password in the URL
+        self.shown = redact(self.base)  # what messages name: never a password in the URL
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"

@@ -1,0 +1,36 @@
+"""calories live-quality: each model version's live quality, written back to its MLflow run."""
+
+import argparse
+import json
+import sys
+
+from .. import config
+from ..lifecycle import mlflow_rest, registry
+from ..lifecycle.live_quality import period_bounds, push
+from ..store import StoreError, open_store
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="calories live-quality", description=__doc__.split(": ", 1)[1])
+    p.add_argument("--period", type=float, default=3600.0,
+                   help="seconds (default 3600; at most the retention)")
+    p.add_argument("--end", type=float,
+                   help="epoch seconds the period ends at (default: now, rounded down to a whole period)")
+    p.add_argument("--name", help="registered model name (default: MLFLOW_MODEL_NAME)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """Push one period; one JSON line (exit 0), or one `live quality not pushed:` line (exit 1)."""
+    args = parse_args(argv)
+    try:
+        cfg = config.from_env()
+        store = open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
+                           cfg["STORE_BUSY_TIMEOUT_MS"])
+        start, end = period_bounds(store, args.period, args.end)
+        report = push(store, registry.client(cfg), args.name or cfg["MLFLOW_MODEL_NAME"], start, end)
+    except (ValueError, StoreError, mlflow_rest.RegistryError) as exc:
+        print(f"live quality not pushed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"start": start, "end": end, "versions": report}))
+    return 0

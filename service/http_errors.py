@@ -1,0 +1,49 @@
+"""The JSON error handlers of the error contract: HTTPErrors and werkzeug's HTTP exceptions."""
+
+import logging
+
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+from .errors import HTTPError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status, code, message, details=None):
+    """The contract's JSON error body with its status."""
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return jsonify(body), status
+
+
+def handle_service_error(exc):
+    """Render an HTTPError."""
+    body, status = error_response(exc.status_code, exc.code, exc.message, exc.details)
+    if status == 401:
+        body.headers["WWW-Authenticate"] = 'Bearer realm="calories"'
+    return body, status
+
+
+def http_error_code(exc):
+    """The code of one of werkzeug's HTTP errors: its name in snake case (`method_not_allowed`)."""
+    return (exc.name or "error").lower().replace(" ", "_")
+
+
+def handle_http_error(exc):
+    """Render werkzeug's HTTP errors (404, 405, 413, and 500 for unhandled exceptions) as JSON."""
+    if exc.code >= 500:
+        # The original exception stays in the log, never in the response.
+        log.error("unhandled error: %r", getattr(exc, "original_exception", exc))
+        return error_response(exc.code, "internal_error", "internal server error")
+    body, status = error_response(exc.code, http_error_code(exc), exc.description or exc.name)
+    # werkzeug's own headers, such as the Allow that RFC 9110 requires on a 405; ours is JSON.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            body.headers[name] = value
+    return body, status
+
+
+def init_app(app):
+    """Register the JSON handlers; unhandled exceptions still reach teardown (and its counter)."""
+    app.register_error_handler(HTTPError, handle_service_error)
+    app.register_error_handler(HTTPException, handle_http_error)

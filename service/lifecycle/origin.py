@@ -1,0 +1,53 @@
+"""Where the model comes from: the ModelSource the configuration names, in one place.
+
+A registry version (the rollout's pointer, else a concrete MODEL_URI) is served from its folder in
+MODEL_CACHE_DIR, fetched once; otherwise the file at MODEL_PATH with the handout's code.
+"""
+
+from ..errors import ModelLoadError
+from ..model import ModelSource
+from . import pointer, registry
+
+
+def model_source(cfg):
+    """The ModelSource this instance serves now."""
+    try:
+        uri = pointer.serving_uri(cfg)
+    except registry.RegistryModelError as exc:
+        # A stand-in that never loads, and says why (a bad URI, an alias, an unreadable pointer).
+        return ModelSource(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"],
+                           fetch=_failing(ModelLoadError(f"model {cfg['MODEL_PATH']}: {exc}")))
+    if uri is None:
+        return ModelSource(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"],
+                           compiled_dir=_compiled(cfg, cfg["COMPILED_MODEL_DIR"]),
+                           compiled_readonly=cfg["COMPILED_MODEL_READONLY"])
+    return version_source(cfg, uri)
+
+
+def version_source(cfg, uri):
+    """The ModelSource of a concrete registry version: its cached folder holds model and code."""
+    folder = registry.version_dir(cfg["MODEL_CACHE_DIR"], uri)
+    return ModelSource(folder / "model.joblib", folder, sample_path=folder / registry.PARITY_SAMPLE,
+                       compiled_dir=_compiled(cfg, folder / "compiled"), uri=uri, fetch=_fetcher(cfg, uri))
+
+
+def _compiled(cfg, folder):
+    """The compiled-library cache, or None when MODEL_COMPILED is off."""
+    return folder if cfg["MODEL_COMPILED"] else None
+
+
+def _fetcher(cfg, uri):
+    """A fetch that downloads (or finds) the version; a registry failure is a ModelLoadError."""
+    def fetch():
+        try:
+            registry.fetch(uri, cfg)
+        except registry.RegistryModelError as exc:
+            raise ModelLoadError(f"model {uri}: {exc}") from None
+    return fetch
+
+
+def _failing(exc):
+    """A fetch that raises exc."""
+    def fetch():
+        raise exc
+    return fetch
