@@ -22,7 +22,9 @@ class Traffic:
 
     Each slot of the schedule is a feedback when one is due (with the share the fraction implies),
     else a new prediction, so the total rate is exactly the one offered; the pending feedback
-    carries over from phase to phase, as a real stream's would.
+    carries over from phase to phase, as a real stream's would. A feedback follows its prediction
+    (the engine drops it when the prediction failed); one whose prediction failed in an earlier
+    phase is dropped here and counted in `dropped`.
     """
 
     def __init__(self, records, feedback_fraction=1.0, delay=1.0, seed=0, poisson=False, id_base=None):
@@ -33,31 +35,46 @@ class Traffic:
         self.pending = collections.deque()  # (absolute time, id, label) awaiting feedback
         self.seq = 0
         self.clock = 0.0  # absolute schedule time across phases
+        self.failed = set()  # ids of predictions that failed in earlier phases
+        self.dropped = 0
+        self._index = {}  # prediction id -> its shot's index in the phase being built
 
     def phase(self, segments, gap=0.0):
         """Shots for consecutive (rate, seconds) segments, `at` relative to the phase's start."""
         shots, t0 = [], 0.0
+        self._index = {}
         for rate, seconds in segments:
             t = t0
             while t < t0 + seconds:
-                shots.append(self._shot(t))
+                shots.append(self._shot(t, len(shots)))
                 t += self.rng.expovariate(rate) if self.poisson else 1.0 / rate
             t0 += seconds
         self.clock += t0 + gap
         return shots
 
-    def _shot(self, t):
+    def settle(self, results):
+        """Remember the predictions of a finished phase that failed: their feedback is never sent."""
+        waiting = {id_ for _, id_, _ in self.pending}
+        self.failed.update(r.shot.id for r in results
+                           if r.shot.kind == "predict" and not r.ok and r.shot.id in waiting)
+
+    def _shot(self, t, index):
         now = self.clock + t
         share = self.fraction / (1.0 + self.fraction)
+        while self.pending and self.pending[0][1] in self.failed:
+            self.failed.discard(self.pending.popleft()[1])
+            self.dropped += 1
         if self.pending and self.pending[0][0] <= now - self.delay and self.rng.random() < share:
             _, id_, label = self.pending.popleft()
-            return Shot(t, "feedback", "/feedback", json.dumps({"id": id_, "Calories": label}).encode())
+            body = json.dumps({"id": id_, "Calories": label}).encode()
+            return Shot(t, "feedback", "/feedback", body, after=self._index.get(id_), id=id_)
         features, label = self.records[self.seq % len(self.records)]
         id_ = self.id_base + self.seq
         self.seq += 1
+        self._index[id_] = index
         if self.rng.random() < self.fraction:
             self.pending.append((now, id_, label))
-        return Shot(t, "predict", "/predict", json.dumps({**features, "id": id_}).encode())
+        return Shot(t, "predict", "/predict", json.dumps({**features, "id": id_}).encode(), id=id_)
 
 
 SERIES = {"app_inflight_requests": "inflight",
