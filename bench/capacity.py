@@ -34,26 +34,71 @@ def errors(results):
     return dict(out)
 
 
+def sent(results):
+    """The results of requests that left the client (a feedback whose prediction failed is not sent)."""
+    return [r for r in results if r.sent]
+
+
+def served(r):
+    """A served request: a prediction answered 200, or a feedback matched to its prediction (200;
+    202 means unmatched: stored, never joined, a label lost to quality)."""
+    return r.error is None and r.status == 200
+
+
+def outcomes(results, seconds):
+    """What became of the requests due in a window of `seconds`: offered (sent), served, shed
+    (503), timed out, refused, the admitted p99 and the shed answers' own p99 (ms, from the
+    intended send time), overall and per kind of request.
+
+    Admitted is every sent request not shed and not refused at connect: timeouts included, at
+    the client's timeout, since a request that waited that long was taken in and not answered.
+    """
+    out = _outcome(results, seconds)
+    out["by_kind"] = {kind: _outcome([r for r in results if r.shot.kind == kind], seconds)
+                      for kind in sorted({r.shot.kind for r in results})}
+    return out
+
+
+def _outcome(results, seconds):
+    """The figures of `outcomes` for one set of results."""
+    out = sent(results)
+    shed = [r.latency * 1000 for r in out if r.error is None and r.status == 503]
+    admitted = [r.latency * 1000 for r in out
+                if r.error in (None, "timeout") and r.status != 503]
+    count = collections.Counter(r.error for r in out)
+    return {"offered": len(out), "offered_rps": round(len(out) / seconds, 1),
+            "served": sum(map(served, out)), "served_rps": round(sum(map(served, out)) / seconds, 1),
+            "shed": len(shed), "timed_out": count["timeout"], "refused": count["connection"],
+            "unmatched_feedback": sum(r.shot.kind == "feedback" and r.status == 202 for r in out),
+            "dropped_feedback": len(results) - len(out),
+            "admitted_p99_ms": round(quantile(admitted, 0.99), 3) if admitted else None,
+            "shed_p99_ms": round(quantile(shed, 0.99), 3) if shed else None}
+
+
 def step_figures(results, rate, seconds, slo_ms):
     """Offered and achieved rates, latency percentiles, success and errors of one constant-rate step."""
-    n = len(results)
+    # Dropped shots were handled on schedule too (the client chose not to send them): they count
+    # for the generator's rate, never for the server's figures.
     fired = sorted(r.shot.at + r.lag for r in results)
-    span = fired[-1] - fired[0] if n > 1 else 0.0
-    achieved = (n - 1) / span if span > 0 else None
+    span = fired[-1] - fired[0] if len(fired) > 1 else 0.0
+    achieved = (len(fired) - 1) / span if span > 0 else None
+    lag_p99 = quantile([r.lag * 1000 for r in results], 0.99) if results else None
+    dropped = len(results) - len(sent(results))
+    results = sent(results)
+    n = len(results)
     ok = sum(r.ok for r in results)
     # Answers per second until the last one came, so an overloaded step shows what the server
     # completes, not the rate it was offered.
     done = max((r.shot.at + r.latency for r in results if r.ok), default=0.0)
-    served = ok / max(seconds, done - min(r.shot.at for r in results)) if results else 0.0
-    lag_p99 = quantile([r.lag * 1000 for r in results], 0.99) if results else None
+    throughput = ok / max(seconds, done - min(r.shot.at for r in results)) if results else 0.0
     offered = (achieved is not None and achieved >= OFFERED_SHARE * rate
                and lag_p99 <= slo_ms and "local" not in errors(results))
     latency = latency_ms(results)
     success = ok / n if n else None
-    return {"offered_rps": rate, "seconds": seconds, "requests": n,
+    return {"offered_rps": rate, "seconds": seconds, "requests": n, "dropped_feedback": dropped,
             "achieved_send_rps": round(achieved, 1) if achieved else None,
             "generator_lag_p99_ms": round(lag_p99, 3) if lag_p99 is not None else None,
-            "offered": offered, "throughput_rps": round(served, 1), "success": success,
+            "offered": offered, "throughput_rps": round(throughput, 1), "success": success,
             "latency_ms": latency, "errors": errors(results),
             "within_slo": bool(n and latency["p99"] <= slo_ms and success >= SUCCESS_TARGET)}
 
@@ -95,7 +140,7 @@ def windows(results, width=1.0):
 
 def burst_figures(results, lead, seconds, slo_ms, width=1.0):
     """Errors during and after a burst that starts at `lead` s, and when p99 is back within the SLO."""
-    end = lead + seconds
+    results, end = sent(results), lead + seconds
     during = [r for r in results if lead <= r.shot.at < end]
     after = [r for r in results if r.shot.at >= end]
     series = []

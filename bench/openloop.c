@@ -4,14 +4,18 @@
  * connection per request ("Connection: close", as gunicorn's sync workers answer anyway). At most
  * `max_outstanding` connections are open; a due request waits for a slot in FIFO order. Every
  * latency runs from the intended time, so slot waits, listen-backlog waits and SYN retries all
- * count. A request unanswered `timeout_ms` after its intended time is a timeout error.
+ * count. A request unanswered `timeout_ms` after its intended time is a timeout error. A shot may
+ * follow another (a feedback its prediction): when it falls due after that one failed, it is not
+ * sent, as a client with no prediction has nothing to give feedback on.
  *
  * usage: openloop IPV4 PORT MAX_OUTSTANDING TIMEOUT_MS PAYLOADS SCHEDULE RESULTS
  *   PAYLOADS: u32 count, then per payload u32 length + bytes (whole HTTP requests)
- *   SCHEDULE: per shot f64 seconds-from-start + u32 payload index (little endian, packed)
+ *   SCHEDULE: per shot f64 seconds-from-start + u32 payload index + i32 index of the shot it
+ *             follows, -1 for none (little endian, packed)
  *   RESULTS:  per shot, in schedule order: f64 fire lag s, f64 latency s, i32 status, i32 error
  *             (error 0 none, 1 timeout, 2 connection refused/reset/closed early, 3 local: the
- *             generator itself could not open a socket, e.g. no free port or descriptor)
+ *             generator itself could not open a socket, e.g. no free port or descriptor,
+ *             4 dropped: not sent, the shot it follows had failed when it fell due)
  * Written in C because a Python event loop spends 200-500 us of CPU per connection here, which
  * caps it below the bursts it must offer (README, "Capacity and bursts").
  */
@@ -30,10 +34,11 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { E_NONE = 0, E_TIMEOUT = 1, E_CONNECTION = 2, E_LOCAL = 3 };
+enum { E_NONE = 0, E_TIMEOUT = 1, E_CONNECTION = 2, E_LOCAL = 3, E_DROPPED = 4 };
+enum { SHOT = 16 };  /* bytes per schedule record */
 enum { BUF = 8192 };
 
-typedef struct { double at; uint32_t payload; } shot_t;
+typedef struct { double at; uint32_t payload; int32_t after; } shot_t;
 typedef struct { double lag, latency; int32_t status, error; } result_t;
 typedef struct {
     int fd;            /* -1 when the slot is free */
@@ -77,14 +82,23 @@ static void load(const char *payloads_path, const char *schedule_path) {
         memcpy(&payload_len[i], p + off, 4); payload[i] = p + off + 4; off += 4 + payload_len[i];
     }
     char *s = slurp(schedule_path, &size);
-    nshots = size / 12;
+    nshots = size / SHOT;
     shots = malloc((nshots ? nshots : 1) * sizeof *shots);
     for (long i = 0; i < nshots; i++) {
-        memcpy(&shots[i].at, s + 12 * i, 8); memcpy(&shots[i].payload, s + 12 * i + 8, 4);
+        const char *rec = s + SHOT * i;
+        memcpy(&shots[i].at, rec, 8); memcpy(&shots[i].payload, rec + 8, 4); memcpy(&shots[i].after, rec + 12, 4);
         if (shots[i].payload >= n) { fprintf(stderr, "shot %ld: no payload %u\n", i, shots[i].payload); exit(2); }
+        if (shots[i].after >= i) { fprintf(stderr, "shot %ld: follows a later shot %d\n", i, shots[i].after); exit(2); }
     }
     results = calloc(nshots ? nshots : 1, sizeof *results);
     queue = malloc((nshots ? nshots : 1) * sizeof *queue);
+}
+
+/* Whether shot i has already failed: an error, or an answer other than 2xx (0: none yet). */
+static int failed(long i) {
+    if (i < 0) return 0;
+    const result_t *r = &results[i];
+    return r->error != E_NONE || (r->status != 0 && (r->status < 200 || r->status >= 300));
 }
 
 static void finish(int slot, int status, int error) {
@@ -203,7 +217,8 @@ int main(int argc, char **argv) {
         double t = now();
         for (; next < nshots && t0 + shots[next].at <= t; next++) {
             results[next].lag = t - (t0 + shots[next].at);
-            queue[qtail++] = next;
+            if (failed(shots[next].after)) results[next].error = E_DROPPED;
+            else queue[qtail++] = next;
         }
         expire(t);
         while (qhead < qtail && nfree > 0) start(queue[qhead++]);

@@ -5,6 +5,8 @@ request's intended send time, so waiting for a connection slot, in the server's 
 or in a SYN retry all count (no coordinated omission). Outstanding requests are bounded; one
 unanswered `timeout` seconds after its intended time is an error. The engine records how late it
 fired each request, so a report can tell a slow server from a generator that could not offer.
+A shot that follows another (a feedback its prediction) is dropped, never sent, when the one it
+follows has already failed by its time, as a real client would.
 """
 
 import hashlib
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE = pathlib.Path(__file__).with_name("openloop.c")
-ERRORS = {0: None, 1: "timeout", 2: "connection", 3: "local"}
+ERRORS = {0: None, 1: "timeout", 2: "connection", 3: "local", 4: "dropped"}
 RESULT = struct.Struct("<ddii")
+SHOT = struct.Struct("<dIi")
 
 
 class EngineError(RuntimeError):
@@ -30,12 +33,15 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Shot:
-    """One request: `at` seconds after the phase's start, POST `body` to `path`."""
+    """One request: `at` seconds after the phase's start, POST `body` to `path`; `after`: the index
+    (in the same run) of the shot it follows, if any; `id`: the record's id, if any."""
 
     at: float
     kind: str
     path: str
     body: bytes
+    after: int | None = None
+    id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,11 @@ class Result:
     @property
     def ok(self):
         return self.error is None and 200 <= self.status < 300
+
+    @property
+    def sent(self):
+        """Whether the engine sent it (a dropped shot never left the client)."""
+        return self.error != "dropped"
 
 
 def build(cache=ROOT / "var" / "openloop"):
@@ -100,7 +111,8 @@ def run(exe, url, shots, max_outstanding=4000, timeout=5.0):
             fh.write(struct.pack("<I", len(payloads)))
             for p in payloads:
                 fh.write(struct.pack("<I", len(p)) + p)
-        (tmp / "schedule").write_bytes(b"".join(struct.pack("<dI", s.at, i) for i, s in enumerate(shots)))
+        (tmp / "schedule").write_bytes(b"".join(SHOT.pack(s.at, i, -1 if s.after is None else s.after)
+                                                for i, s in enumerate(shots)))
         done = subprocess.run([str(exe), ip, str(port), str(max_outstanding), str(int(timeout * 1000)),
                                str(tmp / "payloads"), str(tmp / "schedule"), str(tmp / "results")],
                               capture_output=True, text=True)

@@ -2,7 +2,9 @@
 
 A step ramp of offered load (the simulator's mix: predictions and their delayed feedback) finds
 the knee and the capacity: the highest offered rate with p99 <= --slo-ms and >= 99.9 % success.
-Bursts at k x that capacity then show the errors they cause and how long p99 takes to recover.
+Bursts at k x that capacity then show what became of their requests (offered, served, shed,
+timed out, admitted p99) and how long p99 takes to recover. Feedback of a failed prediction is
+never sent, as a real client would not send it.
 Without --url it starts the service itself (one instance, or nginx in front of several on one
 PostgreSQL), pinned to its own CPU, with the generator on another: figures are per server CPU.
 """
@@ -114,6 +116,7 @@ def phase(args, exe, url, traffic, sampler, segments):
     shots = traffic.phase(segments)
     started = time.monotonic()
     results = openloop.run(exe, url, shots, args.max_outstanding, args.timeout)
+    traffic.settle(results)
     return results, sampler.between(started, started + sum(s for _, s in segments)), started
 
 
@@ -155,6 +158,8 @@ def bursts(args, exe, url, traffic, sampler, cap):
     """Each burst: base load, k x capacity for --burst-seconds, base load again to recover."""
     out = []
     for factor in [float(f) for f in args.bursts.split(",") if f.strip()]:
+        if out:
+            time.sleep(3.0)  # let the previous burst's backlog drain
         base, lead = args.burst_base * cap, 3.0
         segments = [(base, lead), (factor * cap, args.burst_seconds), (base, args.recovery_seconds)]
         results, _, started = phase(args, exe, url, traffic, sampler, segments)
@@ -163,28 +168,39 @@ def bursts(args, exe, url, traffic, sampler, cap):
         figures = {"factor": factor, "offered_rps": factor * cap, "base_rps": base,
                    "achieved_send_rps": sent["achieved_send_rps"], "offered": sent["offered"],
                    **capacity.burst_figures(results, lead, args.burst_seconds, args.slo_ms),
+                   "outcomes": capacity.outcomes(burst, args.burst_seconds),
                    # What the instances' own metrics said meanwhile: what an autoscaler would see.
                    "server_during": sampler.between(started + lead, started + lead + args.burst_seconds)}
         out.append(figures)
         print(burst_line(figures, args), flush=True)
-        time.sleep(3.0)
     return out
 
 
 def burst_line(b, args):
-    """What a burst did, in two lines."""
+    """What a burst did, in three lines."""
     recovered = (f"{b['recovered_after_s']:g} s after it" if b["recovered_after_s"] is not None
                  else f"not within {args.recovery_seconds:g} s")
     line = (f"burst {b['factor']:g} x capacity = {b['offered_rps']:g} req/s for {args.burst_seconds:g} s "
             f"(sent {b['achieved_send_rps']} req/s{'' if b['offered'] else ', NOT OFFERED'}): success "
             f"{100 * (b['success_during'] or 0):.2f} %, errors {b['errors_during']}, p99 back under "
             f"{args.slo_ms:g} ms {recovered}")
+    o = b["outcomes"]
+    line += (f"\n  its requests: offered {o['offered']} ({o['offered_rps']:g}/s), served {o['served']} "
+             f"({o['served_rps']:g}/s), shed {o['shed']}, timed out {o['timed_out']}, refused "
+             f"{o['refused']}, unmatched feedback {o['unmatched_feedback']}, feedback not sent "
+             f"{o['dropped_feedback']}; admitted p99 {_ms(o['admitted_p99_ms'])}, "
+             f"shed p99 {_ms(o['shed_p99_ms'])}")
     seen = b["server_during"]
     if seen:
         line += (f"\n  the instances meanwhile: {seen['server_rps']:g} req/s completed, in-flight "
                  f"{seen['inflight_mean']:g}, Little {seen['little_concurrency']:g}, scrape max "
                  f"{seen['scrape_max_ms']:g} ms, {seen['scrapes_failed']}/{seen['scrapes']} scrapes failed")
     return line
+
+
+def _ms(value):
+    """A latency for a report line: '12.3 ms', or '-' when there was none."""
+    return "-" if value is None else f"{value:.1f} ms"
 
 
 def run(args, stack):
