@@ -150,7 +150,9 @@ def test_rollout_under_load_between_two_versions(mlflow_server, published, tampe
         before = set(server.worker_pids())
         with CounterWatch(server.url) as watch, SteadyLoad(server.url) as load:
             time.sleep(3)
-            code, out, err, seconds = run_rollout(server, env, "--uri", "models:/calories@candidate",
+            # Typed in a second shell, as the docs show it: that shell has no MODEL_URI of its own.
+            second_shell = {k: v for k, v in env.items() if k != "MODEL_URI"}
+            code, out, err, seconds = run_rollout(server, second_shell, "--uri", "models:/calories@candidate",
                                                   "--pid", str(server.proc.pid))
             rolled_at = time.time()
             time.sleep(3)
