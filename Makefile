@@ -28,7 +28,7 @@ QUALITYFLAGS ?=
 # gunicorn's pid file, so `make rollout` knows which master to signal.
 PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean
+.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean clean-state
 
 install: $(STAMP)  ## create .venv, install runtime + dev dependencies and the `calories` command
 
@@ -114,5 +114,16 @@ mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with
 	timeout --signal=INT $(MUTATION_SECONDS) $(BIN)/mutmut run --max-children 2 || test $$? -eq 124
 	$(BIN)/mutmut results
 
-clean:
-	rm -rf var logs reports .tox .pytest_cache mutants
+# What the project rebuilds by itself: never a store, a registry or a rollout's pointer (clean-state).
+REBUILT := logs reports .tox .pytest_cache mutants *.egg-info var/prometheus var/compiled
+# State someone may need: stores, the MLflow registry of the docs' recipe, the scale-out's database,
+# the model cache with the rollout's pointer.
+STATE := var
+
+clean:  ## remove what the project rebuilds by itself (caches, logs, reports, tox); never stores or registries
+	rm -rf $(REBUILT)
+
+clean-state:  ## DELETE the local state under var/ (stores, MLflow registry, scale-out database, model cache): says what first
+	@for path in $(STATE); do test -e "$$path" && { echo "deleting $$path:"; \
+		find "$$path" -maxdepth 2 -mindepth 1 | sed 's/^/  /'; }; done; true
+	rm -rf $(STATE)

@@ -22,6 +22,7 @@ def readyz():
     """
     svc = model.current()
     state = store.current().health()
+    uri = str(svc.uri or "")
     if not svc.ready:
-        return {"status": "not ready", "reason": f"model: {svc.error}", "store": state}, 503
-    return {"status": "ready", "model_version": svc.trained_version, "store": state}
+        return {"status": "not ready", "reason": f"model: {svc.error}", "model_uri": uri, "store": state}, 503
+    return {"status": "ready", "model_version": svc.trained_version, "model_uri": uri, "store": state}

@@ -44,6 +44,7 @@ def _object(optional=(), **properties):
 
 STORE = {"$ref": "#/components/schemas/StoreState"}
 BACKEND = {"$ref": "#/components/schemas/StoreBackend"}
+MODEL_URI = {"type": "string", "description": "the registry version served (models:/name/number); empty for MODEL_PATH"}
 PROBES = {
     "Healthz": _object(status={"const": "ok"}),
     "StoreBackend": {"enum": ["sqlite", "postgresql"]},
@@ -51,9 +52,10 @@ PROBES = {
                    "oneOf": [_object(backend=BACKEND, up={"const": True}),
                              _object(backend=BACKEND, up={"const": False},
                                      reason={"type": "string", "description": "why a write fails now"})]},
-    "Ready": _object(status={"const": "ready"}, model_version={"type": "string"}, store=STORE),
+    "Ready": _object(status={"const": "ready"}, model_version={"type": "string"}, model_uri=MODEL_URI,
+                     store=STORE),
     "NotReady": _object(status={"const": "not ready"}, reason={"type": "string", "pattern": "^model: "},
-                        store=STORE),
+                        model_uri=MODEL_URI, store=STORE),
 }
 
 

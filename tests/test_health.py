@@ -16,7 +16,7 @@ def test_ready_with_model_and_writable_store(client, app):
     r = client.get("/readyz")
     assert r.status_code == 200
     assert r.json == {"status": "ready", "model_version": app.extensions["model"].trained_version,
-                      "store": {"backend": "sqlite", "up": True}}
+                      "model_uri": "", "store": {"backend": "sqlite", "up": True}}
 
 
 def test_without_model_the_service_starts_but_is_not_ready(config, tmp_path):

@@ -86,3 +86,18 @@ def test_make_validate_a(tree):
 
 def test_make_lint(tree):
     make(tree, "lint")
+
+
+def test_clean_keeps_stores_and_registries_and_clean_state_says_what_it_deletes(tree):
+    state = ["var/feedback.db", "var/mlflow.db", "var/mlartifacts/0/x", "var/models/serving.json",
+             "var/scaleout/pg/PG_VERSION"]
+    rebuilt = ["var/prometheus/counter_1.db", "var/compiled/trees-x.so", "logs/a.log", "reports/r.json"]
+    for name in state + rebuilt:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("x")
+    make(tree, "clean")
+    assert [n for n in state if not (tree / n).exists()] == []
+    assert [n for n in rebuilt if (tree / n).exists()] == []
+    said = make(tree, "clean-state")
+    assert "deleting var" in said and "var/feedback.db" in said and "var/mlflow.db" in said
+    assert not (tree / "var").exists()

@@ -38,7 +38,8 @@ def test_a_version_is_downloaded_once_and_served_with_its_own_code(mlflow_server
                         "MODEL_CACHE_DIR": tmp_path / "none", "PROMETHEUS_MULTIPROC_DIR": None})
     served = app.test_client().post("/predict", json=RECORD).json
     assert served["Calories"] == local.test_client().post("/predict", json=RECORD).json["Calories"]
-    assert app.test_client().get("/readyz").json["model_version"] == model.trained_version
+    ready = app.test_client().get("/readyz").json
+    assert (ready["model_version"], ready["model_uri"]) == (model.trained_version, uri)
     # Once: the second load reads the cache, with the registry gone.
     again = app_for(tmp_path, uri, DEAD)
     again_model = again.extensions["model"]
