@@ -44,7 +44,7 @@ def _object(optional=(), **properties):
 
 STORE = {"$ref": "#/components/schemas/StoreState"}
 BACKEND = {"$ref": "#/components/schemas/StoreBackend"}
-MODEL_URI = {"type": "string", "description": "the registry version served (models:/name/number); empty for MODEL_PATH"}
+MODEL_URI = {"type": "string", "description": "the registry version served (models:/name/number), or empty"}
 PROBES = {
     "Healthz": _object(status={"const": "ok"}),
     "StoreBackend": {"enum": ["sqlite", "postgresql"]},

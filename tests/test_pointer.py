@@ -23,7 +23,8 @@ def mark(cache, pid, **state):
     """A worker marker as note_worker writes it."""
     folder = cache / "workers"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "start": pointer.process_start(pid), **state}))
+    body = {"pid": pid, "start": pointer.process_start(pid), **state}
+    (folder / f"{pid}.json").write_text(json.dumps(body))
 
 
 def test_the_instance_uri_is_what_its_workers_recorded_not_the_command_s_own(child, tmp_path):
@@ -48,7 +49,8 @@ def test_without_markers_the_master_s_environment_says(tmp_path):
 
 
 def test_before_a_start_the_command_s_own_uri_keys_it(tmp_path):
-    assert rollout.instance_model_uri(None, tmp_path, "models:/calories@champion") == "models:/calories@champion"
+    own = "models:/calories@champion"
+    assert rollout.instance_model_uri(None, tmp_path, own) == own
     assert rollout.instance_model_uri(None, tmp_path, None) == ""
 
 
