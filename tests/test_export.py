@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -94,7 +95,8 @@ def test_parquet_without_pyarrow_is_one_clear_line(filled, tmp_path, monkeypatch
     (["--since", "2027-01-02T00:00:00Z", "--until", "2027-01-01T00:00:00Z"],
      "--since must be before --until"),
     (["--since", "2027-01-01T00:00:00", "--until", "2027-01-02T00:00:00Z"], "give a time zone"),
-    (["--since", "yesterday", "--until", "2027-01-02T00:00:00Z"], "not epoch seconds or ISO-8601"),
+    (["--since", "yesterday", "--until", "2027-01-02T00:00:00Z"], "(1h, 30m, 7d), epoch seconds or ISO-8601"),
+    (["--since", "1w"], "not a duration back from now"),
 ])
 def test_a_bad_range_is_one_clear_line(args, message, tmp_path):
     done = subprocess.run([sys.executable, "-m", "service.cli", "export", *args,
@@ -102,6 +104,39 @@ def test_a_bad_range_is_one_clear_line(args, message, tmp_path):
                           capture_output=True, text=True, cwd=HANDOUT.parent)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("1h", 3600), ("1.5h", 5400),
+                                           ("7d", 7 * 86400)])
+def test_since_takes_a_duration_back_from_now(text, seconds):
+    before = time.time()
+    assert before - seconds - 1 <= export.moment(text) <= time.time() - seconds
+
+
+def test_until_defaults_to_now(target, monkeypatch, tmp_path, capsys):
+    store = open_store(target, 300.0, 10 * 86400.0)  # the real clock: the default --until is now
+    store.record_prediction(7, 100.0, "v1", FEATURES)
+    store.record_feedback(7, 90.0)
+    store.close()
+    monkeypatch.setenv("FEEDBACK_DB", target)
+    assert export.main(["--since", "1h", "--out", str(tmp_path / "x.csv")]) == 0
+    assert [r["id"] for r in read(tmp_path / "x.csv")] == ["7"]
+    assert "exported 1 matched pairs" in capsys.readouterr().err
+
+
+def test_an_empty_export_says_why(filled, tmp_path, capsys):
+    assert export.main(["--since", "0", "--until", "1000", "--out", str(tmp_path / "x.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "exported 0 matched pairs" in err and "no prediction made in [1970-01-01T00:00:00+00:00, " in err
+    assert "whose clock reads" in err and "its newest model version v2 first served at" in err
+    assert "password" not in err.lower()
+
+
+def test_an_export_of_an_empty_store_says_it_holds_nothing(target, monkeypatch, tmp_path, capsys):
+    open_store(target, 300.0, 10 * 86400.0).close()
+    monkeypatch.setenv("FEEDBACK_DB", target)
+    assert export.main(["--since", "7d", "--out", str(tmp_path / "x.csv")]) == 0
+    assert "it holds no prediction" in capsys.readouterr().err
 
 
 def test_an_unknown_format_is_refused(filled, tmp_path, capsys):
@@ -145,7 +180,7 @@ def test_the_readme_export_command_runs(target, clock, monkeypatch, tmp_path):
     readme = (HANDOUT.parent / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.startswith(".venv/bin/calories export"))
     store = open_store(target, 300.0, 10 * 86400.0, clock=clock)
-    clock.now = 1_799_020_800.0  # 2027-01-03T00:00:00Z, inside the README's range
+    clock.now = time.time() - 60  # a minute ago: inside the README's `--since 1h`
     store.record_prediction(1, 100.0, "v1", FEATURES)
     store.record_feedback(1, 90.0)
     store.close()

@@ -13,7 +13,9 @@ import csv
 import datetime as dt
 import os
 import pathlib
+import re
 import sys
+import time
 
 from .. import config
 from ..errors import ServiceError
@@ -21,6 +23,9 @@ from ..store import StoreError, open_store
 from ..store.base import EXPORT_COLUMNS, RECORD_FIELDS
 
 BATCH = 5000
+# A duration back from now: --since 1h, 30m, 7d, 90s.
+AGO = re.compile(r"^(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<unit>[smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 HEADER = ["id", *RECORD_FIELDS, "Calories", "prediction", "model_version", "predicted_at", "lag_s"]
 
 
@@ -29,7 +34,10 @@ class ExportError(ServiceError):
 
 
 def moment(text):
-    """Epoch seconds from epoch seconds or ISO-8601 with a zone."""
+    """Epoch seconds from a duration back from now (1h, 30m, 7d), epoch seconds or ISO-8601 with a zone."""
+    ago = AGO.match(text)
+    if ago:
+        return time.time() - float(ago["n"]) * UNITS[ago["unit"]]
     try:
         return float(text)
     except ValueError:
@@ -37,7 +45,8 @@ def moment(text):
     try:
         when = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not epoch seconds or ISO-8601") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: not a duration back from now (1h, 30m, 7d), "
+                                         "epoch seconds or ISO-8601") from None
     if when.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a time zone (e.g. Z or +01:00)")
     return when.timestamp()
@@ -130,10 +139,27 @@ def export(store, args, progress=lambda n: None):
     return count[0]
 
 
+def _iso(epoch):
+    """An epoch time as ISO-8601 UTC, to the second."""
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def why_empty(store, args):
+    """Why nothing matched: the window asked, the store read, its clock, and what it holds."""
+    versions = store.first_seen()
+    held = (f"its newest model version {versions[0][0]} first served at {_iso(versions[0][1])}" if versions
+            else "it holds no prediction")
+    only = f" of model version {args.model_version}" if args.model_version else ""
+    return (f"no prediction{only} made in [{_iso(args.since)}, {_iso(args.until)}) has matched feedback "
+            f"in the store {store.describe()}, whose clock reads {_iso(store.now())}; {held}")
+
+
 def parse(argv):
     p = argparse.ArgumentParser(prog="calories export", description=__doc__.split("\n")[0])
-    p.add_argument("--since", type=moment, required=True, help="prediction time from (ISO-8601 or epoch s)")
-    p.add_argument("--until", type=moment, required=True, help="prediction time before (ISO-8601 or epoch s)")
+    p.add_argument("--since", type=moment, required=True,
+                   help="prediction time from: a duration back from now (1h, 7d), ISO-8601 or epoch s")
+    p.add_argument("--until", type=moment, default=None,
+                   help="prediction time before: the same forms (default: now)")
     p.add_argument("--model-version", help="only the pairs this model version predicted")
     p.add_argument("--out", required=True, help="FILE.csv or FILE.parquet (written with mode 0600)")
     return p.parse_args(argv)
@@ -142,6 +168,8 @@ def parse(argv):
 def main(argv=None):
     """Export; 0 on success, 1 when it could not (one line on stderr), 2 on bad arguments."""
     args = parse(argv)
+    if args.until is None:
+        args.until = time.time() + 1  # now, this second's predictions included
     if args.since >= args.until:
         print("export: --since must be before --until", file=sys.stderr)
         return 2
@@ -152,12 +180,13 @@ def main(argv=None):
         store = open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
                            cfg["STORE_BUSY_TIMEOUT_MS"])
         n = export(store, args, progress_printer(sys.stderr))
+        why = "" if n else ": " + why_empty(store, args)
     except (ExportError, StoreError, config.ConfigError, OSError) as exc:
         print(("\n" if terminal else "") + f"export: {exc}", file=sys.stderr)
         return 1
     finally:
         if store is not None:
             store.close()
-    print(("\r" if terminal else "") + f"exported {n:,} matched pairs to {args.out}", file=sys.stderr)
+    print(("\r" if terminal else "") + f"exported {n:,} matched pairs to {args.out}{why}", file=sys.stderr)
     return 0
 

@@ -14,8 +14,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="calories live-quality", description=__doc__.split(": ", 1)[1])
     p.add_argument("--period", type=float, default=3600.0,
                    help="seconds (default 3600; at most the retention)")
-    p.add_argument("--end", type=float,
-                   help="epoch seconds the period ends at (default: now, rounded down to a whole period)")
+    p.add_argument("--end", type=float, help="epoch seconds the period ends at (default: now)")
+    p.add_argument("--aligned", action="store_true",
+                   help="end at the last whole period instead (a cron job: re-running it writes nothing twice)")
     p.add_argument("--name", help="registered model name (default: MLFLOW_MODEL_NAME)")
     return p.parse_args(argv)
 
@@ -27,10 +28,13 @@ def main(argv=None):
         cfg = config.from_env()
         store = open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
                            cfg["STORE_BUSY_TIMEOUT_MS"])
-        start, end = period_bounds(store, args.period, args.end)
+        start, end = period_bounds(store, args.period, args.end, args.aligned)
         report = push(store, registry.client(cfg), args.name or cfg["MLFLOW_MODEL_NAME"], start, end)
     except (ValueError, StoreError, mlflow_rest.RegistryError) as exc:
         print(f"live quality not pushed: {exc}", file=sys.stderr)
         return 1
+    if not report:
+        print(f"live quality: no feedback was received in [{start:.0f}, {end:.0f}) in the store "
+              f"{store.describe()} (its clock: {store.now():.0f}): nothing to write", file=sys.stderr)
     print(json.dumps({"start": start, "end": end, "versions": report}))
     return 0

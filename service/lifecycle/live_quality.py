@@ -11,12 +11,14 @@ import math
 KEYS = ("live_rmsle", "live_mae", "live_pairs")
 
 
-def period_bounds(store, period, end):
-    """[start, end) of the period; refused beyond the retention (those rows may be pruned)."""
+def period_bounds(store, period, end=None, aligned=False):
+    """[start, end) of the period (end: now by default, or the last whole period's end when aligned);
+    refused beyond the retention (those rows may be pruned)."""
     now = store.now()
     if period <= 0 or period > store.retention:
         raise ValueError(f"--period must be positive and at most the retention ({store.retention:g} s)")
-    end = math.floor(now / period) * period if end is None else end
+    if end is None:
+        end = math.floor(now / period) * period if aligned else now
     if end - period < now - store.retention or end > now:
         raise ValueError(f"the period [{end - period:.0f}, {end:.0f}) is not within the retention "
                          f"({store.retention:g} s before now, {now:.0f})")
