@@ -28,7 +28,8 @@ def test_an_explicit_end_wins(store):
     assert period_bounds(store, 600.0, 1_800_001_000.0, aligned=True) == (1_800_000_400.0, 1_800_001_000.0)
 
 
-@pytest.mark.parametrize("period, end", [(0, None), (7201, None), (600, 1_800_001_235.0), (600, 1_799_990_000.0)])
+@pytest.mark.parametrize("period, end", [(0, None), (7201, None), (600, 1_800_001_235.0),
+                                         (600, 1_799_990_000.0)])
 def test_periods_outside_the_retention_or_the_clock_are_refused(store, period, end):
     with pytest.raises(ValueError):
         period_bounds(store, period, end)

@@ -16,7 +16,7 @@ def parse_args(argv):
                    help="seconds (default 3600; at most the retention)")
     p.add_argument("--end", type=float, help="epoch seconds the period ends at (default: now)")
     p.add_argument("--aligned", action="store_true",
-                   help="end at the last whole period instead (a cron job: re-running it writes nothing twice)")
+                   help="end at the last whole period (for cron: re-running it writes nothing twice)")
     p.add_argument("--name", help="registered model name (default: MLFLOW_MODEL_NAME)")
     return p.parse_args(argv)
 
