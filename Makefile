@@ -28,17 +28,29 @@ QUALITYFLAGS ?=
 # gunicorn's pid file, so `make rollout` knows which master to signal.
 PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean clean-state
+.PHONY: install prerequisites lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean clean-state
 
 install: $(STAMP)  ## create .venv, install runtime + dev dependencies and the `calories` command
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-plot.txt pyproject.toml $(CONSTRAINTS)
+	@$(MAKE) --no-print-directory prerequisites
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) --upgrade pip
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r requirements.txt -r requirements-dev.txt
 	# The project's console command, .venv/bin/calories (editable: it runs this checkout's code).
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# What a bare Debian lacks for the venv and the compiled trees: one line that says how to get them.
+PREREQUISITES := python3-venv gcc libc6-dev make
+prerequisites:  ## check python3 with venv, and a C compiler; print the one command that installs what is missing
+	@missing=""; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if ! command -v cc >/dev/null 2>&1; then missing="$$missing gcc libc6-dev"; \
+	elif ! printf '#include <stdlib.h>\nint main(void){return 0;}\n' | cc -x c -o /dev/null - 2>/dev/null; \
+		then missing="$$missing libc6-dev"; fi; \
+	if [ -n "$$missing" ]; then echo "missing:$$missing; install with: sudo apt-get install -y$$missing" >&2; \
+		exit 1; fi
 
 lock:  ## re-pin constraints.txt: the newest versions requirements*.txt allow, resolved afresh
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 from support import PUBLIC_CSV, ROOT, missing, snapshot
@@ -101,3 +102,16 @@ def test_clean_keeps_stores_and_registries_and_clean_state_says_what_it_deletes(
     said = make(tree, "clean-state")
     assert "deleting var" in said and "var/feedback.db" in said and "var/mlflow.db" in said
     assert not (tree / "var").exists()
+
+
+def test_prerequisites_name_the_one_command_that_installs_what_is_missing(tree, tmp_path):
+    bare = tmp_path / "bin"  # a PATH with make, sh and printf but no C compiler
+    bare.mkdir()
+    for tool in ("make", "sh", "bash", "printf", "env"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    python = os.path.realpath(sys._base_executable)  # the interpreter .venv was made from: it has venv
+    out = make(tree, "prerequisites", env={"PATH": str(bare), "PYTHON": python}, ok=False)
+    assert out.returncode != 0 and "install with: sudo apt-get install -y gcc libc6-dev\n" in out.stderr
+    out = make(tree, "prerequisites", "PYTHON=/nonexistent/python3", ok=False)
+    assert out.returncode != 0 and "install with: sudo apt-get install -y python3-venv\n" in out.stderr
+    assert make(tree, "prerequisites") == ""
