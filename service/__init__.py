@@ -22,6 +22,8 @@ def _use_gunicorn_logging():
 def create_app(overrides=None):
     """Build the app: defaults and environment from config, then test overrides, then extensions."""
     from . import errors, feedback, health, metrics, model, openapi, predict, quickload, schemas, store
+    from .admission import init_app as init_admission
+    from .store_health import init_app as init_store_health
 
     app = Flask(__name__)
     app.config.from_mapping(config.from_env())
@@ -33,6 +35,7 @@ def create_app(overrides=None):
         app.config[key] = pathlib.Path(app.config[key])
     errors.init_app(app)
     store.init_app(app)
+    init_store_health(app)
     model.init_app(app)
     spec = _schema(app)
     app.extensions["predict_schema"] = schemas.predict_schema(spec)
@@ -41,6 +44,7 @@ def create_app(overrides=None):
     for module in (predict, feedback, health, openapi):
         app.register_blueprint(module.bp)
     app.extensions["openapi"] = openapi.build_spec(app.extensions["predict_schema"], app.config)
+    init_admission(app)
     return app
 
 

@@ -62,6 +62,13 @@ class StoreUnavailable(ServiceError):
     code = "store_unavailable"
 
 
+class Overloaded(ServiceError):
+    """Admission control refused the request before any work (service/admission.py); retry later."""
+
+    status_code = 503
+    code = "overloaded"
+
+
 def error_response(status, code, message, details=None):
     """The contract's JSON error body with its status."""
     body = {"error": {"code": code, "message": message, "details": details or {}}}
