@@ -112,7 +112,7 @@ def admission_settings(env=None):
     return {
         # How long a request may have waited in the listen backlog before it is refused (503), in
         # ms; `off` admits everything. Provisional default, to be set from `make stress` figures.
-        "ADMISSION_BUDGET_MS": _get(env, "ADMISSION_BUDGET_MS", 25.0, _budget),
+        "ADMISSION_BUDGET_MS": _get(env, "ADMISSION_BUDGET_MS", 100.0, _budget),
         "PROBE_BIND": probe,
     }
 

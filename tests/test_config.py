@@ -43,7 +43,7 @@ def test_bad_values_name_the_variable(env, name):
 
 
 def test_admission_settings():
-    assert config.from_env({})["ADMISSION_BUDGET_MS"] == 25.0
+    assert config.from_env({})["ADMISSION_BUDGET_MS"] == 100.0
     assert config.from_env({"ADMISSION_BUDGET_MS": "off"})["ADMISSION_BUDGET_MS"] is None
     s = config.server_settings({"BIND": "0.0.0.0:8000", "PROBE_BIND": "0.0.0.0:8001"})
     assert s["probe_bind"] == "0.0.0.0:8001" and config.server_settings({})["probe_bind"] is None
