@@ -5,7 +5,10 @@ import os
 from service import config as service_config
 from service import multiproc
 
-_server = service_config.server_settings()
+try:
+    _server = service_config.server_settings()
+except service_config.ConfigError as exc:  # one clear line, as the app's own refusals (startup.py)
+    raise SystemExit(f"cannot start: {exc}") from None
 
 # prometheus_client reads this at import time, in each worker: set it before any worker exists.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_server["multiproc_dir"]))
@@ -13,8 +16,10 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_server["multiproc_dir"]))
 # (creating metrics) without ever starting a server.
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-# Where and how many: -b and -w on the command line still override these.
-bind = [_server["bind"]]
+# Where and how many: -b and -w on the command line still override these. PROBE_BIND adds a
+# listener for probes and /metrics: a sync worker takes one connection per ready listener in turn,
+# so they never wait behind the main port's backlog during a burst.
+bind = [_server["bind"]] + ([_server["probe_bind"]] if _server["probe_bind"] else [])
 workers = _server["workers"]
 
 # Sync workers: the model is CPU-bound, one request per worker at a time.
@@ -37,6 +42,8 @@ preload_app = False
 control_socket_disable = True
 
 accesslog = _server["access_log"]
+# Shed requests are sampled and counted in the access log, not written one line each.
+logger_class = "service.accesslog.SheddingLogger"
 errorlog = "-"
 loglevel = "info"
 

@@ -22,6 +22,7 @@ def _use_gunicorn_logging():
 def create_app(overrides=None):
     """Build the app: defaults and environment from config, then test overrides, then extensions."""
     from . import (
+        admission,
         feedback,
         health,
         http_errors,
@@ -33,6 +34,7 @@ def create_app(overrides=None):
         quickload,
         schemas,
         store,
+        store_health,
     )
 
     app = Flask(__name__)
@@ -45,6 +47,7 @@ def create_app(overrides=None):
         app.config[key] = pathlib.Path(app.config[key])
     http_errors.init_app(app)
     store.init_app(app)
+    store_health.init_app(app)
     try:
         model.init_app(app, lifecycle.model_source(app.config))
     finally:  # also when it refuses to start: a rollout waiting for this worker learns it at once
@@ -56,6 +59,7 @@ def create_app(overrides=None):
     for module in (predict, feedback, health, openapi):
         app.register_blueprint(module.bp)
     app.extensions["openapi"] = openapi.build_spec(app.extensions["predict_schema"], app.config)
+    admission.init_app(app)
     return app
 
 

@@ -83,6 +83,35 @@ def from_env(env=None):
         "COMPILED_MODEL_READONLY": _get(env, "COMPILED_MODEL_READONLY", False, _bool),
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "MODEL_THREADS": _get(env, "XGBOOST_NUM_THREADS", max(1, cpu_count() // 2), _positive(int)),
+        **admission_settings(env),
+    }
+
+
+def _budget(raw):
+    """Milliseconds (positive), or `off`."""
+    return None if raw.strip().lower() == "off" else _positive(float)(raw)
+
+
+def _address(raw):
+    """HOST:PORT with a numeric port (what gunicorn's -b takes for TCP)."""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT")
+    return raw
+
+
+def admission_settings(env=None):
+    """Admission control: the queueing budget, and the probe listener that is never shed."""
+    env = os.environ if env is None else env
+    probe = _get(env, "PROBE_BIND", None, _address)
+    bind = _get(env, "BIND", "127.0.0.1:8000", str)
+    if probe is not None and probe.rpartition(":")[2] == bind.rpartition(":")[2]:
+        raise ConfigError(f"PROBE_BIND={probe!r}: must use another port than BIND")
+    return {
+        # How long a request may have waited in the listen backlog before it is refused (503), in
+        # ms; `off` admits everything. Provisional default, to be set from `make stress` figures.
+        "ADMISSION_BUDGET_MS": _get(env, "ADMISSION_BUDGET_MS", 100.0, _budget),
+        "PROBE_BIND": probe,
     }
 
 
@@ -118,6 +147,7 @@ def server_settings(env=None):
         "multiproc_dir": pathlib.Path(_get(env, "PROMETHEUS_MULTIPROC_DIR", DEFAULT_VAR / "prometheus", str)),
         "timeout": _get(env, "GUNICORN_TIMEOUT", 30, _positive(int)),
         "access_log": _get(env, "ACCESS_LOG", "-", lambda raw: None if raw.lower() == "off" else raw),
+        "probe_bind": admission_settings(env)["PROBE_BIND"],
     }
 
 

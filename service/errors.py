@@ -66,3 +66,10 @@ class StoreUnavailable(HTTPError):
 
     status_code = 503
     code = "store_unavailable"
+
+
+class Overloaded(HTTPError):
+    """Admission control refused the request before any work (service/admission.py); retry later."""
+
+    status_code = 503
+    code = "overloaded"

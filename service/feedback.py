@@ -2,7 +2,7 @@
 
 from flask import Blueprint
 
-from . import metrics, store
+from . import metrics, store, store_health
 from .auth import require_token
 from .errors import StoreUnavailable, ValidationFailed
 from .schemas import FEEDBACK_SCHEMA, load, read_json_object
@@ -22,7 +22,9 @@ def feedback():
     except store.FutureTimestamp:
         raise ValidationFailed("ts is in the future", {"ts": ["more than 5 minutes in the future"]}) from None
     except store.StoreError as exc:
+        store_health.current().failed()
         metrics.observe_store_error("feedback")
         raise StoreUnavailable(f"feedback not stored, retry later: {exc}") from None
+    store_health.current().wrote()
     metrics.observe_feedback(result)
     return {"id": payload["id"], "outcome": result.outcome}, STATUS[result.outcome]

@@ -2,7 +2,7 @@
 
 from flask import Blueprint
 
-from . import model, store
+from . import model, store_health
 
 bp = Blueprint("health", __name__)
 
@@ -21,7 +21,7 @@ def readyz():
     instance out of its balancer at once, though /predict still answers: so the store only reports.
     """
     svc = model.current()
-    state = store.current().health()
+    state = store_health.current().health()  # never a write behind a burst's commits
     uri = str(svc.uri or "")
     if not svc.ready:
         return {"status": "not ready", "reason": f"model: {svc.error}", "model_uri": uri, "store": state}, 503

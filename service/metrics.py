@@ -57,6 +57,20 @@ DRIFT_BINS = Counter("app_drift_bin_total", "Answered requests by bin of the tra
 INFLIGHT = Gauge("app_inflight_requests", "Requests being handled by this instance's workers "
                  "(probes and /metrics excluded).", multiprocess_mode="livesum")
 
+# Admission control (service/admission.py): what arrived (served + shed) and what was refused at
+# once. Offered load keeps growing past capacity, where the completed rate saturates: the signal to
+# scale on. Labels come from fixed sets, so every series exists at 0 from the start.
+SHED_ENDPOINTS = ("predict", "feedback")
+SHED_REASONS = ("queue_time",)
+OFFERED = Counter("app_requests_offered_total", "Requests that reached admission control (served + shed).",
+                  ["endpoint"])
+SHED = Counter("app_requests_shed_total", "Requests refused at once (503 overloaded) before any work.",
+               ["endpoint", "reason"])
+for _endpoint in SHED_ENDPOINTS:
+    OFFERED.labels(_endpoint)
+    for _reason in SHED_REASONS:
+        SHED.labels(_endpoint, _reason)
+
 for _outcome in OUTCOMES:  # every outcome exists at 0 from the start
     FEEDBACK.labels(_outcome)
 for _operation in ("prediction", "feedback", "window"):
@@ -119,8 +133,9 @@ def _gauge(name, doc, value, labels=None):
 class StoreCollector:
     """Gauges computed at scrape time from the shared store, so any worker answers the same."""
 
-    def __init__(self, store, model, drift=None):
+    def __init__(self, store, model, drift=None, health=None):
         self.store, self.model, self.drift = store, model, drift
+        self.health = health or store  # service/store_health.py: a scrape never writes behind a burst
 
     def collect(self):
         """Rolling quality and coverage, which model is loaded, and whether the store takes writes."""
@@ -128,7 +143,7 @@ class StoreCollector:
         holdout = self.model.metrics.get("holdout_rmsle", math.nan) if self.model.ready else math.nan
         yield _gauge("app_model_holdout_rmsle", "Holdout RMSLE recorded by training.", holdout)
         # Per instance: this instance can write to the store now (readiness reports it, never fails on it).
-        up = float(self.store.health()["up"])
+        up = float(self.health.health()["up"])
         yield _gauge("app_store_up", "1 when a write transaction to the store commits now, else 0.", up)
         if self.drift is not None:
             yield reference_shares(self.model)
@@ -201,14 +216,14 @@ class _Chain:
             yield from registry.collect()
 
 
-def exposition_registry(multiprocess, exporter_registry, store, model, drift=None):
+def exposition_registry(multiprocess, exporter_registry, store, model, drift=None, health=None):
     """What /metrics shows: every worker's files (multiprocess) or this process, plus the store gauges."""
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess:
         MultiProcessCollector(registry)
     else:
         registry.register(_Chain(REGISTRY, exporter_registry))
-    registry.register(StoreCollector(store, model, drift))
+    registry.register(StoreCollector(store, model, drift, health))
     return registry
 
 
@@ -237,5 +252,5 @@ def init_app(app):
     app.teardown_request(_inflight_end)
     app.extensions["metrics_registry"] = exposition_registry(
         bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
-        app.extensions["store"], model, app.extensions.get("drift"))
+        app.extensions["store"], model, app.extensions.get("drift"), app.extensions.get("store_health"))
     app.register_blueprint(bp)

@@ -26,6 +26,9 @@ for these refusals, which depend on state no static schema can hold:
 - `POST /predict` while no model is loaded: 503 `not_ready` (`GET /readyz` says why).
 - `POST /feedback` while the store cannot durably record it: 503 `store_unavailable`; retry later.
 - A body over this instance's `MAX_BODY_BYTES` ({max_body} bytes): 413.
+- `POST /predict` or `POST /feedback` while the instance is over capacity (the request waited in
+  the listen backlog past its budget): 503 `overloaded` with `Retry-After`, before the body is
+  parsed, so whatever the body; nothing is recorded. Feedback is shed after predictions.
 
 Request bodies are strict JSON of media type `application/json` (a `charset` parameter is allowed,
 anything else is 415): malformed JSON, an empty body, `NaN`/`Infinity` literals and duplicate keys
@@ -109,6 +112,19 @@ def _post(operation_id, summary, request, example, answers, config, token_key, i
     return operation
 
 
+RETRY_AFTER = {"description": "seconds to wait before retrying (503 `overloaded` only)",
+               "schema": {"type": "integer", "minimum": 1}}
+
+
+def _unavailable(*codes):
+    """One 503 answer for several error codes (an operation has one response per status)."""
+    return _answer("; ".join(f"`{code}`: {text}" for code, text in codes), "Error",
+                   headers={"Retry-After": RETRY_AFTER})
+
+
+OVERLOADED = (errors.Overloaded.code, "over capacity, refused before any work; retry after `Retry-After`")
+
+
 def _feedback_answers():
     """200 and 202 with exactly the outcomes each status carries (feedback.STATUS)."""
     by_status = {}
@@ -118,7 +134,8 @@ def _feedback_answers():
              202: "unmatched: no prediction event of the id exists; stored, never joined later"}
     answers = {str(status): _answer(words[status], f"FeedbackResponse{status}")
                for status in sorted(by_status)}
-    answers["503"] = _error(errors.StoreUnavailable.code, "the store could not record it; retry")
+    answers["503"] = _unavailable((errors.StoreUnavailable.code, "the store could not record it; retry"),
+                                  OVERLOADED)
     return answers, by_status
 
 
@@ -149,7 +166,8 @@ def build_spec(predict_schema, config):
     spec.path("/predict", operations={"post": _post(
         "predict", "Predict Calories for one record", "PredictRequest", PREDICT_EXAMPLE,
         {"200": _answer("the prediction", "PredictResponse"),
-         "503": _error(errors.NotReady.code, "no model is loaded (GET /readyz says why)")},
+         "503": _unavailable((errors.NotReady.code, "no model is loaded (GET /readyz says why)"),
+                             OVERLOADED)},
         config, "PREDICT_TOKEN", "the body violates the schema")})
     spec.path("/feedback", operations={"post": _post(
         "feedback", "Delayed ground truth for a predicted id", "FeedbackRequest", FEEDBACK_EXAMPLE,

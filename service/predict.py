@@ -5,7 +5,7 @@ import math
 
 from flask import Blueprint, current_app
 
-from . import metrics, model, store
+from . import metrics, model, store, store_health
 from .auth import require_token
 from .errors import NotReady
 from .schemas import load, read_json_object
@@ -30,7 +30,9 @@ def predict():
     features = tuple(record[f] for f in RECORD_FIELDS) if current_app.config["STORE_FEATURES"] else None
     try:
         store.current().record_prediction(record["id"], value, svc.trained_version, features)
+        store_health.current().wrote()
     except store.StoreError as exc:
+        store_health.current().failed()
         # The answer is still right; only its later join is lost, and the counter says so.
         log.warning("prediction %s not stored: %s", record["id"], exc)
         metrics.observe_store_error("prediction")

@@ -31,6 +31,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=8, help="prediction sender threads (default 8)")
     p.add_argument("--feedback-fraction", type=float, default=1.0,
                    help="fraction of answered predictions that get ground truth (default 1)")
+    p.add_argument("--feedback-retries", type=int, default=5,
+                   help="tries again of a feedback refused with 503 and Retry-After (jittered exponential "
+                        "backoff from it, at most 30 s apart); after them it counts as lost (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the feedback choice (default 0)")
     p.add_argument("--send-ts", action="store_true",
                    help="send the observation time as ts (default: the server measures the lag)")
@@ -41,7 +44,8 @@ def parse_args(argv):
               (a.cycles > 0 and a.threads > 0, "--cycles and --threads must be positive"),
               (a.burst_rps > 0 and a.burst_duration > 0, "--burst-rps and --burst-duration must be positive"),
               (a.idle_duration >= 0 and a.feedback_delay >= 0, "durations cannot be negative"),
-              (0 <= a.feedback_fraction <= 1, "--feedback-fraction is between 0 and 1")]
+              (0 <= a.feedback_fraction <= 1, "--feedback-fraction is between 0 and 1"),
+              (a.feedback_retries >= 0, "--feedback-retries cannot be negative")]
     for ok, message in checks:
         if not ok:
             p.error(message)
@@ -78,9 +82,9 @@ class Progress:
 def summary(report):
     """The human summary printed at the end."""
     p, f, lat, lag = report["predictions"], report["feedback"], report["latency_ms"], report["feedback_lag_s"]
-    lines = [f"predictions: {p['sent']} sent, {p['ok']} ok, {p['failed']} failed",
-             f"feedback:    {f['sent']} sent, {f['ok']} ok, {f['failed']} failed, {f['pending']} pending "
-             f"{f['outcomes']}",
+    lines = [f"predictions: {p['sent']} sent, {p['ok']} ok, {p['failed']} failed ({p['shed']} shed)",
+             f"feedback:    {f['sent']} sent, {f['ok']} ok, {f['failed']} failed ({f['shed']} shed, "
+             f"{f['retried']} retried, {f['lost']} lost), {f['pending']} pending {f['outcomes']}",
              f"latency ms:  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}",
              f"lag s:       target {lag['target']}  mean {lag['mean']}  max {lag['max']}"]
     lines += [f"burst {b['index']}:     target {b['target_rps']} rps, achieved {b['achieved_rps']} rps "

@@ -12,6 +12,24 @@ from requests.adapters import HTTPAdapter
 from .schedule import FeedbackQueue, SendSchedule, bursts
 
 TIMEOUT = 10
+BACKOFF_CAP_S = 30.0  # the longest wait between two tries of one feedback
+
+
+def retry_after(response):
+    """Seconds the server asked to wait (a 503 with Retry-After), else None: retry only then."""
+    if response is None or response.status_code != 503:
+        return None
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def backoff(asked, attempt, rng=random):
+    """Jittered exponential backoff from the server's Retry-After: clients refused together must not
+    come back together (half to all of min(cap, asked x 2^attempt))."""
+    ceiling = min(BACKOFF_CAP_S, max(asked, 0.1) * 2 ** attempt)
+    return ceiling * rng.uniform(0.5, 1.0)
 
 
 class Stats:
@@ -23,6 +41,9 @@ class Stats:
         self.ok = collections.Counter()
         self.failed = collections.Counter()
         self.errors = collections.Counter()   # status code or "connection"
+        self.shed = collections.Counter()     # answered 503 with Retry-After (over capacity)
+        self.retried = 0                      # feedback tries scheduled again after a Retry-After
+        self.lost = 0                         # feedback given up after --feedback-retries
         self.outcomes = collections.Counter()
         self.latencies_ms = []
         self.lags = []                        # feedback sent minus its prediction sent, seconds
@@ -38,6 +59,8 @@ class Stats:
             else:
                 self.failed[kind] += 1
                 self.errors[str(response.status_code) if response is not None else "connection"] += 1
+                if retry_after(response) is not None:
+                    self.shed[kind] += 1
             if kind == "predictions":
                 self.latencies_ms.append(elapsed * 1000)
 
@@ -97,8 +120,9 @@ class Simulation:
         with self.stats.lock:
             self.stats.burst_sends[burst.index].append(sent_at)
             self.stats.behind = max(self.stats.behind, sent_at - (self.t0 + due))
+        # A shed prediction is counted (Stats.shed), never retried: its answer would come too late.
         if response is not None and response.ok and self.wants_feedback(seq):
-            self.queue.push(sent_at + self.opts.feedback_delay, (features["id"], label, sent_at))
+            self.queue.push(sent_at + self.opts.feedback_delay, (features["id"], label, sent_at, 0))
 
     def _feedback_loop(self):
         sess = session(2)
@@ -112,17 +136,25 @@ class Simulation:
             due = self.queue.next_due()
             self.queue.wait(0.05 if due is None else max(0.0, min(due - self.clock(), 0.5)))
 
-    def _feedback(self, sess, id_, label, predicted_at):
+    def _feedback(self, sess, id_, label, predicted_at, attempt):
         body = {"id": id_, "Calories": label}
         if self.opts.send_ts:
             body["ts"] = self.wall()
         sent_at = self.clock()
         response = post(sess, self.url + "/feedback", body)
         self.stats.record("feedback", response, 0.0)
+        asked = retry_after(response)
         with self.stats.lock:
-            self.stats.lags.append(sent_at - predicted_at)
+            if asked is not None and attempt < self.opts.feedback_retries and not self.stop.is_set():
+                self.stats.retried += 1
+            elif asked is not None:
+                self.stats.lost += 1  # the label the service never got: reported, never dropped silently
+            else:
+                self.stats.lags.append(sent_at - predicted_at)
             if response is not None and response.ok:
                 self.stats.outcomes[response.json().get("outcome", "?")] += 1
+        if asked is not None and attempt < self.opts.feedback_retries and not self.stop.is_set():
+            self.queue.push(self.clock() + backoff(asked, attempt), (id_, label, predicted_at, attempt + 1))
 
     def run(self, progress=None):
         """Run to the end (or until interrupted); returns the report."""
@@ -162,9 +194,10 @@ class Simulation:
             out = {
                 "url": self.url, "interrupted": interrupted,
                 "duration_s": round(self.clock() - self.t0, 3),
-                "predictions": {k: getattr(s, k)["predictions"] for k in ("sent", "ok", "failed")},
-                "feedback": {**{k: getattr(s, k)["feedback"] for k in ("sent", "ok", "failed")},
-                             "pending": pending, "outcomes": dict(s.outcomes)},
+                "predictions": {k: getattr(s, k)["predictions"] for k in ("sent", "ok", "failed", "shed")},
+                "feedback": {**{k: getattr(s, k)["feedback"] for k in ("sent", "ok", "failed", "shed")},
+                             "retried": s.retried, "lost": s.lost, "pending": pending,
+                             "outcomes": dict(s.outcomes)},
                 "errors": dict(s.errors),
                 "bursts": [self._burst_report(b, s.burst_sends.get(b.index, [])) for b in self.bursts],
                 "latency_ms": percentiles(s.latencies_ms),

@@ -32,10 +32,21 @@ def test_retention_never_shorter_than_window():
     ({"PREDICTION_WINDOW_SECONDS": "-1"}, "PREDICTION_WINDOW_SECONDS"),
     ({"ALLOW_STARTUP_FAILURE": "maybe"}, "ALLOW_STARTUP_FAILURE"),
     ({"MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES"),
+    ({"ADMISSION_BUDGET_MS": "0"}, "ADMISSION_BUDGET_MS"),
+    ({"ADMISSION_BUDGET_MS": "soon"}, "ADMISSION_BUDGET_MS"),
+    ({"PROBE_BIND": "8001"}, "PROBE_BIND"),
+    ({"PROBE_BIND": "127.0.0.1:8000"}, "PROBE_BIND"),  # BIND's own port
 ])
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(config.ConfigError, match=name):
         config.from_env(env)
+
+
+def test_admission_settings():
+    assert config.from_env({})["ADMISSION_BUDGET_MS"] == 100.0
+    assert config.from_env({"ADMISSION_BUDGET_MS": "off"})["ADMISSION_BUDGET_MS"] is None
+    s = config.server_settings({"BIND": "0.0.0.0:8000", "PROBE_BIND": "0.0.0.0:8001"})
+    assert s["probe_bind"] == "0.0.0.0:8001" and config.server_settings({})["probe_bind"] is None
 
 
 def test_server_settings():

@@ -234,6 +234,12 @@ def dashboard_checks(server, report, trained):
         'sum by (bin) (job_feature_bin_model_version:app_drift_share:ratio1h{feature="Duration"})':
             lambda r: set(by("bin", r)) == set(reference["Duration"])
             and sum(by("bin", r).values()) == pytest.approx(1),
+        # Offered load on both endpoints, and nothing shed below capacity.
+        "sum by (endpoint) (rate(app_requests_offered_total[5m]))":
+            lambda r: set(by("endpoint", r)) == {"predict", "feedback"}
+            and min(by("endpoint", r).values()) > 0,
+        "sum by (endpoint, reason) (rate(app_requests_shed_total[5m]))":
+            lambda r: len(r) == 2 and all(v == 0 for v in by("endpoint", r).values()),
         'max by (bin) (app_drift_reference_share{feature="Duration"})':
             lambda r: by("bin", r) == pytest.approx(reference["Duration"], rel=1e-9),
     }
