@@ -4,6 +4,7 @@ test_store_sqlite.py and test_store_postgresql.py."""
 
 import concurrent.futures
 import contextlib
+import logging
 import math
 import pathlib
 import threading
@@ -11,10 +12,12 @@ import threading
 import pytest
 from support import FakeClock, free_port, query, sqlite
 
+from service import create_app
 from service.store import FutureTimestamp, StoreError, base, open_store
 from service.store import postgresql as pg_store
 from service.store import sqlite as sqlite_store
 from service.store.base import FIRST_SEEN_SHOWN
+from service.store.location import redact
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -199,6 +202,36 @@ def test_unusable_target_raises_store_error(tmp_path, backend):
     with pytest.raises(StoreError):
         store.record_prediction(1, 1.0, "v1")
     assert store.health()["up"] is False
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://calories:S3ntinel@db:5432/calories", "postgresql://calories:***@db:5432/calories"),
+    ("postgres://u:p%40S3ntinel@h/d", "postgres://u:***@h/d"),
+    ("POSTGRESQL://U:S3ntinel@H/D", "POSTGRESQL://U:***@H/D"),
+    ("postgresql://u:@h/d", "postgresql://u:***@h/d"),
+    ("postgresql://u@h/d?password=S3ntinel&sslmode=require", "postgresql://u@h/d?password=***&sslmode=require"),
+    ("postgresql://u:S3ntinel@h/d?sslmode=require&PASSWORD=S3ntinel",
+     "postgresql://u:***@h/d?sslmode=require&PASSWORD=***"),
+    ("postgresql://u@h/d", "postgresql://u@h/d"),
+    ("var/feedback.db", "var/feedback.db"),
+])
+def test_a_store_url_is_named_with_every_password_redacted(url, shown):
+    assert redact(url) == shown
+
+
+def test_the_start_up_line_names_the_store_without_its_password(config, caplog):
+    # The line an unreachable store logs at start (serving on: ALLOW_STARTUP_FAILURE); a reachable
+    # one logs describe(), which needs no connection to be read here.
+    port = free_port()  # nothing listens there
+    url = f"postgresql://calories:S3ntinel@127.0.0.1:{port}/calories"
+    caplog.set_level(logging.INFO, logger="service.store")
+    create_app({**config, "FEEDBACK_DB": url, "ALLOW_STARTUP_FAILURE": True, "STORE_BUSY_TIMEOUT_MS": 2000})
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("feedback store"))
+    assert line.startswith("feedback store unavailable at start: cannot connect to "
+                           f"postgresql://calories:***@127.0.0.1:{port}/calories")
+    assert "S3ntinel" not in caplog.text
+    store = open_store(url, 300.0, 3600.0)
+    assert store.describe() == f"postgresql {redact(url)}" and "S3ntinel" not in store.describe()
 
 
 def load_v1(target):
