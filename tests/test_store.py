@@ -205,15 +205,17 @@ def test_unusable_target_raises_store_error(tmp_path, backend):
 
 
 @pytest.mark.parametrize("url, shown", [
-    ("postgresql://calories:S3ntinel@db:5432/calories", "postgresql://calories:***@db:5432/calories"),
-    ("postgres://u:p%40S3ntinel@h/d", "postgres://u:***@h/d"),
-    ("POSTGRESQL://U:S3ntinel@H/D", "POSTGRESQL://U:***@H/D"),
-    ("postgresql://u:@h/d", "postgresql://u:***@h/d"),
-    ("postgresql://u@h/d?password=S3ntinel&sslmode=require", "postgresql://u@h/d?password=***&sslmode=require"),
-    ("postgresql://u:S3ntinel@h/d?sslmode=require&PASSWORD=S3ntinel",
-     "postgresql://u:***@h/d?sslmode=require&PASSWORD=***"),
-    ("postgresql://u@h/d", "postgresql://u@h/d"),
-    ("var/feedback.db", "var/feedback.db"),
+    pytest.param("postgresql://calories:S3ntinel@db:5432/calories", "postgresql://calories:***@db:5432/calories",
+                 id="userinfo"),
+    pytest.param("postgres://u:p%40S3ntinel@h/d", "postgres://u:***@h/d", id="percent-encoded"),
+    pytest.param("POSTGRESQL://U:S3ntinel@H/D", "POSTGRESQL://U:***@H/D", id="upper-case"),
+    pytest.param("postgresql://u:@h/d", "postgresql://u:***@h/d", id="empty"),
+    pytest.param("postgresql://u@h/d?password=S3ntinel&sslmode=require",
+                 "postgresql://u@h/d?password=***&sslmode=require", id="query"),
+    pytest.param("postgresql://u:S3ntinel@h/d?sslmode=require&PASSWORD=S3ntinel",
+                 "postgresql://u:***@h/d?sslmode=require&PASSWORD=***", id="both"),
+    pytest.param("postgresql://u@h/d", "postgresql://u@h/d", id="none"),
+    pytest.param("var/feedback.db", "var/feedback.db", id="a-path"),
 ])
 def test_a_store_url_is_named_with_every_password_redacted(url, shown):
     assert redact(url) == shown
