@@ -90,6 +90,15 @@ def test_each_prediction_event_is_exported_once_with_the_feedback_it_joined(fill
     assert [(r["id"], r["prediction"], r["Calories"]) for r in read(out)] == pairs
 
 
+@pytest.mark.parametrize("since, until, count", [(1, 4, 6), (6, 9, 2), (1000, 2000, 0)])
+def test_the_summary_line_counts_the_pairs_written(filled, tmp_path, capsys, since, until, count):
+    out = tmp_path / "pairs.csv"
+    args = ["--since", str(filled + since), "--until", str(filled + until), "--out", str(out)]
+    assert export.main(args) == 0
+    assert capsys.readouterr().err == f"exported {count} matched pairs to {out}\n"
+    assert len(read(out)) == count  # an empty range still writes the header
+
+
 def test_model_version_filter_and_unstored_features(filled, tmp_path):
     out = tmp_path / "v1.csv"
     assert export.main(["--since", str(filled), "--until", str(filled + 100), "--model-version", "v1",
