@@ -1,6 +1,7 @@
 """Request and response schemas (built from the handout's schema.json) and the strict JSON reader."""
 
 import calendar
+import decimal
 import json
 import re
 import sys
@@ -11,14 +12,20 @@ from marshmallow import Schema, ValidationError, fields, validate
 from .errors import MalformedJSON, UnsupportedMediaType, ValidationFailed
 
 MAX_ID = 2**63 - 1
+# The largest double as JSON writes it, 1.7976931348623157e308: the maximum the OpenAPI document states
+# for feedback's Calories. An integer above it must be refused before conversion, since float() would
+# round it down to that double, and a validator reading the document compares exactly.
+LARGEST_NUMBER = int(decimal.Decimal(repr(sys.float_info.max)))
 
 
 class FiniteNumber(fields.Float):
-    """A JSON number: not a string, not a boolean, not NaN or infinite."""
+    """A JSON number: not a string, not a boolean, not NaN or infinite, not an integer beyond a double."""
 
     def _format_num(self, value):
         if not isinstance(value, (int, float)):
             raise TypeError("not a number")
+        if isinstance(value, int) and not -LARGEST_NUMBER <= value <= LARGEST_NUMBER:
+            raise OverflowError("beyond the largest double as written")  # marshmallow: "Number too large."
         return float(value)
 
 

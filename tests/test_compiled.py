@@ -256,3 +256,46 @@ def test_the_row_path_is_safe_for_threads(service):
         results = list(pool.map(run, [0, 100, 200, 300]))
     for offset, got in zip([0, 100, 200, 300], results, strict=True):
         assert got == expected[offset:] + expected[:offset]
+
+
+# A compiled library that is wrong for real, built from the trees' C source with one fault put in:
+# either every margin (the trees, as a broken code generator would write them) or only the margin
+# of the one-call row path. compiled.c_source is wrapped (monkeypatch), not replaced by a mock: the
+# library is compiled, loaded and checked exactly as the service does at start-up.
+FAULTS = {
+    "trees": ("static float margin(const float *x) {\n  float s = ",
+              "static float margin(const float *x) {\n  float s = 0.25f + "),
+    "row path": ("  return margin(x);\n", "  return margin(x) + 0.001f;\n"),  # predict_row's last line
+}
+
+
+def faulty_service(model_path, tmp_path, monkeypatch, fault):
+    original = compiled.c_source
+    old, new = FAULTS[fault]
+
+    def with_fault(model):
+        source = original(model)
+        assert source.count(old) == 1
+        return source.replace(old, new)
+
+    monkeypatch.setattr(compiled, "c_source", with_fault)
+    svc = ModelService(model_path, HANDOUT, compiled_dir=tmp_path / "compiled")
+    svc.load()
+    return svc
+
+
+@pytest.mark.parametrize("fault, inference, rows, logged", [
+    # Parity fails on the compiled trees: the booster serves (checked in turn), never the C path.
+    ("trees", "booster", "numpy", "compiled fast path disagrees with Pipeline.predict"),
+    # The trees agree but the row path's margin does not: compiled trees, features by numpy.
+    ("row path", "compiled", "numpy", "its margin differs from the trees' on row 0"),
+])
+def test_a_compiled_path_that_disagrees_is_not_used(model_path, tmp_path, monkeypatch, caplog, fault,
+                                                    inference, rows, logged):
+    svc = faulty_service(model_path, tmp_path, monkeypatch, fault)
+    assert (svc.inference, svc.fast.rows) == (inference, rows)
+    assert logged in caplog.text
+    frame = pd.read_csv(SAMPLE).head(200)
+    expected = svc.estimator.predict(frame[svc.features.RAW_COLUMNS])
+    answers = [svc.predict_one(r) for r in frame[svc.features.RAW_COLUMNS].to_dict("records")]
+    np.testing.assert_allclose(answers, expected, rtol=1e-6)

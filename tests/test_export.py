@@ -36,9 +36,20 @@ def filled(target, clock, monkeypatch):
     clock.now = t0 + 5
     store.record_prediction(50, 1.0, "v1")  # matched, but recorded with STORE_FEATURES=0
     store.record_prediction(51, 1.0, "v1", FEATURES)  # never gets feedback
+    # An id predicted twice, whose feedback comes three times (the third a duplicate), and an id whose
+    # feedback came before its prediction (unmatched, never joined later): two pairs, not seven.
+    clock.now = t0 + 6
+    store.record_prediction(60, 160.0, "v2", FEATURES)
+    assert store.record_feedback(61, 171.0).outcome == "unmatched"
+    clock.now = t0 + 7
+    store.record_prediction(60, 161.0, "v2", FEATURES)
+    clock.now = t0 + 8
+    store.record_prediction(61, 161.0, "v2", FEATURES)
     clock.now = t0 + 60
     for i in [*range(10), 50]:
         store.record_feedback(i, 90.0 + i)
+    assert [store.record_feedback(60, c).outcome for c in (150.0, 151.0, 152.0)] == [
+        "matched", "matched", "duplicate"]
     store.close()
     monkeypatch.setenv("FEEDBACK_DB", target)
     monkeypatch.setattr(export, "BATCH", 3)
@@ -65,6 +76,30 @@ def test_exports_matched_pairs_of_the_range_in_the_training_layout(filled, tmp_p
     assert not list(tmp_path.glob("*.part"))
 
 
+@pytest.mark.parametrize("since, until, pairs", [
+    # Each event of a repeated id with the feedback that joined it (first come, first joined); the
+    # duplicate feedback and the unmatched one (its id predicted only later) are in no pair.
+    (6, 9, [("60", "160.0", "150.0"), ("60", "161.0", "151.0")]),
+    (7, 8, [("60", "161.0", "151.0")]),
+    (8, 9, []),  # id 61 predicted after its feedback: an open event, not a pair
+])
+def test_each_prediction_event_is_exported_once_with_the_feedback_it_joined(filled, tmp_path, since, until,
+                                                                          pairs):
+    out = tmp_path / "pairs.csv"
+    args = ["--since", str(filled + since), "--until", str(filled + until), "--out", str(out)]
+    assert export.main(args) == 0
+    assert [(r["id"], r["prediction"], r["Calories"]) for r in read(out)] == pairs
+
+
+@pytest.mark.parametrize("since, until, count", [(1, 4, 6), (6, 9, 2), (1000, 2000, 0)])
+def test_the_summary_line_counts_the_pairs_written(filled, tmp_path, capsys, since, until, count):
+    out = tmp_path / "pairs.csv"
+    args = ["--since", str(filled + since), "--until", str(filled + until), "--out", str(out)]
+    assert export.main(args) == 0
+    assert capsys.readouterr().err == f"exported {count} matched pairs to {out}\n"
+    assert len(read(out)) == count  # an empty range still writes the header
+
+
 def test_model_version_filter_and_unstored_features(filled, tmp_path):
     out = tmp_path / "v1.csv"
     assert export.main(["--since", str(filled), "--until", str(filled + 100), "--model-version", "v1",
@@ -79,7 +114,7 @@ def test_parquet_has_the_same_rows(filled, tmp_path):
         missing("pyarrow", "tox installs it in the test environment")
     out = tmp_path / "pairs.parquet"
     assert export.main(["--since", str(filled), "--until", str(filled + 100), "--out", str(out)]) == 0
-    assert pq.read_table(out).column("id").to_pylist() == list(range(10))
+    assert pq.read_table(out).column("id").to_pylist() == [*range(10), 60, 60]
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
 
 

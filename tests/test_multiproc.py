@@ -98,16 +98,59 @@ def test_archiving_folds_every_file_of_the_dead_worker(tmp_path):
     assert total(tmp_path) == 2
 
 
+def dead_worker(directory, code):
+    """A finished process that recorded metrics with `code`, as a gunicorn worker would: its pid."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    proc = subprocess.Popen([sys.executable, "-c", "import prometheus_client as p; " + code], env=env)
+    proc.wait()
+    return proc.pid
+
+
+def samples(directory):
+    """{sample name: value} of the app_demo metrics, as a scrape of the directory reads them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return {s.name: s.value for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in family.samples if s.name.startswith("app_demo") and not s.labels.get("le")}
+
+
+@pytest.mark.parametrize("kind, code, expected", [
+    ("counter", "p.Counter('app_demo_total', 'demo').inc(2.5)", {"app_demo_total": 2.5}),
+    ("summary", "s = p.Summary('app_demo_seconds', 'demo'); s.observe(0.25); s.observe(0.5)",
+     {"app_demo_seconds_count": 2.0, "app_demo_seconds_sum": 0.75}),
+    ("histogram", "p.Histogram('app_demo_seconds', 'demo', buckets=[1]).observe(0.25)",
+     {"app_demo_seconds_count": 1.0, "app_demo_seconds_sum": 0.25}),
+], ids=["counter", "summary", "histogram"])
+def test_every_summing_type_is_archived_with_its_totals(tmp_path, kind, code, expected):
+    pid = dead_worker(tmp_path, code)
+    before = samples(tmp_path)
+    assert {k: before[k] for k in expected} == expected
+    assert multiproc.archive_dead_worker(tmp_path, pid) == 1
+    assert [p.name for p in tmp_path.glob("*.db")] == [f"{kind}_archive.db"]
+    assert samples(tmp_path) == before  # the totals never go back when a worker dies
+
+
 def test_reset_creates_the_directory(tmp_path):
     multiproc.reset(tmp_path / "var" / "prometheus")
     assert (tmp_path / "var" / "prometheus").is_dir()
 
 
-def test_reset_removes_only_metric_files(tmp_path):
-    (tmp_path / "counter_1.db").write_text("")
-    (tmp_path / "keep.txt").write_text("")
+@pytest.mark.parametrize("name, removed", [
+    ("counter_1.db", True),
+    ("histogram_archive.db", True),
+    ("refused-4242.marker", True),  # a refusal of an earlier master: the next one must log its own
+    ("keep.txt", False),
+    ("refused-4242.txt", False),
+    ("4242.marker", False),
+])
+def test_reset_removes_only_metric_files_and_refusal_markers(tmp_path, name, removed):
+    (tmp_path / name).write_text("")
     multiproc.reset(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    assert (tmp_path / name).exists() is not removed
 
 
 @pytest.mark.slow

@@ -85,11 +85,33 @@ def test_every_plain_record_takes_the_quick_path(values, sex, record_id):
 @pytest.mark.parametrize("body", [
     {**RECORD, "id": 7.0},      # an integral float id: marshmallow's to convert
     {**RECORD, "Age": True},    # a bool is not a number
+    {**RECORD, "Duration": True},  # not even where 1.0 is inside the range
+    {**RECORD, "id": True},
+    {**RECORD, "id": False},
     {**RECORD, "Age": 10**400},
     {**RECORD, "Sex": "Male"},
 ])
 def test_unusual_records_go_to_marshmallow(body):
     assert QUICK(body) is None
+
+
+# Every number field's range widened to hold 0.0 and 1.0, so only the type can refuse a boolean.
+WIDE_FEATURES = {name: {**f, "minimum": 0, "maximum": 1000} if name in NUMBERS else f
+                 for name, f in SPEC["features"].items()}
+WIDE = record_loader({**SPEC, "features": WIDE_FEATURES})
+
+
+@pytest.mark.parametrize("name", sorted(NUMBERS))
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_is_not_a_number_even_inside_the_range(name, value):
+    assert WIDE({**RECORD, name: float(value)}) is not None  # the same value as a number is taken
+    assert WIDE({**RECORD, name: value}) is None
+
+
+def test_a_boolean_duration_is_refused_though_1_is_in_its_range(client):
+    assert SPEC["features"]["Duration"]["minimum"] <= 1.0 <= SPEC["features"]["Duration"]["maximum"]
+    r = client.post("/predict", json={**RECORD, "Duration": True})
+    assert r.status_code == 422 and list(r.json["error"]["details"]) == ["Duration"]
 
 
 def test_a_schema_with_another_feature_type_turns_the_quick_path_off():

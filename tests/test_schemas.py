@@ -262,3 +262,29 @@ def test_published_ts_text_is_exactly_what_the_service_reads(ts):
 def test_published_ts_number_is_exactly_what_the_service_reads(ts):
     body = {"id": 7, "Calories": 10, "ts": ts}
     assert published("FeedbackRequest").is_valid(body) == service_accepts(FEEDBACK_SCHEMA, body), ts
+
+
+# The document states feedback's Calories maximum as the largest double, written 1.7976931348623157e308.
+# A validator reads that decimal exactly, so an integer above it is over the maximum even where float()
+# would round it down to the largest double (schemathesis, seed 914859327, found one answered 200).
+WRITTEN_MAX = 17976931348623157 * 10**292
+
+
+@pytest.mark.parametrize("calories, accepted", [
+    pytest.param(sys.float_info.max, True, id="largest-double"),
+    pytest.param(WRITTEN_MAX, True, id="written-maximum-as-integer"),
+    pytest.param(1.7976931348623155e308, True, id="next-double-below"),
+    pytest.param(2**1023, True, id="2**1023"),
+    pytest.param(WRITTEN_MAX + 1, False, id="written-maximum-plus-1"),
+    pytest.param(int(sys.float_info.max), False, id="largest-double-exact-integer"),  # above its written form
+    pytest.param(2**1024 - 2**970 - 1, False, id="largest-integer-rounding-down"),  # float() gives the max
+    pytest.param(10**309, False, id="10**309"),
+])
+def test_feedback_calories_is_bounded_by_the_documented_maximum_exactly(client, calories, accepted):
+    body = {"id": 7, "Calories": calories}
+    assert published("FeedbackRequest").is_valid(body) is accepted
+    assert service_accepts(FEEDBACK_SCHEMA, body) is accepted
+    r = post(client, body, path="/feedback")
+    assert r.status_code == (202 if accepted else 422), r.json
+    if not accepted:
+        assert r.json["error"]["details"] == {"Calories": ["Number too large."]}

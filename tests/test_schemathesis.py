@@ -3,7 +3,7 @@
 Every check schemathesis has (server errors, status codes, content types, response schemas and
 headers, invalid data refused, valid data accepted, unsupported methods, auth) runs once without
 and once with tokens configured, each for a fixed time. The seed is random unless FUZZ_SEED is
-set, and printed with the wall time, so a failure can be replayed.
+set, and printed before the run and in every failure message, so a failure can be replayed.
 """
 
 import datetime as dt
@@ -52,20 +52,23 @@ def run_schemathesis(url, tmp_path, seed, env):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env", [{}, TOKENS], ids=["open", "tokens"])
-def test_service_answers_as_its_description_says(tmp_path, model_path, env, capsys):
+def test_service_answers_as_its_description_says(tmp_path, model_path, env, capsys, request):
     seed = int(os.environ.get("FUZZ_SEED") or random.randrange(2**31))
+    replay = f"replay: FUZZ_SEED={seed} pytest '{request.node.nodeid}'"
+    with capsys.disabled():  # before the run: a hang, a crash or a timeout still names its seed
+        print(f"\nschemathesis ({'tokens' if env else 'open'}): seed {seed} ({replay})")
     started = time.monotonic()
     with Gunicorn(tmp_path, model_path, workers=2, env=env) as server:
         result = run_schemathesis(server.url, tmp_path, seed, env)
         metrics = server.metrics()
     report = json.loads((tmp_path / "report.json").read_text())
     with capsys.disabled():
-        print(f"\nschemathesis ({'tokens' if env else 'open'}): seed {seed}, "
+        print(f"schemathesis ({'tokens' if env else 'open'}): seed {seed}, "
               f"{report['test_cases']['generated']} cases, {report['filtered']} future-ts refusals forgiven, "
-              f"{time.monotonic() - started:.1f} s (replay: FUZZ_SEED={seed})")
-    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
-    assert report["stop_reason"] in ("completed", "max_time")
-    assert not report["failures"] and not report["errors"]
+              f"{time.monotonic() - started:.1f} s")
+    assert result.returncode == 0, f"{replay}\n" + result.stdout[-20000:] + result.stderr[-5000:]
+    assert report["stop_reason"] in ("completed", "max_time"), replay
+    assert not report["failures"] and not report["errors"], replay
     assert set(report["valid_rates"]) == OPERATIONS and report["operations"]["tested"] == len(OPERATIONS)
     assert not any(report["warnings"].values()), report["warnings"]  # e.g. a pattern it cannot generate
     # The checks ran and saw the one listed refusal (the coverage phase always sends a far-future ts).

@@ -4,6 +4,7 @@ test_store_sqlite.py and test_store_postgresql.py."""
 
 import concurrent.futures
 import contextlib
+import logging
 import math
 import pathlib
 import threading
@@ -11,10 +12,12 @@ import threading
 import pytest
 from support import FakeClock, free_port, query, sqlite
 
+from service import create_app
 from service.store import FutureTimestamp, StoreError, base, open_store
 from service.store import postgresql as pg_store
 from service.store import sqlite as sqlite_store
 from service.store.base import FIRST_SEEN_SHOWN
+from service.store.location import redact
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -199,6 +202,38 @@ def test_unusable_target_raises_store_error(tmp_path, backend):
     with pytest.raises(StoreError):
         store.record_prediction(1, 1.0, "v1")
     assert store.health()["up"] is False
+
+
+@pytest.mark.parametrize("url, shown", [
+    pytest.param("postgresql://calories:S3ntinel@db:5432/calories", "postgresql://calories:***@db:5432/calories",
+                 id="userinfo"),
+    pytest.param("postgres://u:p%40S3ntinel@h/d", "postgres://u:***@h/d", id="percent-encoded"),
+    pytest.param("POSTGRESQL://U:S3ntinel@H/D", "POSTGRESQL://U:***@H/D", id="upper-case"),
+    pytest.param("postgresql://u:@h/d", "postgresql://u:***@h/d", id="empty"),
+    pytest.param("postgresql://u@h/d?password=S3ntinel&sslmode=require",
+                 "postgresql://u@h/d?password=***&sslmode=require", id="query"),
+    pytest.param("postgresql://u:S3ntinel@h/d?sslmode=require&PASSWORD=S3ntinel",
+                 "postgresql://u:***@h/d?sslmode=require&PASSWORD=***", id="both"),
+    pytest.param("postgresql://u@h/d", "postgresql://u@h/d", id="none"),
+    pytest.param("var/feedback.db", "var/feedback.db", id="a-path"),
+])
+def test_a_store_url_is_named_with_every_password_redacted(url, shown):
+    assert redact(url) == shown
+
+
+def test_the_start_up_line_names_the_store_without_its_password(config, caplog):
+    # The line an unreachable store logs at start (serving on: ALLOW_STARTUP_FAILURE); a reachable
+    # one logs describe(), which needs no connection to be read here.
+    port = free_port()  # nothing listens there
+    url = f"postgresql://calories:S3ntinel@127.0.0.1:{port}/calories"
+    caplog.set_level(logging.INFO, logger="service.store")
+    create_app({**config, "FEEDBACK_DB": url, "ALLOW_STARTUP_FAILURE": True, "STORE_BUSY_TIMEOUT_MS": 2000})
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("feedback store"))
+    assert line.startswith("feedback store unavailable at start: cannot connect to "
+                           f"postgresql://calories:***@127.0.0.1:{port}/calories")
+    assert "S3ntinel" not in caplog.text
+    store = open_store(url, 300.0, 3600.0)
+    assert store.describe() == f"postgresql {redact(url)}" and "S3ntinel" not in store.describe()
 
 
 def load_v1(target):
@@ -503,6 +538,10 @@ def test_a_version_with_predictions_only_has_coverage_and_no_quality(store):
 
 
 def test_quality_by_version_over_a_period_is_closed_left_open_right(store, clock):
+    check_quality_period_is_closed_left_open_right(store, clock)
+
+
+def check_quality_period_is_closed_left_open_right(store, clock):
     start = clock.now
     for id_, (version, prediction, truth) in enumerate([("v1", 10.0, 12.0), ("v1", 20.0, 20.0),
                                                         ("v2", 30.0, 33.0)]):
@@ -517,6 +556,84 @@ def test_quality_by_version_over_a_period_is_closed_left_open_right(store, clock
     assert period["v1"].mae == pytest.approx(mae, rel=1e-9)
     assert store.quality_by_version(start + 20, start + 21)["v2"].pairs == 1
     assert store.quality_by_version(start + 21, start + 100) == {}
+
+
+def check_window_edge(store, clock):
+    """A pair and a prediction made at t are in the window (now - W, now] until t + W, out at t + W."""
+    start = clock.now
+    store.record_prediction(1, 100.0, "v1")
+    store.record_feedback(1, 50.0)
+    clock.now = start + 299.5
+    inside = store.window_stats()
+    assert (inside.pairs, inside.predictions, inside.joined) == (1, 1, 1)
+    clock.now = start + store.window  # exactly W later: `now - W` equals t
+    edge = store.window_stats()
+    assert (edge.pairs, edge.predictions, edge.joined) == (0, 0, 0)
+
+
+def check_window_by_version_edge(store, clock):
+    """The same window, per version: its pairs and its coverage leave together at t + W."""
+    start = clock.now
+    store.record_prediction(1, 100.0, "v1")
+    store.record_feedback(1, 50.0)
+    store.record_prediction(2, 100.0, "v2")  # coverage only
+    clock.now = start + 299.5
+    inside = store.window_by_version()
+    assert {v: (s.pairs, s.predictions, s.joined) for v, s in inside.items()} == {
+        "v1": (1, 1, 1), "v2": (0, 1, 0)}
+    clock.now = start + store.window
+    assert store.window_by_version() == {}
+
+
+def test_the_window_ends_exactly_w_after_an_event(store, clock):
+    check_window_edge(store, clock)
+
+
+def test_the_window_per_version_ends_exactly_w_after_an_event(store, clock):
+    check_window_by_version_edge(store, clock)
+
+
+check_period = check_quality_period_is_closed_left_open_right
+# mutmut does not mutate SQL text: these are its boundary mutants, written by hand, each applied to
+# the statement text alone (the count check keeps the list in step with the SQL). Each must fail
+# the check named with it. SQLite's run in the fast tier; PostgreSQL's need the session's cluster.
+SQL_MUTANTS = [
+    ("sqlite", "WINDOW_PAIRS_SQL", "received_ts > ?", "received_ts >= ?", check_window_edge),
+    ("sqlite", "WINDOW_COVERAGE_SQL", "ts > ?", "ts >= ?", check_window_edge),
+    ("sqlite", "VERSION_PAIRS_SQL", "received_ts > ?", "received_ts >= ?", check_window_by_version_edge),
+    ("sqlite", "VERSION_COVERAGE_SQL", "ts > ?", "ts >= ?", check_window_by_version_edge),
+    ("sqlite", "VERSION_PAIRS_SQL", "received_ts < ?", "received_ts <= ?", check_period),
+    ("postgresql", "window", "received_ts > ", "received_ts >= ", check_window_edge),
+    ("postgresql", "window", "WHERE ts > ", "WHERE ts >= ", check_window_edge),
+    ("postgresql", "by_version", "received_ts > ", "received_ts >= ", check_window_by_version_edge),
+    ("postgresql", "by_version", "WHERE ts > ", "WHERE ts >= ", check_window_by_version_edge),
+    ("postgresql", "quality", "received_ts >= ", "received_ts > ", check_period),
+    ("postgresql", "quality", "received_ts < ", "received_ts <= ", check_period),
+]
+
+
+def mutate(store, statement, old, new, monkeypatch):
+    """Apply one SQL mutant: SQLite's statements are module constants, PostgreSQL's the store's own."""
+    sql = getattr(sqlite_store, statement) if store.backend == "sqlite" else store._sql[statement]
+    assert sql.count(old) == 1, f"{statement} no longer reads {old!r}: update SQL_MUTANTS"
+    if store.backend == "sqlite":
+        monkeypatch.setattr(sqlite_store, statement, sql.replace(old, new))
+    else:
+        store._sql[statement] = sql.replace(old, new)
+
+
+@pytest.mark.parametrize("backend, statement, old, new, check", SQL_MUTANTS,
+                         ids=[f"{b}-{s}-{o.strip()}->{n.strip()}" for b, s, o, n, _ in SQL_MUTANTS])
+def test_each_boundary_mutant_of_the_sql_fails_its_check(request, tmp_path, clock, monkeypatch, backend,
+                                                         statement, old, new, check):
+    target = str(tmp_path / "fb.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    store = open_store(target, 300.0, 3600.0, clock=clock)
+    try:
+        mutate(store, statement, old, new, monkeypatch)
+        with pytest.raises(AssertionError):
+            check(store, clock)
+    finally:
+        store.close()
 
 
 def test_first_seen_is_the_first_prediction_of_each_version(make_store, clock):

@@ -25,16 +25,48 @@ def backend_pid(store):
     return store._conn().info.backend_pid
 
 
-def test_times_come_from_the_database_server_clock(store, pg_url):
-    # No clock injected: every time is read by the statements themselves on the server.
+def check_times_come_from_the_server_clock(open_, pg_url, monkeypatch, skew):
+    """Every time the store writes or reads is the server's, whatever this host's clock says."""
     now = "SELECT extract(epoch from clock_timestamp())::float8"
     before = query(pg_url, now)[0][0]
-    store.record_prediction(1, 10.0, "v1")
-    store.record_feedback(1, 12.0)
+    # Two clocks on one machine: this process's is moved (time.time patched, as on a host whose clock
+    # is off) from before the store opens; the server's stays real. Only this can stand in for a
+    # second host here (a clock read bound at import, `from time import time`, would not see it).
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew)
+    store = open_(pg_url)
+    try:
+        store.record_prediction(1, 10.0, "v1")
+        store.record_feedback(1, 12.0)
+        store_now, stats = store.now(), store.window_stats()
+    finally:
+        store.close()
+        monkeypatch.setattr(time, "time", real)
     after = query(pg_url, now)[0][0]
     ts, received = query(pg_url, "SELECT p.ts, f.received_ts FROM predictions p, feedback f")[0]
-    assert before <= ts <= received <= after
-    assert store.window_stats().pairs == 1
+    assert before <= ts <= received <= store_now <= after
+    assert (stats.pairs, stats.predictions) == (1, 1)
+
+
+def as_deployed(url):
+    return open_store(url, 300.0, 3600.0, busy_timeout_ms=2000)  # no clock: the server's
+
+
+def on_the_clients_clock(url):
+    """The hand-written mutant "the client's clock": the same statements with this host's time passed
+    in (the store's injected-clock path), as if SERVER_NOW were the client's time."""
+    return open_store(url, 300.0, 3600.0, busy_timeout_ms=2000, clock=time.time)
+
+
+@pytest.mark.parametrize("skew", [0.0, -3600.0, 3600.0])
+def test_times_come_from_the_database_server_clock(pg_url, monkeypatch, skew):
+    check_times_come_from_the_server_clock(as_deployed, pg_url, monkeypatch, skew)
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_a_store_on_the_clients_clock_fails_the_server_clock_check(pg_url, monkeypatch, skew):
+    with pytest.raises(AssertionError):
+        check_times_come_from_the_server_clock(on_the_clients_clock, pg_url, monkeypatch, skew)
 
 
 def test_a_connection_closed_by_the_server_is_replaced_before_use(store, postgres, pg_url):

@@ -1,10 +1,15 @@
 """SQLite-only details of the store: covering-index plans, WAL checkpoints after the response and
 their size limit, pruning after the response at most once per interval."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
-from support import RECORD, query, sqlite
+from support import RECORD, missing, query, sqlite
 
 from service import create_app
 from service.store import StoreError
@@ -150,3 +155,55 @@ def test_a_failed_write_reopens_the_connection(tmp_path, clock):
     assert query(tmp_path / "fb.db", "SELECT id FROM predictions ORDER BY id") == [(1,), (3,)]
     store.close()
 
+
+
+# Runs in a child that file modes bind (root's CAP_DAC_OVERRIDE dropped, as in the service under
+# test_faults.py): a scrape meets the read-only store, then the operator's fix, then a prediction.
+READ_ONLY_STEPS = """
+import json, os, sys
+from service.store import StoreError, open_store
+store = open_store(sys.argv[1], 300.0, 3600.0)
+seen = []
+try:
+    store.window_stats()
+    seen.append("read")
+except StoreError as exc:
+    seen.append(str(exc))
+seen.append(store.health())
+os.chmod(sys.argv[1], 0o644)
+try:
+    store.record_prediction(2, 2.0, "v1")
+    seen.append("stored")
+except StoreError as exc:
+    seen.append(str(exc))
+print(json.dumps(seen))
+"""
+
+
+def bound_by_file_modes(command):
+    """The command as a process that file modes bind: as root, without CAP_DAC_OVERRIDE."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        missing("setpriv", "Debian's util-linux (essential) provides it")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+
+
+def test_a_read_only_store_file_is_refused_even_for_a_read_so_no_read_only_connection_is_kept(tmp_path):
+    # SQLite would open it read-only, silently, and keep that connection read-only after the fix:
+    # the first write after every other worker had recovered would fail.
+    db = tmp_path / "fb.db"
+    store = SQLiteStore(db, 300.0, 3600.0)
+    store.record_prediction(1, 1.0, "v1")
+    store.close()  # the last connection: SQLite checkpoints and removes the -wal and -shm files
+    assert not list(tmp_path.glob("fb.db-*"))
+    db.chmod(0o444)
+    done = subprocess.run(bound_by_file_modes([sys.executable, "-c", READ_ONLY_STEPS, str(db)]),
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    refusal = f"cannot open feedback store {db}: {db} is not writable"
+    health = {"backend": "sqlite", "up": False, "reason": refusal}
+    assert json.loads(done.stdout) == [refusal, health, "stored"]
+    assert query(db, "SELECT id FROM predictions ORDER BY id") == [(1,), (2,)]
