@@ -270,7 +270,7 @@ FAULTS = {
 
 
 def faulty_service(model_path, tmp_path, monkeypatch, fault):
-    original = compiled.c_source
+    original = compiled.cache.c_source
     old, new = FAULTS[fault]
 
     def with_fault(model):
@@ -278,7 +278,7 @@ def faulty_service(model_path, tmp_path, monkeypatch, fault):
         assert source.count(old) == 1
         return source.replace(old, new)
 
-    monkeypatch.setattr(compiled, "c_source", with_fault)
+    monkeypatch.setattr(compiled.cache, "c_source", with_fault)  # where the build looks it up
     svc = ModelService(model_path, HANDOUT, compiled_dir=tmp_path / "compiled")
     svc.load()
     return svc

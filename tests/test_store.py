@@ -13,11 +13,11 @@ import pytest
 from support import FakeClock, free_port, query, sqlite
 
 from service import create_app
+from service.secrets import redact
 from service.store import FutureTimestamp, StoreError, base, open_store
 from service.store import postgresql as pg_store
 from service.store import sqlite as sqlite_store
 from service.store.base import FIRST_SEEN_SHOWN
-from service.store.location import redact
 
 DATA = pathlib.Path(__file__).parent / "data"
 
