@@ -116,12 +116,14 @@ def test_deployment_keeps_the_service_contracts(rendered, overlay):
     _, docs = rendered[overlay]
     pod = find(docs, "Deployment", "calories")["spec"]["template"]["spec"]
     c = container(docs)
-    port = c["ports"][0]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = {e["name"]: e for e in c["env"]}
-    assert port["name"] == "http" and env["BIND"]["value"].endswith(f":{port['containerPort']}")
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert env["BIND"]["value"].endswith(f":{ports['http']}")
+    # Probes on their own listener: never behind a burst in the traffic's backlog.
+    assert env["PROBE_BIND"]["value"].endswith(f":{ports['probes']}") and ports["probes"] != ports["http"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
     # Non-root with the image's UID, read-only root, nothing to escalate.
     assert pod["securityContext"]["runAsNonRoot"] is True
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -256,7 +258,8 @@ def test_hpa_metric_is_exported_scraped_and_mapped(rendered, tmp_path, model_pat
     rule = adapter_rule(docs, metric)  # the adapter serves the HPA's metric
     prom_config = configmap(docs, "prometheus-config")["data"]["prometheus.yml"]
     pod = "calories-5d8f7b9c4-x2x7q"
-    with Gunicorn(tmp_path, model_path, workers=2) as server:
+    scraped = f"127.0.0.1:{free_port()}"  # the probe listener, where Prometheus scrapes
+    with Gunicorn(tmp_path, model_path, workers=2, env={"PROBE_BIND": scraped}) as server:
         for i in range(20):
             requests.post(server.url + "/predict", json={**RECORD, "id": i}, timeout=10)
         exported = requests.get(server.url + "/metrics", timeout=10).text
@@ -267,12 +270,11 @@ def test_hpa_metric_is_exported_scraped_and_mapped(rendered, tmp_path, model_pat
         # plus a decoy (another app's pod) that the relabeling must drop.
         meta = {"__meta_kubernetes_namespace": "calories", "__meta_kubernetes_pod_name": pod,
                 "__meta_kubernetes_pod_label_app_kubernetes_io_name": "calories",
-                "__meta_kubernetes_pod_container_port_name": "http"}
+                "__meta_kubernetes_pod_container_port_name": "probes"}
         decoy = {**meta, "__meta_kubernetes_pod_label_app_kubernetes_io_name": "postgres",
                  "__meta_kubernetes_pod_name": "postgres-0"}
         del job["kubernetes_sd_configs"]
-        job["static_configs"] = [{"targets": [server.url.split("//")[1]], "labels": meta},
-                                 {"targets": [server.url.split("//")[1]], "labels": decoy}]
+        job["static_configs"] = [{"targets": [scraped], "labels": meta}, {"targets": [scraped], "labels": decoy}]
         with prometheus(tmp_path, job) as api:
             wait_until(lambda: api("series", **{"match[]": rule["seriesQuery"].strip("'")}), "series")
             found = api("series", **{"match[]": rule["seriesQuery"].strip("'")})
