@@ -274,7 +274,7 @@ def test_hpa_metric_is_exported_scraped_and_mapped(rendered, tmp_path, model_pat
         decoy = {**meta, "__meta_kubernetes_pod_label_app_kubernetes_io_name": "postgres",
                  "__meta_kubernetes_pod_name": "postgres-0"}
         del job["kubernetes_sd_configs"]
-        job["static_configs"] = [{"targets": [scraped], "labels": meta}, {"targets": [scraped], "labels": decoy}]
+        job["static_configs"] = [{"targets": [scraped], "labels": labels} for labels in (meta, decoy)]
         with prometheus(tmp_path, job) as api:
             wait_until(lambda: api("series", **{"match[]": rule["seriesQuery"].strip("'")}), "series")
             found = api("series", **{"match[]": rule["seriesQuery"].strip("'")})
