@@ -151,9 +151,10 @@ def published(mlflow_server, model_path, second_model_path):
 
 def publish_model(server, path, *flags):
     """publish.publish() of one model into the server; its report."""
+    from service.cli.publish import parse_args
     from service.lifecycle import publish
 
-    args = publish.parse_args(["--model", str(path), *flags])
+    args = parse_args(["--model", str(path), *flags])
     args.settings = {**args.settings, "MLFLOW_TRACKING_URI": server.url}
     return publish.publish(args)
 

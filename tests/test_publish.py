@@ -46,7 +46,7 @@ def test_publish_logs_the_run_and_registers_one_version(mlflow_server, published
     assert {f.removeprefix("model/") for f in files} >= EXPECTED_FILES
     library = [f for f in files if f.startswith("model/published/trees-")]
     assert len(library) == 1  # the compiled trees, for hosts without a compiler
-    version = rest.model_version("calories", report["version"])
+    version = rest.version_entry("calories", report["version"])
     assert version["run_id"] == report["run_id"] and not version.get("aliases")
     assert mlflow_rest.tags(version)["artifact_sha256"] == metrics["artifact_sha256"]
 

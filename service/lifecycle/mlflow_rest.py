@@ -131,9 +131,9 @@ class Client:
 
     # The model registry.
 
-    def model_version(self, name, version):
+    def version_entry(self, name, number):
         """A registered model version: {name, version, source, run_id, tags: [...], ...}."""
-        return self.get("model-versions/get", name=name, version=str(version))["model_version"]
+        return self.get("model-versions/get", name=name, version=str(number))["model_version"]
 
     def version_by_alias(self, name, alias):
         """The model version an alias points at now."""
