@@ -9,8 +9,9 @@ import pathlib
 import threading
 
 import pytest
-from support import FakeClock, free_port, query, sqlite
+from support import FakeClock, query, sqlite
 
+from loopback.process import free_port
 from service.store import FutureTimestamp, StoreError, base, open_store
 from service.store import postgresql as pg_store
 from service.store import sqlite as sqlite_store

@@ -14,7 +14,7 @@ import requests
 from support import ROOT
 
 from bench import capacity, openloop
-from scaleout import free_port
+from loopback.process import free_port
 
 pytestmark = pytest.mark.slow
 TESTS = ROOT / "tests"
