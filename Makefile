@@ -107,7 +107,7 @@ image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build
 	DOCKER_BUILDKIT=1 $(DOCKER) build $(BUILDFLAGS) -t $(IMAGE) .
 
 image-size: $(STAMP)  ## the image's budget: per-layer sizes, cold and code-only rebuilds, start, memory, stop
-	DOCKER_BUILDKIT=1 $(BIN)/python -m deploy.container.report --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
+	DOCKER_BUILDKIT=1 $(BIN)/python -m loopback.image_size --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
 
 MUTATION_SECONDS ?= 1200
 mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with the fast tests (not in CI); lists survivors
