@@ -94,11 +94,11 @@ simulate-stream: $(STAMP)  ## short simulator demo against a running `make serve
 	$(BIN)/python -m simulator --url $(URL) --data "$(HANDOUT)/data_sample/train.csv" \
 		--feedback-delay 10 --cycles 3 --report reports/simulate-stream.json $(SIMFLAGS)
 
-observe: model  ## service + Prometheus (deploy/prometheus) on loopback, URLs printed
-	bash deploy/observe.sh
+observe: model  ## service + Prometheus (deploy/prometheus) on loopback, URLs printed; Ctrl-C stops both
+	$(BIN)/python -m loopback.observe
 
 scaleout: model  ## PostgreSQL + 2 instances + nginx on loopback (state in ./var/scaleout); Ctrl-C stops all
-	$(BIN)/python -m scaleout $(SCALEOUTFLAGS)
+	$(BIN)/python -m loopback.scaleout $(SCALEOUTFLAGS)
 
 test: $(STAMP)  ## full test suite and lint via tox (its environments side by side)
 	$(BIN)/tox p -p all -o --parallel-no-spinner
@@ -119,7 +119,7 @@ image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build
 	DOCKER_BUILDKIT=1 $(DOCKER) build $(BUILDFLAGS) -t $(IMAGE) .
 
 image-size: $(STAMP)  ## the image's budget: per-layer sizes, cold and code-only rebuilds, start, memory, stop
-	DOCKER_BUILDKIT=1 $(BIN)/python -m deploy.container.report --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
+	DOCKER_BUILDKIT=1 $(BIN)/python -m loopback.image_size --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
 
 MUTATION_SECONDS ?= 1200
 mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with the fast tests (not in CI); lists survivors

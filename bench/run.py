@@ -17,8 +17,8 @@ import time
 
 import requests
 
-from scaleout.instance import Instance
-from scaleout.postgres import Cluster, PostgresError
+from loopback.gunicorn import Instance
+from loopback.postgres import PostgresError, throwaway
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RECORD = {"id": 1, "Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "Duration": 29,
@@ -362,20 +362,14 @@ def postgres(enabled):
     if not enabled:
         yield None
         return
-    base = tempfile.mkdtemp(prefix="calories-bench-pg-")
-    os.chmod(base, 0o755)  # the server's own user must enter it
-    try:
-        cluster = Cluster(base).start()
-    except PostgresError as exc:
-        print(f"PostgreSQL figures skipped: {exc}")
-        shutil.rmtree(base, ignore_errors=True)
-        yield None
-        return
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(throwaway("calories-bench-pg-"))
+        except PostgresError as exc:
+            print(f"PostgreSQL figures skipped: {exc}")
+            yield None
+            return
         yield cluster.create_database("calories_bench")
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def main(argv=None):

@@ -14,14 +14,13 @@ import contextlib
 import json
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time
 
-from scaleout.instance import Instance
-from scaleout.nginx import Nginx, NginxError
-from scaleout.postgres import Cluster, PostgresError
+from loopback.gunicorn import Instance
+from loopback.nginx import Nginx, NginxError
+from loopback.postgres import PostgresError, throwaway
 from simulator.records import DataError, load
 
 from . import capacity, openloop
@@ -83,11 +82,7 @@ def start_service(args, stack, work):
     """Start the target on the server CPUs (children inherit the affinity); its URL and instances'."""
     env = {"ACCESS_LOG": os.environ.get("ACCESS_LOG", "-")}
     if args.target == "nginx":
-        base = tempfile.mkdtemp(prefix="calories-stress-pg-")
-        stack.callback(shutil.rmtree, base, ignore_errors=True)
-        os.chmod(base, 0o755)  # PostgreSQL's own user must enter it
-        cluster = Cluster(base).start()
-        stack.callback(cluster.stop)
+        cluster = stack.enter_context(throwaway("calories-stress-pg-"))
         env["FEEDBACK_DB"] = cluster.create_database("calories_stress")
     instances = []
     for i in range(args.instances if args.target == "nginx" else 1):

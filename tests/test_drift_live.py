@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from support import HANDOUT, PUBLIC_CSV, SAMPLE, Gunicorn, PrometheusServer, missing, wait_until
+from support import HANDOUT, PUBLIC_CSV, SAMPLE, Gunicorn, missing
+
+from loopback.process import wait_until
+from loopback.prometheus import Prometheus, scraping
 
 pytestmark = pytest.mark.slow
 RAW = ["Sex", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp"]
@@ -84,8 +87,8 @@ def test_psi_rules_on_the_real_service(tmp_path, model_path, public):
     started = time.monotonic()
     with Gunicorn(tmp_path / "public", model_path, workers=2) as a, \
             Gunicorn(tmp_path / "long", model_path, workers=2) as b, \
-            PrometheusServer(tmp_path, {"public": [f"127.0.0.1:{a.port}"],
-                                        "long": [f"127.0.0.1:{b.port}"]}) as prom:
+            Prometheus(tmp_path, scraping({"public": [f"127.0.0.1:{a.port}"],
+                                           "long": [f"127.0.0.1:{b.port}"]})) as prom:
         wait_until(lambda: prom.value("count(up == 1)") == 2, "both instances up")
         answers = {job: send(server.url, streams[job]) for job, server in (("public", a), ("long", b))}
         total = 'sum by (job) (app_drift_bin_total{feature="Age"})'

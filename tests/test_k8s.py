@@ -7,7 +7,6 @@ config (pod discovery replaced by one static target carrying the labels discover
 scrapes a real gunicorn, so the adapter's seriesQuery and metricsQuery run on real series.
 """
 
-import contextlib
 import math
 import re
 import shutil
@@ -17,9 +16,10 @@ import sys
 import pytest
 import requests
 import yaml
-from support import RECORD, ROOT, Gunicorn, missing, prometheus_binary, wait_until
+from support import RECORD, ROOT, Gunicorn, missing
 
-from scaleout import free_port
+from loopback.process import free_port, wait_until
+from loopback.prometheus import Prometheus
 from service import config as service_config
 
 K8S = ROOT / "deploy" / "k8s"
@@ -219,30 +219,10 @@ def test_servicemonitor_fields(rendered):
         assert endpoint["path"] == "/metrics"
 
 
-@contextlib.contextmanager
 def prometheus(tmp_path, job):
-    """A real Prometheus scraping every second with one scrape job; yields its API getter."""
-    port = free_port()
+    """A real Prometheus scraping every second with one scrape job."""
     config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    with open(tmp_path / "prometheus.log", "wb") as log:
-        cmd = [prometheus_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-               f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--log.level=warn",
-               f"--web.listen-address=127.0.0.1:{port}"]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def api(path, **params):
-        body = requests.get(f"{url}/api/v1/{path}", params=params, timeout=10).json()
-        assert body["status"] == "success", body
-        return body["data"]
-
-    try:
-        wait_until(lambda: requests.get(url + "/-/ready", timeout=2).ok, "prometheus ready")
-        yield api
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    return Prometheus(tmp_path, config)
 
 
 def adapter_rule(docs, metric):
@@ -275,9 +255,9 @@ def test_hpa_metric_is_exported_scraped_and_mapped(rendered, tmp_path, model_pat
                  "__meta_kubernetes_pod_name": "postgres-0"}
         del job["kubernetes_sd_configs"]
         job["static_configs"] = [{"targets": [scraped], "labels": labels} for labels in (meta, decoy)]
-        with prometheus(tmp_path, job) as api:
-            wait_until(lambda: api("series", **{"match[]": rule["seriesQuery"].strip("'")}), "series")
-            found = api("series", **{"match[]": rule["seriesQuery"].strip("'")})
+        with prometheus(tmp_path, job) as prom:
+            wait_until(lambda: prom.api("series", **{"match[]": rule["seriesQuery"].strip("'")}), "series")
+            found = prom.api("series", **{"match[]": rule["seriesQuery"].strip("'")})
             assert {(s["namespace"], s["pod"], s["job"]) for s in found} == {("calories", pod, "calories")}
             query = (rule["metricsQuery"].replace("<<.Series>>", series)
                      .replace("<<.LabelMatchers>>", f'namespace="calories",pod=~"{pod}"')
@@ -287,9 +267,9 @@ def test_hpa_metric_is_exported_scraped_and_mapped(rendered, tmp_path, model_pat
                 """Some requests, then the adapter's query: a rate once two scrapes saw them."""
                 for i in range(10):
                     requests.post(server.url + "/predict", json={**RECORD, "id": i}, timeout=10)
-                result = api("query", query=query)["result"]
+                result = prom.api("query", query=query)["result"]
                 return result and float(result[0]["value"][1]) > 0
 
             wait_until(traffic_shows, "the adapter's metricsQuery to see the traffic", timeout=30)
-            result = api("query", query=query)["result"]
+            result = prom.api("query", query=query)["result"]
     assert [r["metric"] for r in result] == [{"pod": pod}]  # one value per pod, the decoy dropped

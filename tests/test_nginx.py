@@ -9,9 +9,10 @@ import time
 
 import pytest
 import requests
-from support import RECORD, ROOT, Gunicorn, free_port, missing, sample
+from support import RECORD, ROOT, Gunicorn, missing, sample
 
-from scaleout.nginx import PROXY_CONF, Nginx, NginxError
+from loopback.nginx import PROXY_CONF, Nginx, NginxError
+from loopback.process import free_port
 
 pytestmark = pytest.mark.slow
 NGINX_DIR = ROOT / "deploy" / "nginx"

@@ -10,19 +10,10 @@ import time
 import pytest
 import requests
 import yaml
-from support import (
-    ROOT,
-    SAMPLE,
-    Gunicorn,
-    PrometheusServer,
-    free_port,
-    missing,
-    prometheus_binary,
-    sample,
-    total,
-    wait_until,
-)
+from support import ROOT, SAMPLE, Gunicorn, missing, sample, total
 
+from loopback.process import free_port, wait_until
+from loopback.prometheus import Prometheus, prometheus_binary, scraping
 from simulator.cli import main as simulate
 
 DEPLOY = ROOT / "deploy"
@@ -91,7 +82,7 @@ def scraped(tmp_path_factory, model_path):
     """gunicorn (3 workers) scraped by Prometheus through a simulator run; yields both and the report."""
     tmp = tmp_path_factory.mktemp("observe")
     with Gunicorn(tmp, model_path, workers=3) as server, \
-            PrometheusServer(tmp, f"127.0.0.1:{server.port}") as prom:
+            Prometheus(tmp, scraping(f"127.0.0.1:{server.port}")) as prom:
         wait_until(lambda: prom.value("app_feedback_squared_log_error_count") == 0, "first scrape")
         report_path = tmp / "report.json"
         assert simulate(["--url", server.url, "--data", str(SAMPLE), "--limit", "100", "--cycles", "2",

@@ -80,7 +80,7 @@ def test_an_artifact_that_does_not_match_its_metrics_is_never_published(mlflow_s
 
 
 def test_an_unreachable_server_is_one_line(model_path):
-    from support import free_port
+    from loopback.process import free_port
 
     class Dead:
         url = f"http://127.0.0.1:{free_port()}"

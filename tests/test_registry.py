@@ -4,8 +4,9 @@ before unpickling, MODEL_SHA256, the cache while the registry is down; URIs and 
 import sys
 
 import pytest
-from support import RECORD, Gunicorn, free_port
+from support import RECORD, Gunicorn
 
+from loopback.process import free_port
 from service import create_app
 from service.lifecycle import registry
 from service.model import ModelLoadError

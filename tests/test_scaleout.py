@@ -21,23 +21,12 @@ import time
 
 import pytest
 import requests
-from support import (
-    RECORD,
-    ROOT,
-    SAMPLE,
-    Gunicorn,
-    PrometheusServer,
-    free_port,
-    missing,
-    parse_metrics,
-    query,
-    sample,
-    total,
-    wait_until,
-)
+from support import RECORD, ROOT, SAMPLE, Gunicorn, missing, parse_metrics, query, sample, total
 
-from scaleout.nginx import Nginx, NginxError
-from scaleout.postgres import Cluster
+from loopback.nginx import Nginx, NginxError
+from loopback.postgres import Cluster
+from loopback.process import free_port, wait_until
+from loopback.prometheus import Prometheus, scraping
 from simulator.cli import main as simulate
 
 pytestmark = pytest.mark.slow
@@ -284,7 +273,7 @@ def _group_alive(pgid):
 def test_prometheus_scrapes_every_instance_and_the_rules_aggregate_them(stack, tmp_path):
     live = stack.instances
     targets = [f"127.0.0.1:{i.port}" for i in live]
-    with PrometheusServer(tmp_path, targets, "prometheus-instances.yml") as prom:
+    with Prometheus(tmp_path, scraping(targets, "prometheus-instances.yml")) as prom:
         wait_until(lambda: prom.value("count(up == 1)") == len(live), "every instance up")
         body = {**RECORD, "id": 31337}
         requests.post(stack.nginx.url + "/predict", json=body, timeout=10).raise_for_status()

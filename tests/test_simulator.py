@@ -8,8 +8,9 @@ import sys
 import time
 
 import pytest
-from support import ROOT, SAMPLE, Gunicorn, free_port, missing, sample, total
+from support import ROOT, SAMPLE, Gunicorn, missing, sample, total
 
+from loopback.process import free_port
 from simulator.cli import main
 
 pytestmark = pytest.mark.slow

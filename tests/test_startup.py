@@ -5,7 +5,9 @@ import sys
 
 import pytest
 import requests
-from support import RECORD, ROOT, Gunicorn, free_port
+from support import RECORD, ROOT, Gunicorn
+
+from loopback.process import free_port
 
 pytestmark = pytest.mark.slow
 SENTINEL = "S3ntinel-Pa55word"

@@ -10,8 +10,9 @@ import pathlib
 import threading
 
 import pytest
-from support import FakeClock, free_port, query, sqlite
+from support import FakeClock, query, sqlite
 
+from loopback.process import free_port
 from service import create_app
 from service.secrets import redact
 from service.store import FutureTimestamp, StoreError, base, open_store

@@ -8,8 +8,9 @@ import time
 
 import psycopg
 import pytest
-from support import FakeClock, free_port, query
+from support import FakeClock, query
 
+from loopback.process import free_port
 from service.store import StoreError, open_store
 from service.store.postgresql import connection_params
 

@@ -18,7 +18,7 @@ from support import ROOT, SAMPLE
 from bench import capacity, openloop
 from bench import stress as stress_tool
 from bench.traffic import Sampler, Traffic
-from scaleout import free_port
+from loopback.process import free_port
 from simulator.records import load
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@
 # The host's locally added CA certificates (update-ca-certificates) are copied in, so pip inside a
 # build can verify PyPI behind an intercepting TLS proxy: images built on it are for tests only.
 #
-# usage: deploy/container/build-base.sh [TAG]      (default python:3.11-slim)
+# usage: loopback/images/build-base.sh [TAG]      (default python:3.11-slim)
 # env:   DOCKER (CLI, default /usr/bin/docker if present), DOCKER_HOST (daemon),
 #        DEBIAN_MIRROR (default http://deb.debian.org), SUITE (default bookworm: Python 3.11)
 set -euo pipefail
@@ -44,6 +44,6 @@ mmdebstrap --quiet --mode=root --variant=minbase \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["python3"]' \
-    --message "stand-in for python:3.11-slim built by deploy/container/build-base.sh (tests only)" \
+    --message "stand-in for python:3.11-slim built by loopback/images/build-base.sh (tests only)" \
     - "$tag" >/dev/null
 echo "built $tag: $("$docker" image inspect --format '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')"

@@ -3,20 +3,18 @@
 import contextlib
 import os
 import pathlib
-import signal
-import subprocess
 import sys
-import time
 
 import requests
 
-from . import free_port
+from . import ROOT
+from .process import Server, free_port
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-
-class Instance:
+class Instance(Server):
     """A gunicorn master and its workers; its own metrics directory; the store FEEDBACK_DB names."""
+
+    what = "gunicorn"
 
     def __init__(self, workdir, workers=2, env=None, port=None, app="wsgi:app"):
         self.port = port or free_port()
@@ -28,23 +26,13 @@ class Instance:
                     "FEEDBACK_DB": str(self.workdir / "feedback.db"),
                     "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / f"prom-{self.port}"), **(env or {})}
         self.cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
-        self.proc = None
 
     def start(self, timeout=60, probe="/readyz"):
         """Start and wait until every worker has booted and answers `probe` (default: ready)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            if len(self.worker_pids()) == self.workers and self._answers(probe):
-                return self
-            time.sleep(0.2)
-        self.stop(signal.SIGKILL)
-        raise RuntimeError(f"gunicorn not ready in {timeout}s: {self.log.read_text()[-2000:]}")
+        self.spawn(self.cmd, self.log, cwd=ROOT, env=self.env)
+        self.wait_ready(lambda: len(self.worker_pids()) == self.workers and self._answers(probe), timeout)
+        return self
 
     def _answers(self, probe):
         with contextlib.suppress(requests.RequestException):
@@ -57,23 +45,6 @@ class Instance:
         with contextlib.suppress(OSError):
             return [int(p) for p in path.read_text().split()]
         return []
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        """Stop the master (and so the workers) and wait for it."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode if self.proc else None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def close(self):
         """contextlib.closing(instance) for an instance started by hand."""

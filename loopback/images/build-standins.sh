@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the stand-ins for the official postgres, nginx and prom/prometheus images from Debian 12
-# packages (deploy/container/standins/), for machines that reach no container registry, and tags
-# them as deploy/container/compose.test.yaml names them. Run build-base.sh first: they build on the
+# packages (loopback/images/standins/), for machines that reach no container registry, and tags
+# them as loopback/images/compose.test.yaml names them. Run build-base.sh first: they build on the
 # python:3.11-slim stand-in. The three build at once; BuildKit shares their common first stage.
 #
-# usage: deploy/container/build-standins.sh [DOCKER BUILD FLAGS...]     e.g. --network=host
+# usage: loopback/images/build-standins.sh [DOCKER BUILD FLAGS...]     e.g. --network=host
 # env:   DOCKER (CLI, default /usr/bin/docker if present), DOCKER_HOST (daemon)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

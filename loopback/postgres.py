@@ -13,9 +13,9 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
+import tempfile
 
-from . import free_port
+from .process import Server, free_port
 
 SUPERUSER = "postgres"
 SETTINGS = {
@@ -63,8 +63,11 @@ def run_as():
     raise PostgresError("running as root and no unprivileged user (postgres, nobody) to run PostgreSQL")
 
 
-class Cluster:
+class Cluster(Server):
     """initdb + postgres in `base`, listening on 127.0.0.1:`port` and a socket inside `base`."""
+
+    what, error = "postgres", PostgresError
+    stop_signal = signal.SIGINT  # PostgreSQL's fast shutdown; SIGKILL is a crash
 
     def __init__(self, base, port=None, settings=None):
         self.base = pathlib.Path(base).resolve()
@@ -74,7 +77,6 @@ class Cluster:
         self.settings = {**SETTINGS, **(settings or {})}
         self.bin = bindir()
         self.uid, self.gid = run_as()
-        self.proc = None
 
     def _run(self, *args, **kwargs):
         """A server binary as the cluster's user; its output on failure."""
@@ -109,37 +111,17 @@ class Cluster:
         self._prepare()
         options = [f"--port={self.port}", f"--unix_socket_directories={self.sockets}"]
         options += [f"--{k}={v.strip(chr(39))}" for k, v in self.settings.items()]
-        with open(self.log, "ab") as log:
-            os.chown(self.log, self.uid, self.gid)
-            self.proc = subprocess.Popen([os.path.join(self.bin, "postgres"), "-D", str(self.data), *options],
-                                         stdout=log, stderr=subprocess.STDOUT, user=self.uid, group=self.gid,
-                                         extra_groups=[], cwd=self.base, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PostgresError(f"postgres exited {self.proc.returncode}: {self.log.read_text()[-1500:]}")
-            if self._run_ready():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise PostgresError(f"postgres not ready in {timeout} s: {self.log.read_text()[-1500:]}")
+        self.log.touch()
+        os.chown(self.log, self.uid, self.gid)
+        self.spawn([os.path.join(self.bin, "postgres"), "-D", str(self.data), *options], self.log,
+                   user=self.uid, group=self.gid, extra_groups=[], cwd=self.base)
+        self.wait_ready(self._run_ready, timeout, 0.1)
+        return self
 
     def _run_ready(self):
         done = subprocess.run([os.path.join(self.bin, "pg_isready"), "-q", "-h", str(self.sockets),
                                "-p", str(self.port), "-U", SUPERUSER], capture_output=True)
         return done.returncode == 0
-
-    def stop(self, sig=signal.SIGINT, timeout=30):
-        """Stop the server: SIGINT is PostgreSQL's fast shutdown, SIGKILL a crash."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
     def superuser_dsn(self, dbname="postgres"):
         """Connection string for the superuser over the cluster's own socket."""
@@ -160,8 +142,20 @@ class Cluster:
         self.sql(f"CREATE DATABASE \"{name}\" OWNER \"{name}\"")
         return f"postgresql://{name}:{password}@127.0.0.1:{self.port}/{name}"
 
-    def __enter__(self):
-        return self.start()
 
-    def __exit__(self, *exc):
-        self.stop()
+@contextlib.contextmanager
+def throwaway(prefix="calories-pg-"):
+    """A started cluster in a fresh directory under /tmp, stopped and removed on exit.
+
+    Not under a caller's private temporary directory (mode 0700, root's when we are root): the
+    server's own user must enter it."""
+    base = tempfile.mkdtemp(prefix=prefix)
+    try:
+        os.chmod(base, 0o755)
+        cluster = Cluster(base).start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

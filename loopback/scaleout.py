@@ -1,26 +1,24 @@
-"""`make scaleout`: PostgreSQL, N instances and nginx on loopback until Ctrl-C."""
+"""`make scaleout` (python -m loopback.scaleout): PostgreSQL, N instances, nginx on loopback till Ctrl-C."""
 
 import argparse
 import contextlib
-import os
 import pathlib
 import shutil
 import signal
-import socket
 import sys
-import tempfile
 import time
 
 from service.secrets import redact
 
-from . import free_port
-from .instance import ROOT, Instance
+from . import ROOT
+from .gunicorn import Instance
 from .nginx import Nginx, NginxError
-from .postgres import Cluster, PostgresError
+from .postgres import Cluster, PostgresError, throwaway
+from .process import free_port, port_is_free
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m scaleout", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m loopback.scaleout", description=__doc__)
     p.add_argument("--instances", type=int, default=2, help="service instances (default 2)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance (default 2)")
     p.add_argument("--port", type=int, default=8080, help="nginx port on 127.0.0.1 (default 8080)")
@@ -33,15 +31,12 @@ def start_cluster(state, stack):
     """A fresh cluster under state/, or under /tmp (removed at exit) when the server's user cannot
     reach state/."""
     try:
-        return Cluster(state / "postgres").start()
+        return stack.enter_context(Cluster(state / "postgres"))
     except PostgresError as exc:
         if "not traversable" not in str(exc):
             raise
         print(f"note: {exc}", file=sys.stderr)
-        base = tempfile.mkdtemp(prefix="calories-scaleout-pg-")
-        stack.callback(shutil.rmtree, base, ignore_errors=True)
-        os.chmod(base, 0o755)
-        return Cluster(base).start()
+        return stack.enter_context(throwaway("calories-scaleout-pg-"))
 
 
 def run(args, stack):
@@ -49,14 +44,13 @@ def run(args, stack):
     shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True)
     cluster = start_cluster(args.state, stack)
-    stack.callback(cluster.stop)
     url = cluster.create_database("calories")
     instances = []
     for i in range(args.instances):
         instance = Instance(args.state / f"instance-{i + 1}", args.workers, {"FEEDBACK_DB": url})
         stack.callback(instance.stop)
         instances.append(instance.start(timeout=120))
-    port = args.port if _free(args.port) else free_port()
+    port = args.port if port_is_free(args.port) else free_port()
     nginx = Nginx(args.state / "nginx", [f"127.0.0.1:{i.port}" for i in instances], port=port)
     stack.callback(nginx.stop)
     nginx.start()
@@ -67,19 +61,10 @@ def run(args, stack):
     print(f"simulate:        .venv/bin/python -m simulator --url {nginx.url} "
           f"--data '{ROOT / 'handout_from DS_agent' / 'data_sample' / 'train.csv'}'")
     print("Ctrl-C stops everything.", flush=True)
-    while all(i.proc.poll() is None for i in instances) and nginx.proc.poll() is None:
+    while all(process.running() for process in [*instances, nginx]):
         time.sleep(0.5)
     print("a process exited; stopping", file=sys.stderr)
     return 1
-
-
-def _free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def main(argv=None):

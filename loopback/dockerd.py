@@ -5,7 +5,7 @@ chain and no sysctl (`--iptables=false`), so it collides with no other daemon on
 Without NAT, containers reach only the host: builds that download use `--network=host`, and
 published ports work through docker-proxy on 127.0.0.1.
 
-    python -m deploy.container.dockerd -- COMMAND...
+    python -m loopback.dockerd -- COMMAND...
 
 runs COMMAND with DOCKER_HOST pointing at a fresh private daemon and cleans up after it.
 """
@@ -21,7 +21,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+
+from .process import Server, terminate
 
 # Debian's 20.10 CLI has BuildKit built in; a newer CLI without the buildx plugin refuses it.
 DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else (shutil.which("docker") or "docker")
@@ -66,8 +67,10 @@ def ram_size(gib=4):
     return f"{gib}g" if available_gib >= 3 * gib else None
 
 
-class PrivateDockerd:
+class PrivateDockerd(Server):
     """dockerd with everything of its own; `start()`, `docker(...)`, `stop()` (or use `with`)."""
+
+    what, error = "dockerd", DockerdError
 
     def __init__(self, tmpfs_size="auto"):
         # A short path: containerd's sockets live under the exec-root (sun_path holds 108 bytes).
@@ -77,7 +80,6 @@ class PrivateDockerd:
         self.name = f"cal{os.getpid() % 100000}{random.randint(0, 99):02d}"  # bridge: 15 chars at most
         self.host = f"unix://{self.root / 'docker.sock'}"
         self.log = self.root / "dockerd.log"
-        self.proc = None
         self.env = {**os.environ, "DOCKER_HOST": self.host, "DOCKER_BUILDKIT": "1"}
 
     def start(self, timeout=60):
@@ -106,23 +108,11 @@ class PrivateDockerd:
                 f"--host={self.host}", f"--pidfile={self.root / 'docker.pid'}", f"--bridge={self.name}",
                 "--iptables=false", "--ip-forward=false", "--ip-masq=false",
                 f"--cgroup-parent=/{self.name}", "--log-level=warn"]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.spawn(args, self.log)
 
     def _wait(self, timeout):
         """Until `docker version` answers; the daemon's log in the error otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DockerdError(f"dockerd exited {self.proc.returncode}: {self.log_tail()}")
-            if self.docker("version", check=False, timeout=10).returncode == 0:
-                return
-            time.sleep(0.3)
-        raise DockerdError(f"dockerd did not answer within {timeout}s: {self.log_tail()}")
-
-    def log_tail(self, chars=2000):
-        """The end of the daemon's log."""
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+        self.wait_ready(lambda: self.docker("version", check=False, timeout=10).returncode == 0, timeout, 0.3)
 
     def docker(self, *args, check=True, timeout=600, **kwargs):
         """Run the docker CLI against this daemon; text output captured unless told otherwise."""
@@ -135,7 +125,7 @@ class PrivateDockerd:
     def stop(self):
         """Remove containers, networks and volumes, stop the daemon, then delete what is left of it."""
         bridges = [self.name]
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running():
             with contextlib.suppress(DockerdError, subprocess.TimeoutExpired):
                 bridges += self._remove_all()
             self._terminate()
@@ -158,13 +148,8 @@ class PrivateDockerd:
         return bridges
 
     def _terminate(self):
-        """SIGTERM the daemon (it stops its containerd), SIGKILL what is left of its process group."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGTERM the daemon alone (it stops its containerd), SIGKILL what is left of its session."""
+        terminate(self.proc, group=False)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
@@ -188,15 +173,9 @@ class PrivateDockerd:
         for point in sorted(mine, key=len, reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True)
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
 
 def main(argv=None):
-    """python -m deploy.container.dockerd -- COMMAND...: COMMAND against a fresh private daemon."""
+    """python -m loopback.dockerd -- COMMAND...: COMMAND against a fresh private daemon."""
     argv = sys.argv[1:] if argv is None else argv
     command = argv[1:] if argv[:1] == ["--"] else argv
     if not command:

@@ -1,7 +1,7 @@
-"""The image's budget, measured: layer sizes over the base, build times, start, memory and stop.
+"""`make image-size`: the image's budget, measured: layers over the base, builds, start, memory, stop.
 
-    python -m deploy.container.report [--image calories:latest] [--no-cold] [--runs 3] [--private]
-                                      [--report reports/image.json] [-- DOCKER_BUILD_FLAGS...]
+    python -m loopback.image_size [--image calories:latest] [--no-cold] [--runs 3] [--private]
+                                  [--report reports/image.json] [-- DOCKER_BUILD_FLAGS...]
 
 Builds the image (cold, `--no-cache`, unless --no-cold), rebuilds it after a code-only change to
 show which layers are reused, runs it as `docker run --read-only --tmpfs /tmp`, and times
@@ -21,9 +21,10 @@ import time
 
 import requests
 
-from deploy.container import dockerd
+from . import ROOT, dockerd
+from .process import wait_until
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+BUILD_BASE = ROOT / "loopback" / "images" / "build-base.sh"
 BUDGET_MB = 400
 CODE_CHANGE = "service/health.py"  # any code: the build stage recompiles, to the same bytes
 
@@ -94,7 +95,9 @@ def run_and_stop(docker, image):
     cid = docker("run", "-d", "--read-only", "--tmpfs", "/tmp", "-p", "127.0.0.1::8000", image).strip()
     try:
         url = "http://127.0.0.1:" + docker("port", cid, "8000/tcp").split()[0].rsplit(":", 1)[1]
-        ready = wait_ready(url, started)
+        wait_until(lambda: requests.get(url + "/readyz", timeout=2).status_code == 200, "/readyz 200",
+                   interval=0.05)
+        ready = time.monotonic() - started
         memory = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", cid).split("/")[0].strip()
         started = time.monotonic()
         docker("stop", "-t", "30", cid)
@@ -102,18 +105,6 @@ def run_and_stop(docker, image):
         return ready, memory, stopped, int(docker("inspect", "-f", "{{.State.ExitCode}}", cid))
     finally:
         docker("rm", "-f", "-v", cid, check=False)
-
-
-def wait_ready(url, started, timeout=60):
-    """Seconds from `started` until GET /readyz answers 200."""
-    while time.monotonic() - started < timeout:
-        try:
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url}/readyz not 200 within {timeout} s")
 
 
 def measure(docker, image, base, flags, cold, runs=3):
@@ -157,7 +148,7 @@ def show(figures):
 
 def main(argv=None):
     """Measure, print, write the JSON report; 1 when the layers exceed the budget."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.container.report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m loopback.image_size", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default="calories:latest")
     parser.add_argument("--base", default="python:3.11-slim", help="the BASE the image was built on")
@@ -169,7 +160,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.private:
         with dockerd.PrivateDockerd() as daemon:
-            subprocess.run(["bash", str(ROOT / "deploy" / "container" / "build-base.sh"), args.base],
+            subprocess.run(["bash", str(BUILD_BASE), args.base],
                            env=daemon.env, check=True)
             figures = measure(Docker(daemon.env), args.image, args.base, ["--network=host", *args.flags],
                               cold=True, runs=args.runs)
