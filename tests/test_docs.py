@@ -22,9 +22,10 @@ other fence (none, `text`, `sh`, `console`) needs one, so no new block slips in 
 A COVER is `tests/x.py::test_name` or a path of the repository, optionally followed by a note in
 parentheses; each must exist.
 
-**How a block runs.** In a copy of the tracked files (as tests/test_make.py; `.venv` is a symlink
-to the checkout's, and its editable install imports the code it was installed from) with no model
-in it, as in a fresh clone; each page of the docs is one reader, starting from `env -i` with only
+**How a block runs.** In a copy of the tracked files with no model and no var/, as in a fresh
+clone, with a `.venv` of its own (layered over the checkout's installed packages, the copy as its
+editable install: `.venv/bin/calories` runs the copy's code, so nothing touches the checkout's
+var/ or logs/); each page of the docs is one reader, starting from `env -i` with only
 HOME (a fresh folder), PATH=/usr/local/bin:/usr/bin:/bin and LANG, plus what the docs tell the
 reader to set: what the page's blocks `export`, and the documented settings below. Each command
 runs as printed with `bash -e -c`, except that the ports the docs use are swapped for free ones:
@@ -43,6 +44,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -168,7 +170,7 @@ def commands(text):
     for line in text.splitlines():
         current += line
         if current.endswith("\\"):
-            current = current[:-1] + "\n"
+            current += "\n"  # kept as printed: bash joins the lines
             continue
         if current.strip() and not current.lstrip().startswith("#"):
             out.append(current.strip())
@@ -330,7 +332,7 @@ def test_the_parser_refuses_what_would_slip_through(tmp_path):
 
 def test_commands_join_continuations_and_ports_are_swapped():
     text = "curl -s http://127.0.0.1:8000/x \\\n  -d '{}'\n# a comment\n\nmlflow server --port 5000\n"
-    assert commands(text) == ["curl -s http://127.0.0.1:8000/x \n  -d '{}'", "mlflow server --port 5000"]
+    assert commands(text) == ["curl -s http://127.0.0.1:8000/x \\\n  -d '{}'", "mlflow server --port 5000"]
     ports = {8000: 18000, 5000: 15000}
     assert swap_ports(commands(text)[1], ports) == "mlflow server --port 15000"
     assert swap_ports("http://127.0.0.1:80001 127.0.0.1:8000/", ports) == \
@@ -362,21 +364,51 @@ def precondition(command, tree):
     return None
 
 
+def layered_venv(tree):
+    """`.venv` of the copy: a venv of its own over the checkout's installed packages, with the copy
+    itself as the editable install, as `make install` would make it in a fresh clone. (A symlink to
+    the checkout's .venv would run the checkout's code, whose default paths, var/ and logs/, are
+    its own: a command would then touch the developer's store.)"""
+    shared, venv = (ROOT / ".venv").resolve(), tree / ".venv"
+    subprocess.run([shared / "bin" / "python", "-m", "venv", "--without-pip", venv], check=True)
+    lib = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    packages = next((shared / "lib").glob("python3*/site-packages"))
+    # The checkout's packages and their .pth files, but not its own editable install.
+    (lib / "_docs_test_packages.py").write_text(
+        f"import os, site, sys\nsys.path.append({str(packages)!r})\n"
+        f"for name in sorted(os.listdir({str(packages)!r})):\n"
+        "    if name.endswith('.pth') and not name.startswith('__editable__'):\n"
+        f"        site.addpackage({str(packages)!r}, name, set())\n")
+    (lib / "00-docs-test-packages.pth").write_text("import _docs_test_packages\n")
+    (lib / "zz-docs-test-editable.pth").write_text(f"{tree}\n")
+    for script in sorted((shared / "bin").iterdir()):
+        target = venv / "bin" / script.name
+        if target.exists() or target.is_symlink():
+            continue  # python, activate: the venv's own
+        head = script.read_bytes()[:200]
+        if head.startswith(b"#!") and b"python" in head.split(b"\n")[0]:
+            body = script.read_text().split("\n", 1)[1]
+            target.write_text(f"#!{venv / 'bin' / 'python'}\n{body}")
+            target.chmod(0o755)
+        else:
+            target.symlink_to(script)
+    (venv / ".installed-stamp").touch()  # installed: make never runs pip here
+    return venv
+
+
 def make_tree(tmp):
-    """The tracked files in a fresh folder (no model, no var/), `.venv` shared, and `../shared/data`
-    beside it as README's `make evaluate DATA=../shared/data/…` expects."""
+    """The tracked files in a fresh folder (no model, no var/), its own layered `.venv`, and
+    `../shared/data` beside it as README's `make evaluate DATA=../shared/data/…` expects."""
     tree = tmp / "project"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, files.decode().split("\0")):
         if (ROOT / name).is_file():
             (tree / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, tree / name)
-    (tree / ".venv").symlink_to(ROOT / ".venv")
-    # make must never reinstall into the shared venv (an editable install would point it at this copy).
-    stamp = (ROOT / ".venv" / ".installed-stamp").stat().st_mtime
-    for name in ("requirements.txt", "requirements-dev.txt", "requirements-plot.txt", "pyproject.toml",
-                 "constraints.txt"):
-        os.utime(tree / name, (stamp - 60, stamp - 60))
+    venv = layered_venv(tree)
+    where = subprocess.run([venv / "bin" / "python", "-c", "import service; print(service.__file__)"],
+                           cwd="/", capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(tree)), f"the copy's .venv imports {where}, not the copy"
     if PUBLIC_CSV.exists():
         (tmp / "shared" / "data").mkdir(parents=True)
         (tmp / "shared" / "data" / "calories_public.csv").symlink_to(PUBLIC_CSV)
