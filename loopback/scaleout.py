@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import os
 import pathlib
 import shutil
 import signal
@@ -39,12 +40,23 @@ def start_cluster(state, stack):
         return stack.enter_context(throwaway("calories-scaleout-pg-"))
 
 
+def keep_private(path, text):
+    """A file only its owner can read: where the store's URL, password included, waits for the owner."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def run(args, stack):
     """Start everything (registering each stop on the stack), print the addresses, then wait."""
     shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True)
     cluster = start_cluster(args.state, stack)
     url = cluster.create_database("calories")
+    # The password is random and never printed: the owner reads the URL from this file (mode 0600).
+    url_file = args.state / "FEEDBACK_DB"
+    keep_private(url_file, url + "\n")
     instances = []
     for i in range(args.instances):
         instance = Instance(args.state / f"instance-{i + 1}", args.workers, {"FEEDBACK_DB": url})
@@ -58,6 +70,8 @@ def run(args, stack):
     for i, instance in enumerate(instances, 1):
         print(f"instance {i}:      {instance.url}  (scrape {instance.url}/metrics)")
     print(f"store:           {redact(url)}  (cluster in {cluster.base})")
+    print(f"store's URL:     in {url_file} (mode 0600, password included): "
+          f"FEEDBACK_DB=\"$(cat {url_file})\" .venv/bin/calories export --since 1h --out pairs.csv")
     print(f"simulate:        .venv/bin/python -m simulator --url {nginx.url} "
           f"--data '{ROOT / 'handout_from DS_agent' / 'data_sample' / 'train.csv'}'")
     print("Ctrl-C stops everything.", flush=True)

@@ -50,7 +50,7 @@ import pytest
 import requests
 from support import PUBLIC_CSV, ROOT
 
-from scaleout import free_port
+from loopback.process import free_port
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKER = re.compile(r"^<!-- docs-test: (.*) -->\s*$")

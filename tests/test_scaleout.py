@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -306,12 +307,23 @@ def test_make_scaleout_runs_until_ctrl_c(tmp_path, model_path, postgres):
             lines.append(proc.stdout.readline())
         assert f"service (nginx): http://127.0.0.1:{port}" in "".join(lines)
         assert "postgresql://calories:***@127.0.0.1:" in "".join(lines)  # never the password
+        url_file = tmp_path / "state" / "FEEDBACK_DB"  # but the owner can read it
+        url = url_file.read_text().strip()
+        assert stat.S_IMODE(url_file.stat().st_mode) == 0o600 and url.startswith("postgresql://calories:")
+        password = url.split(":")[2].split("@")[0]
+        assert len(password) >= 16 and password not in "".join(lines)
+        pairs = tmp_path / "pairs.csv"
         report = tmp_path / "report.json"
         assert simulate(["--url", f"http://127.0.0.1:{port}", "--data", str(SAMPLE), "--limit", "20",
                          "--cycles", "1", "--burst-rps", "20", "--burst-duration", "1",
                          "--idle-duration", "0", "--feedback-delay", "0.5", "--report", str(report),
                          "--quiet"]) == 0
         assert json.loads(report.read_text())["feedback"]["outcomes"] == {"matched": 20}
+        # The docs' way to point a tool at the scale-out's store, from another shell.
+        exported = subprocess.run(["bash", "-c", f'FEEDBACK_DB="$(cat {url_file})" .venv/bin/calories export '
+                                   f"--since 1h --out {pairs}"], cwd=ROOT, capture_output=True, text=True)
+        assert exported.returncode == 0 and "exported 20 matched pairs" in exported.stderr, exported.stderr
+        assert password not in exported.stderr + exported.stdout
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
         lines.append(proc.communicate(timeout=60)[0])
