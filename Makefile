@@ -11,7 +11,14 @@ STAMP := $(VENV)/.installed-stamp
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 DATA ?= ../shared/data/calories_public.csv
-URL ?= http://127.0.0.1:8000
+# Where what a target starts answers, and where the tools look: one HOST and PORT for every target
+# (docs/operations.md, "Addresses"); BIND, URL and PROMETHEUS_ADDR, when set, win over them.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PROMETHEUS_PORT ?= 9090
+BIND ?= $(HOST):$(PORT)
+URL ?= http://$(HOST):$(PORT)
+PROMETHEUS_ADDR ?= $(HOST):$(PROMETHEUS_PORT)
 SIMFLAGS ?=
 BENCHFLAGS ?=
 STRESSFLAGS ?=
@@ -74,9 +81,9 @@ model: $(STAMP)  ## train only if the artifact is missing (never over a MODEL_PA
 evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
 	$(BIN)/python "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"
 
-serve: model  ## run the service (gunicorn) on $${BIND:-127.0.0.1:8000}
+serve: model  ## run the service (gunicorn) on HOST:PORT (BIND wins), 127.0.0.1:8000 by default
 	mkdir -p "$(dir $(PIDFILE))"
-	$(BIN)/gunicorn -c gunicorn.conf.py --pid "$(PIDFILE)" wsgi:app
+	BIND="$(BIND)" $(BIN)/gunicorn -c gunicorn.conf.py --pid "$(PIDFILE)" wsgi:app
 
 publish: model  ## log the model (MODEL_PATH) to MLflow (MLFLOW_TRACKING_URI) and register a version
 	$(BIN)/calories publish $(PUBLISHFLAGS)
@@ -95,10 +102,10 @@ simulate-stream: $(STAMP)  ## short simulator demo against a running `make serve
 		--feedback-delay 10 --cycles 3 --report reports/simulate-stream.json $(SIMFLAGS)
 
 observe: model  ## service + Prometheus (deploy/prometheus) on loopback, URLs printed; Ctrl-C stops both
-	$(BIN)/python -m loopback.observe
+	BIND="$(BIND)" PROMETHEUS_ADDR="$(PROMETHEUS_ADDR)" $(BIN)/python -m loopback.observe
 
 scaleout: model  ## PostgreSQL + 2 instances + nginx on loopback (state in ./var/scaleout); Ctrl-C stops all
-	$(BIN)/python -m loopback.scaleout $(SCALEOUTFLAGS)
+	$(BIN)/python -m loopback.scaleout --port $(PORT) $(SCALEOUTFLAGS)
 
 test: $(STAMP)  ## full test suite and lint via tox (its environments side by side)
 	$(BIN)/tox p -p all -o --parallel-no-spinner

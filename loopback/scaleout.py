@@ -22,7 +22,8 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m loopback.scaleout", description=__doc__)
     p.add_argument("--instances", type=int, default=2, help="service instances (default 2)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance (default 2)")
-    p.add_argument("--port", type=int, default=8080, help="nginx port on 127.0.0.1 (default 8080)")
+    p.add_argument("--port", type=int, default=8000,
+                   help="the balancer's port on 127.0.0.1 (default 8000; make scaleout passes PORT)")
     p.add_argument("--state", type=pathlib.Path, default=ROOT / "var" / "scaleout",
                    help="where everything lives; wiped at start (default ./var/scaleout)")
     return p.parse_args(argv)

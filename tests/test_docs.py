@@ -29,9 +29,9 @@ var/ or logs/); each page of the docs is one reader, starting from `env -i` with
 HOME (a fresh folder), PATH=/usr/local/bin:/usr/bin:/bin and LANG, plus what the docs tell the
 reader to set: what the page's blocks `export`, and the documented settings below. Each command
 runs as printed with `bash -e -c`, except that the ports the docs use are swapped for free ones:
-through the settings `BIND`/`URL` (the service), `PROMETHEUS_ADDR` (observe), `SCALEOUTFLAGS=--port`
-(scale-out), and, in the command text, only a loopback URL's port and the MLflow server's `--port`
-(no setting exists for it). Short flags where the docs offer them: `SIMFLAGS` and `SCALEOUTFLAGS`.
+through the documented settings `PORT` (what serve, observe and scaleout start, and where
+simulate-stream looks) and `PROMETHEUS_PORT` (observe), and, in the command text, only a loopback
+URL's port and the MLflow server's `--port` (no setting exists for it). Short flags where the docs offer them: `SIMFLAGS` and `SCALEOUTFLAGS`.
 A block identical to one already run (same commands, same marker) is listed, not run again.
 """
 
@@ -64,16 +64,14 @@ PATH = "/usr/local/bin:/usr/bin:/bin"
 # a 1-minute load average at most its CPU count when the run starts).
 BUDGET_SECONDS = 240
 # The documented setting for each port the docs print (README, Configuration; the Makefile).
-DOC_PORTS = (8000, 5000, 8080, 9090)
+DOC_PORTS = (8000, 5000, 9090)
 
 
 def settings(ports):
-    """What the reader sets to move every documented port, and the short flags the docs offer."""
-    return {"BIND": f"127.0.0.1:{ports[8000]}",            # make serve, make observe
-            "URL": f"http://127.0.0.1:{ports[8000]}",       # make simulate-stream
-            "PROMETHEUS_ADDR": f"127.0.0.1:{ports[9090]}",  # make observe
-            "SCALEOUTFLAGS": f"--port {ports[8080]} --workers 1",
-            "SIMFLAGS": "--cycles 1 --feedback-delay 2"}
+    """What the reader sets to move every documented port (docs/operations.md, Addresses: one PORT for
+    serve, observe, scaleout and simulate-stream), and the short flags the docs offer."""
+    return {"PORT": str(ports[8000]), "PROMETHEUS_PORT": str(ports[9090]),
+            "SCALEOUTFLAGS": "--workers 1", "SIMFLAGS": "--cycles 1 --feedback-delay 2"}
 
 
 def swap_ports(text, ports):
