@@ -31,7 +31,8 @@ reader to set: what the page's blocks `export`, and the documented settings belo
 runs as printed with `bash -e -c`, except that the ports the docs use are swapped for free ones:
 through the documented settings `PORT` (what serve, observe and scaleout start, and where
 simulate-stream looks) and `PROMETHEUS_PORT` (observe), and, in the command text, only a loopback
-URL's port and the MLflow server's `--port` (no setting exists for it). Short flags where the docs offer them: `SIMFLAGS` and `SCALEOUTFLAGS`.
+URL's port and the MLflow server's `--port` (no setting exists for it). Short flags where the docs
+offer them: `SIMFLAGS` and `SCALEOUTFLAGS`.
 A block identical to one already run (same commands, same marker) is listed, not run again.
 """
 
