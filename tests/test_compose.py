@@ -1,5 +1,6 @@
 """compose.yaml: checked statically, then run for real (docker-compose 1.29, stand-in images, no registry)."""
 
+import datetime
 import json
 import math
 import os
@@ -33,6 +34,9 @@ RULE_EXPR = {r["record"]: r["expr"] for g in yaml.safe_load(
     (ROOT / "deploy" / "prometheus" / "rules" / "recording.yml").read_text())["groups"]
     for r in g["rules"] if "record" in r}
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "calories.json").read_text())
+# An instance of the stack, measured on the project's machine (2 cores; compose.yaml says more):
+# ready 149 s after its start with 10 other CPU-bound jobs and image builds on the cores.
+READY_UNDER_LOAD_S = 149
 
 
 def write_env(path, **extra):
@@ -67,6 +71,20 @@ def bind_mounts(service):
 def named_volumes(service):
     return {m.split(":")[0]: m.split(":")[1] for m in SERVICES[service].get("volumes", [])
             if not m.startswith(".")}
+
+
+def seconds(duration):
+    """A Compose or Dockerfile duration (`10s`, `3m`, `1m30s`) in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, duration
+    return 60 * int(parts.group(1) or 0) + int(parts.group(2) or 0)
+
+
+def instance_healthcheck():
+    """The instances' health check as Docker runs it: the image's, compose.yaml's fields over it."""
+    flags = re.search(r"^HEALTHCHECK ((?:--\S+ )+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE).group(1)
+    image = {name.replace("-", "_"): value for name, value in re.findall(r"--([a-z-]+)=(\S+)", flags)}
+    return {**image, **SERVICES["app1"].get("healthcheck", {})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,9 +151,9 @@ def test_every_service_has_a_health_check_and_dependants_wait_for_it():
     for name, spec in SERVICES.items():
         if name == "simulator":  # a job that runs to completion: its exit status is its health
             assert spec["healthcheck"] == {"disable": True}
-        elif "healthcheck" in spec:
+        elif "test" in spec.get("healthcheck", {}):
             assert spec["healthcheck"]["test"][0] == "CMD"  # exec form, no shell needed
-        else:  # the project's own images carry theirs
+        else:  # the project's own images carry theirs (compose.yaml may retime it)
             context = ROOT / spec["build"]
             assert "\nHEALTHCHECK " in (context / "Dockerfile").read_text(), name
         for dependency in spec.get("depends_on", {}).values():
@@ -184,6 +202,21 @@ def test_stop_grace_period_outlasts_gunicorns_graceful_timeout():
                              re.MULTILINE).group(1))
     for name in ("app1", "app2"):
         assert int(SERVICES[name]["stop_grace_period"].rstrip("s")) > graceful
+
+
+def test_instances_health_budget_outlasts_a_start_under_load():
+    check = instance_healthcheck()
+    assert set(SERVICES["app1"]["healthcheck"]) == {"start_period"}  # the image's probe, retimed only
+    start, interval = seconds(check["start_period"]), seconds(check["interval"])
+    retries = int(check["retries"])
+    # Once the start period is over, `retries` failed probes make the instance unhealthy, and
+    # docker-compose's `up` stops at the first unhealthy dependency: at the soonest (probes that
+    # fail at once) start + (retries - 1) * interval after the start. The image's own 30 s gave
+    # 50 s: the stack failed to come up on a loaded machine.
+    assert start + (retries - 1) * interval >= 1.5 * READY_UNDER_LOAD_S
+    # A probe that hangs on a worker still loading fails by its own timeout, inside Docker's.
+    assert "timeout=3)" in (ROOT / "deploy" / "container" / "healthcheck.py").read_text()
+    assert seconds(check["timeout"]) > 3
 
 
 def test_instances_are_read_only_on_the_shared_store():
@@ -329,6 +362,36 @@ class Stack:
                             "-h", "127.0.0.1", "-U", user, "-d", database, "-tAc", sql, check=check)
 
 
+def docker_time(text):
+    """A `docker inspect` timestamp (RFC 3339, nanoseconds) as an aware datetime."""
+    return datetime.datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text).replace("Z", "+00:00"))
+
+
+def health_report(compose, services):
+    """Why services are not healthy: each one's state, its last health probes (seconds after its
+    start, duration, exit code, output) and the end of its log."""
+    report = []
+    for service in services:
+        ids = compose("ps", "-q", service, check=False).stdout.split()
+        if not ids:
+            report.append(f"{service}: no container")
+            continue
+        state = json.loads(compose.docker.docker("inspect", "-f", "{{json .State}}", ids[0]).stdout)
+        started = docker_time(state["StartedAt"])
+        health = state.get("Health") or {}
+        report.append(f"{service}: {state['Status']}, exit code {state['ExitCode']}, restarted "
+                      f"{compose.inspect(service, '{{.RestartCount}}')} times, health "
+                      f"{health.get('Status', 'none')} (failing streak {health.get('FailingStreak', 0)})")
+        for probe in health.get("Log", []):
+            begin, end = docker_time(probe["Start"]), docker_time(probe["End"])
+            report.append(f"  probe at +{(begin - started).total_seconds():.1f} s, took "
+                          f"{(end - begin).total_seconds():.1f} s, exit {probe['ExitCode']}: "
+                          f"{probe['Output'].strip()[:200]}")
+        logs = compose.docker.docker("logs", "-t", "--tail=15", ids[0], check=False)
+        report += [f"  | {line}" for line in (logs.stdout + logs.stderr).splitlines()]
+    return "\n".join(report)
+
+
 def wait_healthy(compose, services, timeout=240):
     """Until every service's container reports healthy; fails with the unhealthy ones' logs."""
     deadline = time.monotonic() + timeout
@@ -339,7 +402,7 @@ def wait_healthy(compose, services, timeout=240):
             return
         time.sleep(0.5)
     late = [s for s, h in status.items() if h != "healthy"]
-    pytest.fail(f"not healthy after {timeout} s: {status}\n{compose('logs', '--tail=40', *late).stdout}")
+    pytest.fail(f"not healthy after {timeout} s: {status}\n{health_report(compose, late)}")
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +413,10 @@ def stack(docker, stack_images, tmp_path_factory, request):
     compose = Compose(docker, tmp / "stack.env", f"calories-test{os.getpid()}")
     try:
         with timed(request, "compose stack up and healthy (postgres, app1, app2, nginx, prometheus)"):
-            compose("up", "-d", *STARTED, timeout=600)
+            up = compose("up", "-d", *STARTED, check=False, timeout=600)
+            if up.returncode != 0:  # "Container … is unhealthy", say: which one, and why
+                pytest.fail(f"docker-compose up exited {up.returncode}:\n{up.stderr[-2000:]}\n"
+                            f"{health_report(compose, STARTED)}")
             # MLflow (the slowest to start, needed by nobody else) is waited for by its own tests.
             wait_healthy(compose, [s for s in STARTED if s != "mlflow"])
         yield Stack(compose, env)
