@@ -61,20 +61,24 @@ COPY --from=build /app/compiled /app/compiled
 COPY deploy/container/healthcheck.py gunicorn.conf.py wsgi.py /app/
 COPY service/ /app/service/
 
-# State: the store on /data (a volume), metric files on /tmp (a tmpfs with --read-only).
+# State: the store on /data (a volume); metric files and the registry cache on /tmp (a tmpfs with
+# --read-only).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     BIND=0.0.0.0:8000 \
+    PROBE_BIND=0.0.0.0:8001 \
     HANDOUT_DIR=/app/handout \
     MODEL_PATH=/app/model/model.joblib \
     COMPILED_MODEL_DIR=/app/compiled \
     COMPILED_MODEL_READONLY=1 \
     FEEDBACK_DB=/data/feedback.db \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
+    MODEL_CACHE_DIR=/tmp/models
 VOLUME ["/data"]
 USER ${UID}:${UID}
-EXPOSE 8000
+# 8000: the traffic; 8001: probes and /metrics only (PROBE_BIND), never behind a burst.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "/app/healthcheck.py"]
 # gunicorn as PID 1 (exec form): SIGTERM reaches it and drains in-flight requests.

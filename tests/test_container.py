@@ -142,9 +142,20 @@ def test_healthcheck_needs_no_curl_and_reports_healthy(served):
     while served.inspect("{{.State.Health.Status}}") != "healthy" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert served.inspect("{{.State.Health.Status}}") == "healthy"
-    # The same check against a port nothing listens on fails: it can tell.
-    done = served.exec("env", "BIND=0.0.0.0:9", "python3", "/app/healthcheck.py", check=False)
+    # The same check against a port nothing listens on fails: it can tell. It probes the probe
+    # listener (PROBE_BIND), never the traffic's port.
+    done = served.exec("env", "PROBE_BIND=0.0.0.0:9", "python3", "/app/healthcheck.py", check=False)
     assert done.returncode == 1 and "not ready" in done.stderr
+    probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8001/readyz').status)"
+    assert served.exec("python3", "-c", probe).stdout.strip() == "200"
+
+
+@pytest.mark.slow
+def test_the_image_has_the_calories_command_and_a_writable_model_cache(served):
+    assert "build-compiled" in served.exec("calories", "--help").stdout
+    # Each worker records what it loaded for the rollout (MODEL_CACHE_DIR on the /tmp tmpfs).
+    assert "cannot record this worker's model" not in served.logs()
+    assert served.exec("sh", "-c", "ls /tmp/models/workers/*.json").returncode == 0
 
 
 @pytest.mark.slow
