@@ -35,7 +35,7 @@ QUALITYFLAGS ?=
 # gunicorn's pid file, so `make rollout` knows which master to signal.
 PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install prerequisites lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test lint soak bench stress mutation image image-size clean clean-state
+.PHONY: install prerequisites lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test test-fast lint soak bench stress mutation image image-size clean clean-state
 
 install: $(STAMP)  ## create .venv, install runtime + dev dependencies and the `calories` command
 
@@ -107,14 +107,17 @@ observe: model  ## service + Prometheus (deploy/prometheus) on loopback, URLs pr
 scaleout: model  ## PostgreSQL + 2 instances + nginx on loopback (state in ./var/scaleout); Ctrl-C stops all
 	$(BIN)/python -m loopback.scaleout --port $(PORT) $(SCALEOUTFLAGS)
 
-test: $(STAMP)  ## full test suite and lint via tox (its environments side by side)
+test-fast: $(STAMP)  ## the unit tier alone (in-process, under 2 minutes): the edit-test loop
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+
+test: $(STAMP)  ## full test suite and lint via tox (its environments side by side): every tier, timed
 	$(BIN)/tox p -p all -o --parallel-no-spinner
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 soak: $(STAMP)  ## the concurrency soak of the fault tests, 10 minutes by default
-	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/tox -e py3 -- tests/test_faults.py -k soak
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/tox -e py3 -- tests/load/test_faults.py -k soak
 
 bench: model  ## /predict vs a bare-Flask reference (wrk), cost breakdown, memory, /metrics scrape
 	$(BIN)/python -m bench $(BENCHFLAGS)

@@ -28,16 +28,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def port_is_free(port):
-    """True when 127.0.0.1:port can be bound right now."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def wait_until(check, what, timeout=60, interval=0.5):
     """Poll check() until it holds (a refused connection counts as not yet); the seconds it took."""
     started = time.monotonic()

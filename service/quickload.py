@@ -6,7 +6,7 @@ schema names (an int or a float for a number, a str from the enum) and inside it
 exactly the schema's keys; then it returns what the marshmallow schema would return. Anything
 else (a missing or extra key, a bool, an integral float as id, NaN, a value out of range) gets
 None, and marshmallow decides, with its error messages. So it accepts a subset of what
-marshmallow accepts and never refuses anything: tests/test_quickload.py checks that both agree.
+marshmallow accepts and never refuses anything: tests/unit/test_quickload.py checks that both agree.
 """
 
 MAX_ID = 2**63 - 1

@@ -15,12 +15,9 @@ from support import HANDOUT, FakeClock, missing, snapshot
 from loopback import postgres as pg
 from loopback.mlflow import MlflowServer
 from loopback.process import ToolMissing
-from service import create_app
 
 # The handout's scripts run from its folder; their bytecode cache must not land there either.
 os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-# Session fixtures of the container tests (private dockerd, stand-in base, image), loaded once.
-pytest_plugins = ["docker_support"]
 
 
 def _tool_missing_is_missing():
@@ -72,26 +69,6 @@ def model_path(model_dir):
 def clock():
     """The store's injectable clock."""
     return FakeClock()
-
-
-@pytest.fixture
-def config(tmp_path, model_path, clock):
-    """Overrides for create_app: temporary store, the session model, the fake clock."""
-    return {"MODEL_PATH": model_path, "FEEDBACK_DB": tmp_path / "feedback.db", "CLOCK": clock,
-            "COMPILED_MODEL_DIR": model_path.parent / "compiled", "MODEL_CACHE_DIR": tmp_path / "models",
-            "PREDICTION_WINDOW_SECONDS": 300.0, "PROMETHEUS_MULTIPROC_DIR": None}
-
-
-@pytest.fixture
-def app(config):
-    """The app as the factory builds it."""
-    return create_app(config)
-
-
-@pytest.fixture
-def client(app):
-    """Flask test client."""
-    return app.test_client()
 
 
 @pytest.fixture(scope="session")

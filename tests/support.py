@@ -6,6 +6,7 @@ started by loopback/, which make targets and benchmarks share."""
 import contextlib
 import os
 import pathlib
+import re
 import sqlite3
 
 import pytest
@@ -105,3 +106,13 @@ class Gunicorn(Instance):
     def metrics(self):
         """Parsed /metrics of whichever worker answers."""
         return parse_metrics(requests.get(self.url + "/metrics", timeout=10).text)
+
+
+def documentation():
+    """README, then every guide of docs/, as one text."""
+    return "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
+def code_blocks():
+    """The fenced blocks of the documentation without an info string."""
+    return re.findall(r"```\n(.*?)```", documentation(), re.DOTALL)

@@ -1,0 +1,274 @@
+"""deploy/k8s renders, validates strictly, and keeps the service's contracts; the HPA's metric is one
+the service exports and the adapter's rule maps it, checked against a real Prometheus.
+
+No cluster can run here: `kubectl kustomize` renders every overlay, kubernetes-validate --strict
+checks the output against Kubernetes' schemas, and a real Prometheus with the overlay's own scrape
+config (pod discovery replaced by one static target carrying the labels discovery would give)
+scrapes a real gunicorn, so the adapter's seriesQuery and metricsQuery run on real series.
+"""
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import requests
+import yaml
+from support import RECORD, ROOT, Gunicorn, missing
+
+from loopback.process import free_port, wait_until
+from loopback.prometheus import Prometheus
+from service import config as service_config
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("minikube", "production")
+KUBERNETES_VERSION = "1.37.0"  # the newest kubernetes-validate knows (constraints.txt pins it)
+GUIDE = (ROOT / "docs" / "deployment.md").read_text()  # its Kubernetes section, moved from README
+
+
+def tool(name):
+    """A command from this environment's bin (tox or .venv), else PATH; CI must have it."""
+    local = ROOT / ".venv" / "bin" / name
+    for candidate in (str(sys.executable).rsplit("/", 1)[0] + "/" + name, str(local)):
+        if shutil.os.access(candidate, shutil.os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if found is None:
+        hint = (f"pip install {name} (tox installs it)" if name != "kubectl" else
+                "kubectl with kustomize v5 (.ci/run checks it; Debian's kubernetes-client 1.20 is too old)")
+        missing(name, hint)
+    return found
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """{overlay: (path of the rendered YAML, [documents])}, secrets made from the committed examples."""
+    tree = tmp_path_factory.mktemp("k8s") / "k8s"
+    shutil.copytree(K8S, tree)
+    for example in tree.glob("overlays/*/*.env.example"):
+        shutil.copy(example, example.with_name(example.name.removesuffix(".example")))
+    out = {}
+    for overlay in OVERLAYS:
+        done = subprocess.run([tool("kubectl"), "kustomize", str(tree / "overlays" / overlay)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        path = tree / f"{overlay}.yaml"
+        path.write_text(done.stdout)
+        out[overlay] = (path, [d for d in yaml.safe_load_all(done.stdout) if d])
+    return out
+
+
+def find(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, (kind, name, len(found))
+    return found[0]
+
+
+def configmap(docs, prefix):
+    """The generated ConfigMap whose name (before kustomize's hash suffix) is prefix."""
+    return next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(prefix))
+
+
+def validate(path):
+    return subprocess.run([tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_strictly(rendered, overlay):
+    path, docs = rendered[overlay]
+    done = validate(path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    passed = re.findall(r"passed for resource (\S+)", done.stdout)
+    crds = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert len(passed) == len(docs) - len(crds)  # every resource with a schema was checked
+    for crd in crds:  # kubernetes-validate has no CRD schemas: see test_servicemonitor_fields
+        assert f"Couldn't find schema for kind {crd['kind']}" in done.stdout + done.stderr
+
+
+def test_strict_validation_refuses_a_misspelt_field(rendered, tmp_path):
+    path, _ = rendered["minikube"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(path.read_text().replace("averageValue:", "averageValu:"))
+    done = validate(broken)
+    assert done.returncode != 0 and "averageValu" in done.stdout + done.stderr
+
+
+def test_yamllint():
+    done = subprocess.run([tool("yamllint"), "--strict", "-c", str(K8S / ".yamllint.yaml"), str(K8S)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
+
+
+def container(docs):
+    return find(docs, "Deployment", "calories")["spec"]["template"]["spec"]["containers"][0]
+
+
+def cpu(quantity):
+    """A CPU quantity in cores."""
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_deployment_keeps_the_service_contracts(rendered, overlay):
+    _, docs = rendered[overlay]
+    pod = find(docs, "Deployment", "calories")["spec"]["template"]["spec"]
+    c = container(docs)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["BIND"]["value"].endswith(f":{ports['http']}")
+    # Probes on their own listener: never behind a burst in the traffic's backlog.
+    assert env["PROBE_BIND"]["value"].endswith(f":{ports['probes']}") and ports["probes"] != ports["http"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    # Non-root with the image's UID, read-only root, nothing to escalate.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG UID={pod['securityContext']['runAsUser']}" in dockerfile
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    # Workers from the CPU limit: the Downward API rounds limit / divisor up.
+    field = env["WEB_CONCURRENCY"]["valueFrom"]["resourceFieldRef"]
+    assert field["resource"] == "limits.cpu" and field["containerName"] == c["name"]
+    limit = cpu(c["resources"]["limits"]["cpu"])
+    workers = math.ceil(limit / cpu(field["divisor"]))
+    assert service_config.server_settings({"WEB_CONCURRENCY": str(workers)})["workers"] == workers == 2
+    settings = configmap(docs, "calories-config")["data"]
+    for name in service_config.THREAD_VARIABLES:  # the same figure: CPUs of the limit per worker
+        assert settings[name] == str(max(1, int(limit // workers)))
+    # The multiprocess directory on a size-limited memory emptyDir.
+    multiproc = env["PROMETHEUS_MULTIPROC_DIR"]["value"]
+    mount = next(m for m in c["volumeMounts"] if multiproc.startswith(m["mountPath"]))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["emptyDir"]["medium"] == "Memory" and volume["emptyDir"]["sizeLimit"]
+    # Grace covers preStop plus gunicorn's drain, so in-flight requests finish.
+    conf = (ROOT / "gunicorn.conf.py").read_text()
+    graceful = int(re.search(r"^graceful_timeout = (\d+)", conf, re.M).group(1))
+    pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + graceful
+    assert c["readinessProbe"]["timeoutSeconds"] <= pre_stop + graceful
+    secret = next(s for s in c["envFrom"] if "secretRef" in s)["secretRef"]["name"]
+    assert any(d["kind"] == "Secret" and d["metadata"]["name"] == secret for d in docs)
+    pdb, service = find(docs, "PodDisruptionBudget"), find(docs, "Service", "calories")
+    labels = find(docs, "Deployment", "calories")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert len(pod["topologySpreadConstraints"]) >= 1
+
+
+def test_minikube_pulls_nothing_and_pins_every_other_image(rendered):
+    _, docs = rendered["minikube"]
+    images = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                images[c["image"]] = c.get("imagePullPolicy")
+    assert images.pop("calories:latest") == "IfNotPresent"
+    # Versions, not floating tags (PostgreSQL's are major.minor: 16.4 is a patch release).
+    assert images and all(re.search(r":v?\d+\.\d+(\.\d+)?(-\w+)?$", image) for image in images)
+
+
+def test_hpa_shape(rendered):
+    _, docs = rendered["minikube"]
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "calories"
+    kinds = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert kinds["Resource"]["resource"]["name"] == "cpu"
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert all(p["periodSeconds"] <= 15 for p in behavior["scaleUp"]["policies"])
+
+
+def test_resource_figures_match_readme(rendered):
+    _, docs = rendered["minikube"]
+    c = container(docs)
+    pod = find(docs, "Deployment", "calories")["spec"]["template"]["spec"]
+    tmp = next(v for v in pod["volumes"] if "emptyDir" in v)["emptyDir"]["sizeLimit"]
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    target = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")["pods"]["target"]["averageValue"]
+    resources = c["resources"]
+    row = (f"| calories | {resources['requests']['cpu']} CPU, {resources['requests']['memory']} | "
+           f"{resources['limits']['cpu']} CPU, {resources['limits']['memory']} (including the {tmp} `/tmp` "
+           f"emptyDir) |")
+    assert row in GUIDE
+    assert f"`averageValue: \"{target}\"`" in GUIDE
+
+
+def test_servicemonitor_fields(rendered):
+    # kubernetes-validate has no schema for the CRD. prometheus-operator's published schema (its
+    # monitoring.coreos.com_servicemonitors.yaml) is not vendored here; on a cluster with the
+    # operator, `kubectl apply --dry-run=server -k deploy/k8s/overlays/production` checks it. Here:
+    # only fields of that schema, and the selector and port meet the rendered Service.
+    _, docs = rendered["production"]
+    monitor, service = find(docs, "ServiceMonitor"), find(docs, "Service", "calories")
+    spec = monitor["spec"]
+    assert set(spec) <= {"jobLabel", "selector", "namespaceSelector", "endpoints"}
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["metadata"]["namespace"] in spec["namespaceSelector"]["matchNames"]
+    assert spec["jobLabel"] in service["metadata"]["labels"]
+    assert service["metadata"]["labels"][spec["jobLabel"]] == "calories"
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert endpoint["path"] == "/metrics"
+
+
+def prometheus(tmp_path, job):
+    """A real Prometheus scraping every second with one scrape job."""
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
+    return Prometheus(tmp_path, config)
+
+
+def adapter_rule(docs, metric):
+    rules = yaml.safe_load(configmap(docs, "adapter-config")["data"]["config.yaml"])["rules"]
+    return next(r for r in rules if r["name"]["as"] == metric)
+
+
+def test_hpa_metric_is_exported_scraped_and_mapped(rendered, tmp_path, model_path):
+    _, docs = rendered["minikube"]
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    metric = next(m for m in hpa["spec"]["metrics"] if m["type"] == "Pods")["pods"]["metric"]["name"]
+    rule = adapter_rule(docs, metric)  # the adapter serves the HPA's metric
+    prom_config = configmap(docs, "prometheus-config")["data"]["prometheus.yml"]
+    pod = "calories-5d8f7b9c4-x2x7q"
+    scraped = f"127.0.0.1:{free_port()}"  # the probe listener, where Prometheus scrapes
+    with Gunicorn(tmp_path, model_path, workers=2, env={"PROBE_BIND": scraped}) as server:
+        for i in range(20):
+            requests.post(server.url + "/predict", json={**RECORD, "id": i}, timeout=10)
+        exported = requests.get(server.url + "/metrics", timeout=10).text
+        series = re.search(r"^(\w+)", re.sub(r"\{.*", "", rule["seriesQuery"].strip("'"))).group(1)
+        assert re.search(rule["name"]["matches"], series) and f"\n{series}{{" in exported
+        job = yaml.safe_load(prom_config)["scrape_configs"][0]
+        # Pod discovery replaced by the target it would find: the meta labels of a calories pod,
+        # plus a decoy (another app's pod) that the relabeling must drop.
+        meta = {"__meta_kubernetes_namespace": "calories", "__meta_kubernetes_pod_name": pod,
+                "__meta_kubernetes_pod_label_app_kubernetes_io_name": "calories",
+                "__meta_kubernetes_pod_container_port_name": "probes"}
+        decoy = {**meta, "__meta_kubernetes_pod_label_app_kubernetes_io_name": "postgres",
+                 "__meta_kubernetes_pod_name": "postgres-0"}
+        del job["kubernetes_sd_configs"]
+        job["static_configs"] = [{"targets": [scraped], "labels": labels} for labels in (meta, decoy)]
+        with prometheus(tmp_path, job) as prom:
+            wait_until(lambda: prom.api("series", **{"match[]": rule["seriesQuery"].strip("'")}), "series")
+            found = prom.api("series", **{"match[]": rule["seriesQuery"].strip("'")})
+            assert {(s["namespace"], s["pod"], s["job"]) for s in found} == {("calories", pod, "calories")}
+            query = (rule["metricsQuery"].replace("<<.Series>>", series)
+                     .replace("<<.LabelMatchers>>", f'namespace="calories",pod=~"{pod}"')
+                     .replace("<<.GroupBy>>", "pod"))
+
+            def traffic_shows():
+                """Some requests, then the adapter's query: a rate once two scrapes saw them."""
+                for i in range(10):
+                    requests.post(server.url + "/predict", json={**RECORD, "id": i}, timeout=10)
+                result = prom.api("query", query=query)["result"]
+                return result and float(result[0]["value"][1]) > 0
+
+            wait_until(traffic_shows, "the adapter's metricsQuery to see the traffic", timeout=30)
+            result = prom.api("query", query=query)["result"]
+    assert [r["metric"] for r in result] == [{"pod": pod}]  # one value per pod, the decoy dropped

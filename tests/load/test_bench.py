@@ -1,0 +1,53 @@
+"""make bench runs end to end (short form); figures are printed, never asserted as timings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+from support import ROOT, Gunicorn
+
+from bench import run
+from service.store import open_store
+
+
+def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  # postgres: PG present
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "MODEL_PATH": str(model_path),
+           "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--duration", "2", "--chunk", "1",
+                           "--scrape-predictions", "20000", "--scrape-feedback", "10000", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for figure in ("ratio predict/reference", "p99", "PSS total", "/metrics with the big store (sqlite)",
+                   "validation", "model", "store", "metrics", "drift", "machine: ", "caches",
+                   "drift counters + stored features on vs off", "PostgreSQL store: /predict ratio",
+                   "store insert per /predict, PostgreSQL", "/metrics with the big store (postgresql)"):
+        assert figure in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["ratio"] > 0 and report["pss_total_mb"] > 0
+    assert {r["errors"] for rounds in report["rounds"].values() for r in rounds} == {0}
+    # Each configuration's 2 s came in two 1-s turns, taken in turn with the other configurations'.
+    assert {r["chunks"] for rounds in report["rounds"].values() for r in rounds} == {2}
+    turns = [line.split(": ")[1].split()[::2] for line in proc.stdout.splitlines() if " turn " in line]
+    assert turns == 2 * [["reference", "service", "service_lean", "service_postgresql"]], turns
+    assert report["costs_us"]["inference"] == "compiled"
+    assert set(report["rounds"]) == {"reference", "service", "service_lean", "service_postgresql"}
+    assert set(report["scrape"]) == {"sqlite", "postgresql"}
+
+
+def test_python_load_generator_fallback(tmp_path, model_path):
+    with Gunicorn(tmp_path, model_path, workers=2) as server:
+        figures = run.python_load(server.url, 1, 2)
+    assert figures["rps"] > 0 and figures["errors"] == 0 and figures["p99_ms"] >= figures["p50_ms"]
+
+
+def test_big_postgresql_store_holds_only_what_it_was_built_with(pg_url):
+    # As in make bench: the load rounds' predictions are in the database before the scrape's store.
+    open_store(pg_url, 300.0, 86400.0).record_prediction(1, 100.0, "load-round")
+    run.build_pg_store(pg_url, 200, 100, 86400.0)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*), count(feedback_seq), min(seq) FROM predictions").fetchone() \
+            == (200, 100, 1)
+        assert conn.execute("SELECT count(*) FROM feedback").fetchone() == (100,)

@@ -1,0 +1,270 @@
+"""deploy/: promtool checks and unit tests, a real Prometheus scraping real gunicorn, the dashboard."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+import yaml
+from support import ROOT, SAMPLE, Gunicorn, missing, sample, total
+
+from loopback.process import free_port, wait_until
+from loopback.prometheus import Prometheus, prometheus_binary, scraping
+from simulator.cli import main as simulate
+
+DEPLOY = ROOT / "deploy"
+PROM_DIR = DEPLOY / "prometheus"
+RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
+TEST_FILES = sorted((PROM_DIR / "tests").glob("*.yml"))
+DASHBOARD = json.loads((DEPLOY / "grafana" / "dashboards" / "calories.json").read_text())
+
+
+def binary(name):
+    """The path of a Prometheus tool (CI must have it)."""
+    return prometheus_binary(name)
+
+
+def promtool(*args):
+    return subprocess.run([binary("promtool"), *args], capture_output=True, text=True, cwd=PROM_DIR)
+
+
+def rules(kind):
+    return [r for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]
+            if kind in r]
+
+
+def test_promtool_checks_config_and_rules():
+    for args in (["check", "config", "prometheus.yml"], ["check", "config", "prometheus-instances.yml"],
+                 ["check", "rules", *map(str, RULE_FILES)]):
+        out = promtool(*args)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_unit_tests_pass():
+    out = promtool("test", "rules", *map(str, TEST_FILES))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rule_files_hold_no_tests_and_use_the_global_interval():
+    for f in RULE_FILES:
+        doc = yaml.safe_load(f.read_text())
+        assert set(doc) == {"groups"}
+        assert all("interval" not in g for g in doc["groups"])
+
+
+def test_every_alert_fires_and_stays_quiet_in_a_unit_test():
+    cases = [c for f in TEST_FILES for t in yaml.safe_load(f.read_text())["tests"]
+             for c in t.get("alert_rule_test", [])]
+    for alert in rules("alert"):
+        mine = [c for c in cases if c["alertname"] == alert["alert"]]
+        assert any(c["exp_alerts"] for c in mine), f"{alert['alert']} never fires in a test"
+        assert any(not c["exp_alerts"] for c in mine), f"{alert['alert']} never stays quiet in a test"
+        assert alert["for"] and alert["labels"]["severity"] in ("warning", "critical")
+
+
+def test_every_recording_rule_has_a_value_test():
+    exprs = {c["expr"] for f in TEST_FILES for t in yaml.safe_load(f.read_text())["tests"]
+             for c in t.get("promql_expr_test", [])}
+    assert {r["record"] for r in rules("record")} <= exprs
+    assert all(r["record"].count(":") == 2 for r in rules("record"))  # level:metric:operations
+
+
+def test_rules_name_no_job():
+    assert not [r for r in rules("expr") if "job=" in r["expr"]]
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory, model_path):
+    """gunicorn (3 workers) scraped by Prometheus through a simulator run; yields both and the report."""
+    tmp = tmp_path_factory.mktemp("observe")
+    with Gunicorn(tmp, model_path, workers=3) as server, \
+            Prometheus(tmp, scraping(f"127.0.0.1:{server.port}")) as prom:
+        wait_until(lambda: prom.value("app_feedback_squared_log_error_count") == 0, "first scrape")
+        report_path = tmp / "report.json"
+        assert simulate(["--url", server.url, "--data", str(SAMPLE), "--limit", "100", "--cycles", "2",
+                         "--burst-rps", "25", "--burst-duration", "3", "--idle-duration", "1",
+                         "--feedback-delay", "1", "--report", str(report_path), "--quiet"]) == 0
+        report = json.loads(report_path.read_text())
+        matched = report["feedback"]["outcomes"]["matched"]
+        # Scraped after the last feedback, and the rules evaluated after that scrape.
+        wait_until(lambda: prom.value("sum(app_feedback_squared_log_error_count)") == matched, "last scrape")
+        time.sleep(2.5)
+        yield server, prom, report
+
+
+def test_target_up_and_rules_healthy(scraped):
+    _, prom, _ = scraped
+    targets = prom.api("targets")["activeTargets"]
+    assert [t["health"] for t in targets] == ["up"]
+    wait_until(lambda: all(r["health"] == "ok" for g in prom.api("rules")["groups"] for r in g["rules"]),
+               "all rules evaluated")
+    names = {r["name"] for g in prom.api("rules")["groups"] for r in g["rules"]}
+    assert names == {r.get("record") or r.get("alert") for r in rules("expr")}
+
+
+def test_recording_rule_rmsle_agrees_with_the_rolling_gauge(scraped):
+    _, prom, report = scraped
+    rule = prom.value("job:app_feedback_rmsle:5m")
+    gauge = prom.value("app_rolling_rmsle_5m")
+    assert rule is not None and gauge is not None
+    assert rule == pytest.approx(gauge, rel=1e-6)
+    assert prom.value("job:app_feedback_mae:5m") == pytest.approx(prom.value("app_rolling_mae_5m"), rel=1e-6)
+
+
+def test_request_counts_match_what_was_sent(scraped):
+    _, prom, report = scraped
+    assert prom.value("sum(app_predictions_total)") == report["predictions"]["ok"]
+    predict_requests = 'sum(flask_http_request_duration_seconds_count{url_rule="/predict"})'
+    assert prom.value(predict_requests) == report["predictions"]["sent"]
+    assert prom.value("sum(app_feedback_total)") == report["feedback"]["ok"]
+
+
+def by(label, result):
+    """{label value: float value} of an instant-query result."""
+    return {r["metric"].get(label): float(r["value"][1]) for r in result}
+
+
+def one(result):
+    """The value of a single-series result; NaN (equal to nothing) for any other."""
+    return float(result[0]["value"][1]) if len(result) == 1 else math.nan
+
+
+def substitute(expr, variables):
+    """A panel's query with the dashboard's template variables at their saved values."""
+    for name, value in variables.items():
+        expr = expr.replace(f"${name}", value)
+    return expr
+
+
+def dashboard_checks(server, report, trained):
+    """For every dashboard query, what it must return after the fixture's run (the run's own facts)."""
+    exposed = server.metrics()
+
+    def ratio(name):  # a ratio of two rates over a window that saw every event: sum / count, exactly
+        return pytest.approx(total(exposed, name + "_sum") / total(exposed, name + "_count"))
+
+    def gauge(name, model_version=None):
+        labels = frozenset({"model_version": model_version}.items()) if model_version else frozenset()
+        return pytest.approx(exposed[(name, labels)], rel=1e-9)
+
+    version = trained["model_version"]
+    pairs = sample(exposed, "app_feedback_squared_log_error_count", model_version=version)
+    sle = sample(exposed, "app_feedback_squared_log_error_sum", model_version=version)
+    rmsle = pytest.approx(math.sqrt(sle / pairs), rel=1e-9)
+
+    def both_routes(result):
+        values = by("url_rule", result)
+        return set(values) == {"/predict", "/feedback"} and min(values.values()) > 0
+
+    def model(result):
+        labels = result[0]["metric"] if len(result) == 1 else {}
+        served = (labels.get("version"), labels.get("inference"))
+        return one(result) == 1 and served == (trained["model_version"], "compiled")
+
+    outcomes = {o for o, n in report["feedback"]["outcomes"].items() if n}
+    reference = {}  # {feature: {bin: share}} as the service exposes it
+    for (name, labels), value in exposed.items():
+        if name == "app_drift_reference_share":
+            labels = dict(labels)
+            reference.setdefault(labels["feature"], {})[labels["bin"]] = value
+    return {
+        "sum by (url_rule) (rate(flask_http_request_duration_seconds_count[5m]))":
+            both_routes,
+        "job_url_rule:flask_http_request_duration_seconds:p50_5m":
+            both_routes,
+        "job_url_rule:flask_http_request_duration_seconds:p99_5m":
+            both_routes,
+        # No 5xx in the run: 0, or no series at all while no 5xx series exists to divide.
+        "job:flask_http_request_errors:ratio_rate5m": lambda r: r == [] or one(r) == 0,
+        'sum by (status) (rate(flask_http_request_total{status=~"4.."}[5m]))': lambda r: r == [],  # nor 4xx
+        "sum by (le) (increase(app_prediction_value_bucket[5m]))":
+            lambda r: len(r) == 14 and by("le", r)["+Inf"] >= report["predictions"]["ok"],
+        "sum(rate(app_prediction_value_sum[5m])) / sum(rate(app_prediction_value_count[5m]))":
+            lambda r: one(r) == ratio("app_prediction_value"),
+        "job:app_rolling_rmsle_5m:max": lambda r: one(r) == gauge("app_rolling_rmsle_5m"),
+        "job:app_feedback_rmsle:5m": lambda r: one(r) == gauge("app_rolling_rmsle_5m") and one(r) > 0,
+        "job:app_model_holdout_rmsle:max": lambda r: one(r) == trained["holdout_rmsle"],
+        "job:app_rolling_mae_5m:max": lambda r: one(r) == gauge("app_rolling_mae_5m"),
+        "job:app_feedback_mae:5m": lambda r: one(r) == gauge("app_rolling_mae_5m") and one(r) > 0,
+        "job:app_feedback_coverage_5m:min":
+            lambda r: one(r) == gauge("app_feedback_coverage_5m") and one(r) > 0,
+        "job:app_feedback_lag_seconds:mean5m":
+            lambda r: one(r) == ratio("app_feedback_lag_seconds") and one(r) >= 0.9,
+        # --feedback-delay 1 as the client counts it; the server's lag is short by the prediction's
+        # transit (under 100 ms here), so lags straddle the 1 s bucket edge and p95 lies in (0.5, 5].
+        "job:app_feedback_lag_seconds:p95_5m": lambda r: 0.5 < one(r) <= 5.0,
+        "sum by (outcome) (rate(app_feedback_total[5m]))":
+            lambda r: {o for o, v in by("outcome", r).items() if v > 0} == outcomes and len(r) == 3,
+        "sum by (operation) (rate(app_store_errors_total[5m]))":
+            lambda r: by("operation", r) == {"prediction": 0, "feedback": 0, "window": 0},
+        "min by (instance) (app_store_up)": lambda r: one(r) == 1,
+        "app_model_info": model,
+        # One version served the run: it is the newest, there is no previous.
+        "job_model_version:app_rolling_rmsle_by_version_5m:max":
+            lambda r: by("model_version", r) == {version: gauge("app_rolling_rmsle_by_version_5m", version)},
+        "job_model_version:app_rolling_pairs_by_version_5m:max":
+            lambda r: by("model_version", r) == {version: gauge("app_rolling_pairs_by_version_5m", version)},
+        "job_model_version:app_feedback_rmsle:1h": lambda r: by("model_version", r) == {version: rmsle},
+        "job:app_feedback_rmsle_newest:1h": lambda r: one(r) == rmsle,
+        "job:app_feedback_rmsle_previous:1h": lambda r: r == [],
+        # increase() extrapolates to the window's edges: at least the pairs counted, never fewer.
+        "job_model_version:app_feedback_pairs:increase1h":
+            lambda r: set(by("model_version", r)) == {version} and one(r) >= pairs > 0,
+        # PSI is recorded from 1,000 requests an hour on; below that, no series at all.
+        "job_feature_model_version:app_drift_psi:1h":
+            lambda r: r == [] if report["predictions"]["ok"] < 1000 else (
+                set(by("feature", r)) == set(reference) and all(v >= 0 for v in by("feature", r).values())),
+        # The saved feature (Duration): live shares over its reference bins, summing to 1.
+        'sum by (bin) (job_feature_bin_model_version:app_drift_share:ratio1h{feature="Duration"})':
+            lambda r: set(by("bin", r)) == set(reference["Duration"])
+            and sum(by("bin", r).values()) == pytest.approx(1),
+        # Offered load on both endpoints, and nothing shed below capacity.
+        "sum by (endpoint) (rate(app_requests_offered_total[5m]))":
+            lambda r: set(by("endpoint", r)) == {"predict", "feedback"}
+            and min(by("endpoint", r).values()) > 0,
+        "sum by (endpoint, reason) (rate(app_requests_shed_total[5m]))":
+            lambda r: len(r) == 2 and all(v == 0 for v in by("endpoint", r).values()),
+        'max by (bin) (app_drift_reference_share{feature="Duration"})':
+            lambda r: by("bin", r) == pytest.approx(reference["Duration"], rel=1e-9),
+    }
+
+
+def test_every_dashboard_query_returns_what_the_run_did(scraped, model_path):
+    # Not what a query's text contains: what it answers after the simulator run, panel by panel.
+    server, prom, report = scraped
+    trained = json.loads((model_path.parent / "metrics.json").read_text())
+    checks = dashboard_checks(server, report, trained)
+    targets = [t for p in DASHBOARD["panels"] for t in p["targets"]]
+    variables = {v["name"]: v["current"]["value"] for v in DASHBOARD.get("templating", {}).get("list", [])}
+    exprs = [substitute(t["expr"], variables) for t in targets]
+    assert set(exprs) == set(checks)  # a new panel comes with its check
+    assert all(t["datasource"]["uid"] == "prometheus" for t in targets)
+    for expr in exprs:
+        result = prom.api("query", query=expr)["result"]  # a parse error is status "error"
+        assert checks[expr](result), (expr, result)
+
+
+def test_make_observe_starts_service_and_prometheus(tmp_path, model_path):
+    if not (ROOT / ".venv" / "bin" / "gunicorn").exists():
+        missing("the project's .venv", "make install builds it; make test runs it first")
+    binary("prometheus")
+    bind, prom_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "BIND": bind, "PROMETHEUS_ADDR": prom_addr, "MODEL_PATH": str(model_path),
+           "FEEDBACK_DB": str(tmp_path / "fb.db"), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+           "ACCESS_LOG": "off"}
+    proc = subprocess.Popen(["make", "--no-print-directory", "observe"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def target_up():
+            data = requests.get(f"http://{prom_addr}/api/v1/targets", timeout=2).json()["data"]
+            return [t["health"] for t in data["activeTargets"]] == ["up"]
+
+        wait_until(target_up, "make observe: target up", timeout=90)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert f"prometheus: http://{prom_addr}" in out and f"service:    http://{bind}" in out
