@@ -1,10 +1,15 @@
 """The simulator's report: achieved rates, and saying so when the client could not keep up."""
 
+import collections
+import http.server
+import json
+import random
+import threading
 import types
 
 from support import FakeClock
 
-from simulator.runner import Simulation, percentiles
+from simulator.runner import Simulation, backoff, percentiles
 
 
 def simulation(**opts):
@@ -46,3 +51,67 @@ def test_percentiles():
     figures = percentiles([float(v) for v in range(1, 101)])
     assert (figures["p50"], figures["p99"]) == (50.5, 99.01)
     assert percentiles([])["p50"] is None
+
+
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """/predict answers 200; /feedback answers 503 with Retry-After: 0 `refusals` times per id, then
+    200 matched (the refusals a real service gives under a burst)."""
+
+    refusals, tries = 0, collections.Counter()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/feedback":
+            Refusing.tries[body["id"]] += 1
+            if Refusing.tries[body["id"]] <= Refusing.refusals:
+                return self.answer(503, {"error": {"code": "overloaded"}}, ("Retry-After", "0"))
+            return self.answer(200, {"id": body["id"], "outcome": "matched"})
+        return self.answer(200, {"id": body["id"], "Calories": 100.0})
+
+    def answer(self, status, body, *headers):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        headers = (("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def run_against(refusals, retries):
+    """A short simulation against a local server that refuses each feedback `refusals` times."""
+    Refusing.refusals, Refusing.tries = refusals, collections.Counter()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    opts = types.SimpleNamespace(cycles=1, burst_rps=20.0, burst_duration=0.25, idle_duration=0.0,
+                                 feedback_delay=0.05, threads=2, feedback_fraction=1.0, seed=0,
+                                 send_ts=False, feedback_retries=retries)
+    records = [({"id": i}, 1.0) for i in range(5)]
+    try:
+        return Simulation(f"http://127.0.0.1:{server.server_address[1]}", records, opts).run()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_refused_feedback_is_tried_again_until_it_is_stored():
+    report = run_against(refusals=2, retries=5)
+    assert report["feedback"]["outcomes"] == {"matched": 5}
+    assert (report["feedback"]["retried"], report["feedback"]["lost"]) == (10, 0)
+    assert report["feedback"]["shed"] == 10 and all(n == 3 for n in Refusing.tries.values())
+
+
+def test_feedback_refused_past_the_bound_is_reported_lost_never_dropped_silently():
+    report = run_against(refusals=100, retries=2)
+    assert report["feedback"]["outcomes"] == {} and report["feedback"]["lost"] == 5
+    assert report["feedback"]["retried"] == 10 and all(n == 3 for n in Refusing.tries.values())
+
+
+def test_the_backoff_is_jittered_exponential_and_capped():
+    rng = random.Random(0)
+    waits = [backoff(1.0, attempt, rng) for attempt in range(8)]
+    assert all(0.5 * min(30.0, 2 ** a) <= w <= min(30.0, 2 ** a) for a, w in enumerate(waits))
+    assert len({round(backoff(1.0, 0, rng), 6) for _ in range(20)}) > 10  # jittered, not in step
