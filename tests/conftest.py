@@ -4,6 +4,7 @@ import contextlib
 import itertools
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,17 @@ def train(out, seed, n_estimators=60):
 def second_model_path(tmp_path_factory):
     """Another model, trained with another seed: a second version to roll out to."""
     return train(tmp_path_factory.mktemp("model-seed2"), 2)
+
+
+TIERS = ("system", "deploy", "load")  # the tiers that start real processes (README, Quickstart)
+
+
+def pytest_itemcollected(item):
+    """A test of the system, deploy or load tier carries its tier's marker and `slow`, by where it lives."""
+    tier = item.path.relative_to(pathlib.Path(__file__).parent).parts[0]
+    if tier in TIERS:
+        item.add_marker(getattr(pytest.mark, tier))
+        item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m deselected what they deselect

@@ -16,13 +16,6 @@ from service.store import open_store
 FEATURES = ("male", 68.0, 190.0, 94.0, 29.0, 105.0, 40.8)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "fb.db")
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
 def filled(target, clock, monkeypatch):
     """A store with pairs at known prediction times; FEEDBACK_DB points at it."""

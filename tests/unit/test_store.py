@@ -22,14 +22,6 @@ from service.store.base import FIRST_SEEN_SHOWN
 DATA = ROOT / "tests" / "data"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    """Where the store lives: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return str(tmp_path / "fb.db")
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
 def make_store(target, clock):
     """Open a store at the test's target (again and again: persistence), closed afterwards."""
