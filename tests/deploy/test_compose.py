@@ -265,7 +265,7 @@ def test_prometheus_compose_config_passes_promtool(tmp_path):
     assert "SUCCESS: 2 rule files found" in done.stdout
     scrape = yaml.safe_load((tmp_path / "prometheus.yml").read_text())["scrape_configs"]
     targets = [t for job in scrape for c in job["static_configs"] for t in c["targets"]]
-    assert targets == ["app1:8000", "app2:8000"]
+    assert targets == ["app1:8001", "app2:8001"]  # the probe listener (PROBE_BIND): never behind a burst
 
 
 def test_grafana_is_provisioned_read_only_from_deploy_grafana():
@@ -454,21 +454,21 @@ def simulated(stack, request):
 
 def test_simulator_through_nginx_every_feedback_matched(simulated):
     sent = simulated["predictions"]["sent"]
-    assert sent >= 150 and simulated["predictions"] == {"sent": sent, "ok": sent, "failed": 0}
+    assert sent >= 150 and simulated["predictions"] == {"sent": sent, "ok": sent, "failed": 0, "shed": 0}
     assert simulated["feedback"]["outcomes"] == {"matched": sent}
     assert simulated["errors"] == {}
 
 
 def test_predictions_reached_both_instances(stack, simulated):
     per_instance = stack.by_instance("app_predictions_total")
-    assert set(per_instance) == {"app1:8000", "app2:8000"}
+    assert set(per_instance) == {"app1:8001", "app2:8001"}  # as Prometheus scrapes them
     assert min(per_instance.values()) > 0
     assert sum(per_instance.values()) == simulated["predictions"]["ok"]
     assert stack.value("sum(app_feedback_total)") == simulated["feedback"]["ok"]
 
 
 def test_prometheus_sees_each_instance_up_and_every_rule_healthy(stack, simulated):
-    assert stack.by_instance('up{job="calories"}') == {"app1:8000": 1.0, "app2:8000": 1.0}
+    assert stack.by_instance('up{job="calories"}') == {"app1:8001": 1.0, "app2:8001": 1.0}
     rules = requests.get(f"{stack.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert rules and all(r["health"] == "ok" for g in rules for r in g["rules"])
 
@@ -476,7 +476,7 @@ def test_prometheus_sees_each_instance_up_and_every_rule_healthy(stack, simulate
 def test_recording_rule_rmsle_equals_the_rolling_gauge(stack, simulated):
     gauges = stack.by_instance("app_rolling_rmsle_5m")
     assert len(set(gauges.values())) == 1  # one store: both instances report the same value
-    gauge = gauges["app1:8000"]
+    gauge = gauges["app1:8001"]
     # Evaluated after the scrape that saw the last feedback (rules run every 15 s).
     wait_until(lambda: stack.value("job:app_rolling_rmsle_5m:max") == gauge, "rule evaluation", 60)
     assert stack.value("job:app_rolling_rmsle_5m:max") == pytest.approx(gauge, rel=1e-12)

@@ -8,6 +8,7 @@ import requests
 from support import RECORD, Gunicorn, query, sample
 
 from loopback.process import free_port
+from service import config
 
 
 def hold(port):
@@ -120,7 +121,8 @@ def test_shed_feedback_is_refused_whole_and_acknowledged_feedback_stored(tmp_pat
 
 
 def test_nothing_is_shed_below_capacity(tmp_path, model_path):
-    with Gunicorn(tmp_path, model_path, workers=2) as server:  # the default budget
+    default = str(config.from_env({})["ADMISSION_BUDGET_MS"])  # the service's own, not the tests'
+    with Gunicorn(tmp_path, model_path, workers=2, env={"ADMISSION_BUDGET_MS": default}) as server:
         session = requests.Session()
         for id_ in range(60):
             assert session.post(server.url + "/predict", json={**RECORD, "id": id_}, timeout=10).ok

@@ -33,6 +33,8 @@ def tree(tmp_path_factory):
 def make(tree, *args, env=None, ok=True):
     """Run a make target in the copy; by default assert it succeeded and return its stdout."""
     environ = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "PROMETHEUS_MULTIPROC_DIR")}
+    # The shared .venv's `calories` is an editable install of the checkout: the copy's code first.
+    environ["PYTHONPATH"] = str(tree)
     out = subprocess.run(["make", "--no-print-directory", *args], cwd=tree, env={**environ, **(env or {})},
                          capture_output=True, text=True, timeout=600)
     if not ok:
