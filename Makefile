@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HANDOUT := handout_from DS_agent
+# The handout's scripts run with -B: its folder is the data-science team's, never a bytecode cache.
 # The artifact every target serves, as service/config.py resolves it: the environment wins.
 MODEL_PATH ?= $(or $(HANDOUT_DIR),$(HANDOUT))/model.joblib
 STAMP := $(VENV)/.installed-stamp
@@ -67,10 +68,10 @@ lock:  ## re-pin constraints.txt: the newest versions requirements*.txt allow, r
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 data: $(STAMP)  ## regenerate the handout's deterministic data sample
-	cd "$(HANDOUT)" && ../$(BIN)/python generate_data.py
+	cd "$(HANDOUT)" && ../$(BIN)/python -B generate_data.py
 
 train: $(STAMP)  ## train model.joblib + metrics.json into the handout
-	cd "$(HANDOUT)" && ../$(BIN)/python train.py
+	cd "$(HANDOUT)" && ../$(BIN)/python -B train.py
 
 model: $(STAMP)  ## train only if the artifact is missing (never over a MODEL_PATH elsewhere)
 	@if test -f "$(MODEL_PATH)"; then :; \
@@ -79,7 +80,7 @@ model: $(STAMP)  ## train only if the artifact is missing (never over a MODEL_PA
 	else echo "MODEL_PATH=$(MODEL_PATH): no such file (make train writes $(HANDOUT)/model.joblib)" >&2; exit 1; fi
 
 evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
-	$(BIN)/python "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"
+	$(BIN)/python -B "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"
 
 serve: model  ## run the service (gunicorn) on HOST:PORT (BIND wins), 127.0.0.1:8000 by default
 	mkdir -p "$(dir $(PIDFILE))"

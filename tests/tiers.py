@@ -11,6 +11,7 @@ its own pytest process and log (reports/tiers/<tier>.log); a failed tier's failu
 The last line sums the tiers as `N passed, N failed`.
 """
 
+import os
 import pathlib
 import re
 import subprocess
@@ -28,8 +29,11 @@ def run_phase(tiers, logs, extra):
     started, procs = time.monotonic(), {}
     for tier in tiers:
         log = open(logs / f"{tier}.log", "w")  # noqa: SIM115 (closed below, after the process)
-        procs[tier] = (subprocess.Popen([sys.executable, "-m", "pytest", f"tests/{tier}", *extra],
-                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+        # No bytecode anywhere: the tiers share the checkout, and each checks that the handout stays
+        # as it was; a cache written by one tier's process would fail the others' checks.
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        procs[tier] = (subprocess.Popen([sys.executable, "-m", "pytest", f"tests/{tier}", *extra], cwd=ROOT,
+                                        env=env, stdout=log, stderr=subprocess.STDOUT), log)
         print(f"tier {tier}: started (log: {logs / f'{tier}.log'})", flush=True)
     done = {}
     while len(done) < len(procs):
