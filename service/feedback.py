@@ -1,6 +1,6 @@
 """POST /feedback: delayed ground truth, durably stored and joined to its prediction."""
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from . import metrics, store
 from .auth import require_token
@@ -24,5 +24,5 @@ def feedback():
     except store.StoreError as exc:
         metrics.observe_store_error("feedback")
         raise StoreUnavailable(f"feedback not stored, retry later: {exc}") from None
-    metrics.observe_feedback(result)
+    metrics.observe_feedback(result, current_app.config["QUALITY_SLO_LOG_TOLERANCE"])
     return {"id": payload["id"], "outcome": result.outcome}, STATUS[result.outcome]

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
-from . import multiproc
+from . import multiproc, slo
 from .model import drift
 from .store import OUTCOMES, StoreError
 
@@ -46,6 +46,10 @@ SQUARED_LOG_ERROR = Summary(
     "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback.", ["model_version"])
 ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback.",
                          ["model_version"])
+# The quality SLO (service/slo.py): matched feedback by whether it was within the tolerance,
+# counted where the summaries are, so exact across workers and summed across instances.
+SLO_EVENTS = Counter("app_quality_slo_events_total", "Matched feedback by quality SLO outcome: good when "
+                     "|ln(1+yhat) - ln(1+y)| <= the tolerance.", ["model_version", "outcome"])
 STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed.", ["operation"])
 # Drift: every answered request's features and prediction, by bin of the training reference
 # (service/drift.py). Exact across workers (multiprocess files), summed across replicas.
@@ -69,20 +73,23 @@ def observe_prediction(value):
     PREDICTION_VALUE.observe(value)
 
 
-def observe_feedback(result):
-    """Count one recorded feedback; matched feedback feeds the quality summaries."""
+def observe_feedback(result, tolerance):
+    """Count one recorded feedback; matched feedback feeds the quality summaries and the SLO."""
     FEEDBACK.labels(result.outcome).inc()
     if result.outcome == "matched":
         version = result.model_version or "none"
         FEEDBACK_LAG.labels(version).observe(result.lag)
         SQUARED_LOG_ERROR.labels(version).observe(result.sle)
         ABSOLUTE_ERROR.labels(version).observe(result.ae)
+        SLO_EVENTS.labels(version, slo.outcome(result.sle, tolerance)).inc()
 
 
 def start_version(version):
     """The loaded version's quality series exist at 0 from the start, as the unlabelled ones did."""
     for metric in (FEEDBACK_LAG, SQUARED_LOG_ERROR, ABSOLUTE_ERROR):
         metric.labels(version)
+    for outcome in slo.OUTCOMES:
+        SLO_EVENTS.labels(version, outcome)
 
 
 def observe_store_error(operation):
@@ -190,6 +197,20 @@ def reference_shares(model):
     return family
 
 
+class SettingsCollector:
+    """The monitoring settings the alerting rules read, as configured (the same on every worker)."""
+
+    def __init__(self, config):
+        self.objective = config["QUALITY_SLO_OBJECTIVE"]
+        self.tolerance = config["QUALITY_SLO_LOG_TOLERANCE"]
+
+    def collect(self):
+        yield _gauge("app_quality_slo_objective", "Share of matched feedback that must be good over the "
+                     "SLO period (QUALITY_SLO_OBJECTIVE).", self.objective)
+        yield _gauge("app_quality_slo_log_tolerance", "Largest |ln(1+yhat) - ln(1+y)| of a good event "
+                     "(QUALITY_SLO_LOG_TOLERANCE).", self.tolerance)
+
+
 class _Chain:
     """Collects from several registries as one (single-process mode)."""
 
@@ -238,4 +259,5 @@ def init_app(app):
     app.extensions["metrics_registry"] = exposition_registry(
         bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
         app.extensions["store"], model, app.extensions.get("drift"))
+    app.extensions["metrics_registry"].register(SettingsCollector(app.config))
     app.register_blueprint(bp)
