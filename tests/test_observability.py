@@ -178,6 +178,11 @@ def dashboard_checks(server, report, trained):
         return one(result) == 1 and served == (trained["model_version"], "compiled")
 
     outcomes = {o for o, n in report["feedback"]["outcomes"].items() if n}
+    # The quality SLO: every event of the run is inside every window, so each burn rate is the run's
+    # bad share over the budget (the default objective, 0.99).
+    events = {o: sample(exposed, "app_quality_slo_events_total", model_version=version, outcome=o)
+              for o in ("good", "bad")}
+    burn = pytest.approx(events["bad"] / (events["good"] + events["bad"]) / (1 - 0.99), rel=1e-9, abs=1e-12)
     reference = {}  # {feature: {bin: share}} as the service exposes it
     for (name, labels), value in exposed.items():
         if name == "app_drift_reference_share":
@@ -236,6 +241,12 @@ def dashboard_checks(server, report, trained):
             and sum(by("bin", r).values()) == pytest.approx(1),
         'max by (bin) (app_drift_reference_share{feature="Duration"})':
             lambda r: by("bin", r) == pytest.approx(reference["Duration"], rel=1e-9),
+        "job:app_quality_slo_error_budget_remaining:30d": lambda r: 1 - one(r) == burn,
+        **{f"job:app_quality_slo_burn_rate:{w}": (lambda r: one(r) == burn)
+           for w in ("5m", "30m", "1h", "2h", "6h", "1d")},
+        "sum by (model_version, outcome) (rate(app_quality_slo_events_total[5m]))":
+            lambda r: {(x["metric"]["model_version"], x["metric"]["outcome"]) for x in r}
+            == {(version, "good"), (version, "bad")} and events["good"] > 0,
     }
 
 
