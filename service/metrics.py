@@ -203,12 +203,41 @@ class SettingsCollector:
     def __init__(self, config):
         self.objective = config["QUALITY_SLO_OBJECTIVE"]
         self.tolerance = config["QUALITY_SLO_LOG_TOLERANCE"]
+        self.delay = config["EXPECTED_LABEL_DELAY_SECONDS"]
+        self.coverage = config["MIN_LABEL_COVERAGE"]
 
     def collect(self):
         yield _gauge("app_quality_slo_objective", "Share of matched feedback that must be good over the "
                      "SLO period (QUALITY_SLO_OBJECTIVE).", self.objective)
         yield _gauge("app_quality_slo_log_tolerance", "Largest |ln(1+yhat) - ln(1+y)| of a good event "
                      "(QUALITY_SLO_LOG_TOLERANCE).", self.tolerance)
+        yield _gauge("app_feedback_expected_delay_seconds", "Time by which a prediction's label is expected "
+                     "(EXPECTED_LABEL_DELAY_SECONDS).", self.delay)
+        yield _gauge("app_feedback_coverage_min", "Share of predictions expected to get a label within the "
+                     "delay (MIN_LABEL_COVERAGE).", self.coverage)
+
+
+class LabelHealthCollector:
+    """Whether labels arrive, read from the shared store at scrape time (the same on every instance)."""
+
+    def __init__(self, store, delay):
+        self.store, self.delay = store, delay
+
+    def collect(self):
+        """Coverage of the predictions one window a delay ago, their count, and the last label's time."""
+        try:
+            health = self.store.label_health(self.delay)
+        except StoreError as exc:
+            log.warning("label health gauges unavailable: %s", exc)
+            observe_store_error("window")
+            return
+        # A window a delay ago: a window ending now reads ~0 while labels take longer than it.
+        lagged = f"[now - {self.delay:g} s - {self.store.window:g} s, now - {self.delay:g} s)"
+        yield _gauge("app_feedback_coverage_lagged", f"Fraction of the prediction events of {lagged} that "
+                     "have feedback now; NaN if none.", health.coverage)
+        yield _gauge("app_feedback_predictions_lagged", f"Prediction events of {lagged}.", health.predictions)
+        yield _gauge("app_feedback_last_matched_timestamp_seconds", "When the latest matched feedback was "
+                     "received (the store's clock); NaN if none.", health.last_matched)
 
 
 class _Chain:
@@ -260,4 +289,6 @@ def init_app(app):
         bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
         app.extensions["store"], model, app.extensions.get("drift"))
     app.extensions["metrics_registry"].register(SettingsCollector(app.config))
+    app.extensions["metrics_registry"].register(
+        LabelHealthCollector(app.extensions["store"], app.config["EXPECTED_LABEL_DELAY_SECONDS"]))
     app.register_blueprint(bp)
