@@ -244,6 +244,15 @@ def dashboard_checks(server, report, trained):
         "job:app_quality_slo_error_budget_remaining:30d": lambda r: 1 - one(r) == burn,
         **{f"job:app_quality_slo_burn_rate:{w}": (lambda r: one(r) == burn)
            for w in ("5m", "30m", "1h", "2h", "6h", "1d")},
+        # Label health with the default delay (1 h): no prediction of the run is due yet.
+        "job:app_feedback_coverage_lagged:max": lambda r: len(r) == 1 and math.isnan(one(r)),
+        "job:app_feedback_coverage_min:max": lambda r: one(r) == 0.1,
+        "job:app_feedback_predictions_lagged:max": lambda r: one(r) == 0,
+        "job:app_feedback_last_matched_age_seconds:max": lambda r: 0 <= one(r) < 120,
+        "job:app_feedback_lag_seconds:p95_1h": lambda r: 0.5 < one(r) <= 5.0,
+        "job:app_feedback_expected_delay_seconds:max": lambda r: one(r) == 3600,
+        "job:app_feedback_matched:increase1h":
+            lambda r: one(r) >= report["feedback"]["outcomes"]["matched"] > 0,
         "sum by (model_version, outcome) (rate(app_quality_slo_events_total[5m]))":
             lambda r: {(x["metric"]["model_version"], x["metric"]["outcome"]) for x in r}
             == {(version, "good"), (version, "bad")} and events["good"] > 0,
