@@ -1,5 +1,6 @@
 """Configuration: every environment variable the service reads, coerced and defaulted in one place."""
 
+import math
 import os
 import pathlib
 
@@ -64,6 +65,8 @@ def from_env(env=None):
         "MODEL_SHA256": _get(env, "MODEL_SHA256", None, _sha256),
         "MODEL_CACHE_DIR": pathlib.Path(_get(env, "MODEL_CACHE_DIR", DEFAULT_VAR / "models", str)),
         **registry_settings(env),
+        **slo_settings(env),
+        **label_settings(env, window, max(retention, window)),
         # One string: a postgresql:// URL or a SQLite path; the store decides which (never a Path here).
         "FEEDBACK_DB": _get(env, "FEEDBACK_DB", str(DEFAULT_VAR / "feedback.db"), str),
         "PREDICTION_WINDOW_SECONDS": window,
@@ -133,6 +136,49 @@ def registry_settings(env=None):
         "MLFLOW_TRACKING_PASSWORD": _get(env, "MLFLOW_TRACKING_PASSWORD", None, str),
         "MLFLOW_MODEL_NAME": _get(env, "MLFLOW_MODEL_NAME", "calories", str),
         "MLFLOW_EXPERIMENT": _get(env, "MLFLOW_EXPERIMENT", "calories", str),
+    }
+
+
+def _fraction(raw):
+    """A number strictly between 0 and 1."""
+    value = float(raw)
+    if not 0 < value < 1:
+        raise ValueError("must lie strictly between 0 and 1")
+    return value
+
+
+def _finite_positive(raw):
+    """A finite positive number (NaN or infinity would make a rule's comparison always or never true)."""
+    value = float(raw)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a finite number above 0")
+    return value
+
+
+def slo_settings(env=None):
+    """The quality SLO (docs/monitoring.md#quality-slo): its objective and its good-event tolerance."""
+    env = os.environ if env is None else env
+    return {
+        # Share of matched feedback that must be good over the 30-day SLO period.
+        "QUALITY_SLO_OBJECTIVE": _get(env, "QUALITY_SLO_OBJECTIVE", 0.99, _fraction),
+        # Good when |ln(1+yhat) - ln(1+y)| <= tau: within ±(e^tau - 1) of (1 + label); 0.3 is ±35 %.
+        "QUALITY_SLO_LOG_TOLERANCE": _get(env, "QUALITY_SLO_LOG_TOLERANCE", 0.3, _finite_positive),
+    }
+
+
+def label_settings(env, window, retention):
+    """Label health (docs/monitoring.md#label-health): when labels are due, and what share must come."""
+    delay = _get(env, "EXPECTED_LABEL_DELAY_SECONDS", 3600.0, _finite_positive)
+    # The lagged coverage reads the predictions of [now - delay - W, now - delay): a delay set past
+    # the retention would read pruned rows, and the alert on it would never fire.
+    if env.get("EXPECTED_LABEL_DELAY_SECONDS") and delay + window > retention:
+        raise ConfigError(f"EXPECTED_LABEL_DELAY_SECONDS={delay:g}: with PREDICTION_WINDOW_SECONDS="
+                          f"{window:g} it reaches past RETENTION_SECONDS={retention:g}; raise the retention "
+                          "or lower the delay")
+    return {
+        "EXPECTED_LABEL_DELAY_SECONDS": delay,
+        # Under this share of the predictions of one window a delay ago labelled, LabelCoverageLow.
+        "MIN_LABEL_COVERAGE": _get(env, "MIN_LABEL_COVERAGE", 0.1, _fraction),
     }
 
 

@@ -1,6 +1,6 @@
 """POST /feedback: delayed ground truth, durably stored and joined to its prediction."""
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from . import metrics, store, store_health
 from .auth import require_token
@@ -26,5 +26,5 @@ def feedback():
         metrics.observe_store_error("feedback")
         raise StoreUnavailable(f"feedback not stored, retry later: {exc}") from None
     store_health.current().wrote()
-    metrics.observe_feedback(result)
+    metrics.observe_feedback(result, current_app.config["QUALITY_SLO_LOG_TOLERANCE"])
     return {"id": payload["id"], "outcome": result.outcome}, STATUS[result.outcome]

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
-from . import multiproc
+from . import multiproc, slo
 from .model import drift
 from .store import OUTCOMES, StoreError
 
@@ -46,6 +46,10 @@ SQUARED_LOG_ERROR = Summary(
     "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback.", ["model_version"])
 ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback.",
                          ["model_version"])
+# The quality SLO (service/slo.py): matched feedback by whether it was within the tolerance,
+# counted where the summaries are, so exact across workers and summed across instances.
+SLO_EVENTS = Counter("app_quality_slo_events_total", "Matched feedback by quality SLO outcome: good when "
+                     "|ln(1+yhat) - ln(1+y)| <= the tolerance.", ["model_version", "outcome"])
 STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed.", ["operation"])
 # Drift: every answered request's features and prediction, by bin of the training reference
 # (service/drift.py). Exact across workers (multiprocess files), summed across replicas.
@@ -83,20 +87,23 @@ def observe_prediction(value):
     PREDICTION_VALUE.observe(value)
 
 
-def observe_feedback(result):
-    """Count one recorded feedback; matched feedback feeds the quality summaries."""
+def observe_feedback(result, tolerance):
+    """Count one recorded feedback; matched feedback feeds the quality summaries and the SLO."""
     FEEDBACK.labels(result.outcome).inc()
     if result.outcome == "matched":
         version = result.model_version or "none"
         FEEDBACK_LAG.labels(version).observe(result.lag)
         SQUARED_LOG_ERROR.labels(version).observe(result.sle)
         ABSOLUTE_ERROR.labels(version).observe(result.ae)
+        SLO_EVENTS.labels(version, slo.outcome(result.sle, tolerance)).inc()
 
 
 def start_version(version):
     """The loaded version's quality series exist at 0 from the start, as the unlabelled ones did."""
     for metric in (FEEDBACK_LAG, SQUARED_LOG_ERROR, ABSOLUTE_ERROR):
         metric.labels(version)
+    for outcome in slo.OUTCOMES:
+        SLO_EVENTS.labels(version, outcome)
 
 
 def observe_store_error(operation):
@@ -205,6 +212,49 @@ def reference_shares(model):
     return family
 
 
+class SettingsCollector:
+    """The monitoring settings the alerting rules read, as configured (the same on every worker)."""
+
+    def __init__(self, config):
+        self.objective = config["QUALITY_SLO_OBJECTIVE"]
+        self.tolerance = config["QUALITY_SLO_LOG_TOLERANCE"]
+        self.delay = config["EXPECTED_LABEL_DELAY_SECONDS"]
+        self.coverage = config["MIN_LABEL_COVERAGE"]
+
+    def collect(self):
+        yield _gauge("app_quality_slo_objective", "Share of matched feedback that must be good over the "
+                     "SLO period (QUALITY_SLO_OBJECTIVE).", self.objective)
+        yield _gauge("app_quality_slo_log_tolerance", "Largest |ln(1+yhat) - ln(1+y)| of a good event "
+                     "(QUALITY_SLO_LOG_TOLERANCE).", self.tolerance)
+        yield _gauge("app_feedback_expected_delay_seconds", "Time by which a prediction's label is expected "
+                     "(EXPECTED_LABEL_DELAY_SECONDS).", self.delay)
+        yield _gauge("app_feedback_coverage_min", "Share of predictions expected to get a label within the "
+                     "delay (MIN_LABEL_COVERAGE).", self.coverage)
+
+
+class LabelHealthCollector:
+    """Whether labels arrive, read from the shared store at scrape time (the same on every instance)."""
+
+    def __init__(self, store, delay):
+        self.store, self.delay = store, delay
+
+    def collect(self):
+        """Coverage of the predictions one window a delay ago, their count, and the last label's time."""
+        try:
+            health = self.store.label_health(self.delay)
+        except StoreError as exc:
+            log.warning("label health gauges unavailable: %s", exc)
+            observe_store_error("window")
+            return
+        # A window a delay ago: a window ending now reads ~0 while labels take longer than it.
+        lagged = f"[now - {self.delay:g} s - {self.store.window:g} s, now - {self.delay:g} s)"
+        yield _gauge("app_feedback_coverage_lagged", f"Fraction of the prediction events of {lagged} that "
+                     "have feedback now; NaN if none.", health.coverage)
+        yield _gauge("app_feedback_predictions_lagged", f"Prediction events of {lagged}.", health.predictions)
+        yield _gauge("app_feedback_last_matched_timestamp_seconds", "When the latest matched feedback was "
+                     "received (the store's clock); NaN if none.", health.last_matched)
+
+
 class _Chain:
     """Collects from several registries as one (single-process mode)."""
 
@@ -253,4 +303,7 @@ def init_app(app):
     app.extensions["metrics_registry"] = exposition_registry(
         bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
         app.extensions["store"], model, app.extensions.get("drift"), app.extensions.get("store_health"))
+    app.extensions["metrics_registry"].register(SettingsCollector(app.config))
+    app.extensions["metrics_registry"].register(
+        LabelHealthCollector(app.extensions["store"], app.config["EXPECTED_LABEL_DELAY_SECONDS"]))
     app.register_blueprint(bp)

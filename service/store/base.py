@@ -59,6 +59,25 @@ class WindowStats:
         return self.joined / self.predictions if self.predictions else math.nan
 
 
+@dataclass(frozen=True)
+class LabelHealth:
+    """Whether labels arrive: the predictions of one window a label delay ago, and the last label."""
+
+    predictions: int     # prediction events in [now - delay - W, now - delay)
+    joined: int          # of those, the ones joined to feedback by now
+    last_matched: float  # receive time of the latest matched feedback; NaN if none
+
+    @property
+    def coverage(self):
+        """Fraction of those predictions that got their label; NaN if there were none."""
+        return self.joined / self.predictions if self.predictions else math.nan
+
+
+def label_health(predictions, joined, last_matched):
+    """LabelHealth from the backends' row (last_matched None when no feedback ever matched)."""
+    return LabelHealth(int(predictions), int(joined), math.nan if last_matched is None else last_matched)
+
+
 def window_stats(pairs, sle_sum, ae_sum, predictions, joined):
     """WindowStats from the window's sums and counts (NaN quality when there is no pair)."""
     rmsle = math.sqrt(sle_sum / pairs) if pairs else math.nan
@@ -141,6 +160,10 @@ class Store:
 
     def quality_by_version(self, since, until):
         """{model_version: WindowStats} of pairs whose feedback was received in [since, until)."""
+        raise NotImplementedError
+
+    def label_health(self, delay):
+        """LabelHealth: coverage of the predictions of [now - delay - W, now - delay), the last label."""
         raise NotImplementedError
 
     def first_seen(self):

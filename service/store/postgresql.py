@@ -138,6 +138,11 @@ class PostgresStore(base.Store):
             "quality": "SELECT model_version, count(*), sum(sle), sum(ae) FROM feedback "
                        "WHERE outcome = 'matched' AND received_ts >= %(since)s AND received_ts < %(until)s "
                        "GROUP BY model_version",
+            # Label health: one statement, one `now` for the lagged window and the last label.
+            "label_health": "SELECT p.predictions, p.joined, f.last FROM "
+                            "(SELECT count(*) AS predictions, count(feedback_seq) AS joined FROM predictions "
+                            f" WHERE ts >= {now} - %(delay)s - %(window)s AND ts < {now} - %(delay)s) p, "
+                            "(SELECT max(received_ts) AS last FROM feedback WHERE outcome = 'matched') f",
             "first_seen": "SELECT model_version, first_seen FROM model_versions "
                           "ORDER BY first_seen DESC LIMIT %(limit)s",
             "note_version": "INSERT INTO model_versions (model_version, first_seen) "
@@ -267,6 +272,13 @@ class PostgresStore(base.Store):
         with self._guarded():
             rows = self._conn().execute(self._sql["quality"], {"since": since, "until": until}).fetchall()
         return base.by_version(rows, [])
+
+    def label_health(self, delay):
+        """Coverage of the predictions of [now - delay - W, now - delay) and the last label."""
+        with self._guarded():
+            row = self._conn().execute(self._sql["label_health"],
+                                       self._args(delay=delay, window=self.window)).fetchone()
+        return base.label_health(*row)
 
     def first_seen(self):
         """The latest model versions and when each was first seen, newest first."""

@@ -27,6 +27,9 @@ VERSION_PAIRS_SQL = ("SELECT model_version, count(*), total(sle), total(ae) FROM
                      "GROUP BY model_version")
 VERSION_COVERAGE_SQL = ("SELECT model_version, count(*), count(feedback_seq) FROM predictions "
                         "WHERE ts > ? GROUP BY model_version")
+# Label health: a covering-index range read, and the last entry of the matched-feedback index.
+LAGGED_COVERAGE_SQL = "SELECT count(*), count(feedback_seq) FROM predictions WHERE ts >= ? AND ts < ?"
+LAST_MATCHED_SQL = "SELECT max(received_ts) FROM feedback WHERE outcome = 'matched'"
 FIRST_SEEN_SQL = "SELECT model_version, first_seen FROM model_versions ORDER BY first_seen DESC LIMIT ?"
 NOTE_VERSION_SQL = "INSERT OR IGNORE INTO model_versions (model_version, first_seen) VALUES (?, ?)"
 INSERT_PREDICTION_SQL = ("INSERT INTO predictions (id, prediction, model_version, ts, "
@@ -279,6 +282,20 @@ class SQLiteStore(base.Store):
             bounds = (math.nextafter(since, -math.inf), until)
             rows = self._conn().execute(VERSION_PAIRS_SQL, bounds).fetchall()
         return base.by_version(rows, [])
+
+    def label_health(self, delay):
+        """Coverage of the predictions of [now - delay - W, now - delay) and the last label, one snapshot."""
+        until = self.clock() - delay
+        bounds = (until - self.window, until)
+        with self._guarded():
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                predictions, joined = conn.execute(LAGGED_COVERAGE_SQL, bounds).fetchone()
+                (last,) = conn.execute(LAST_MATCHED_SQL).fetchone()
+            finally:
+                conn.execute("COMMIT")
+        return base.label_health(predictions, joined, last)
 
     def first_seen(self):
         """The latest model versions and when each was first seen, newest first."""

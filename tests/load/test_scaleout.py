@@ -145,6 +145,11 @@ def test_feedback_storm_across_instances(stack):
     stored = stack.rows("SELECT outcome, count(*) FROM feedback GROUP BY outcome")
     for outcome, count in stored:
         assert stack.total("app_feedback_total", outcome=outcome) == count
+    # The quality SLO's events, summed over the instances, as the store's own pairs classify them.
+    pairs = stack.rows("SELECT prediction, calories FROM feedback WHERE outcome = 'matched'")
+    bad = sum(abs(math.log1p(p) - math.log1p(y)) > 0.3 for p, y in pairs)
+    assert bad > 0 and stack.total("app_quality_slo_events_total", outcome="bad") == bad
+    assert stack.total("app_quality_slo_events_total", outcome="good") == len(pairs) - bad
     assert_gauges_agree(stack)
 
 

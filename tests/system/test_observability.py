@@ -166,6 +166,11 @@ def dashboard_checks(server, report, trained):
         return one(result) == 1 and served == (trained["model_version"], "compiled")
 
     outcomes = {o for o, n in report["feedback"]["outcomes"].items() if n}
+    # The quality SLO: every event of the run is inside every window, so each burn rate is the run's
+    # bad share over the budget (the default objective, 0.99).
+    events = {o: sample(exposed, "app_quality_slo_events_total", model_version=version, outcome=o)
+              for o in ("good", "bad")}
+    burn = pytest.approx(events["bad"] / (events["good"] + events["bad"]) / (1 - 0.99), rel=1e-9, abs=1e-12)
     reference = {}  # {feature: {bin: share}} as the service exposes it
     for (name, labels), value in exposed.items():
         if name == "app_drift_reference_share":
@@ -230,6 +235,21 @@ def dashboard_checks(server, report, trained):
             lambda r: len(r) == 2 and all(v == 0 for v in by("endpoint", r).values()),
         'max by (bin) (app_drift_reference_share{feature="Duration"})':
             lambda r: by("bin", r) == pytest.approx(reference["Duration"], rel=1e-9),
+        "job:app_quality_slo_error_budget_remaining:30d": lambda r: 1 - one(r) == burn,
+        **{f"job:app_quality_slo_burn_rate:{w}": (lambda r: one(r) == burn)
+           for w in ("5m", "30m", "1h", "2h", "6h", "1d")},
+        # Label health with the default delay (1 h): no prediction of the run is due yet.
+        "job:app_feedback_coverage_lagged:max": lambda r: len(r) == 1 and math.isnan(one(r)),
+        "job:app_feedback_coverage_min:max": lambda r: one(r) == 0.1,
+        "job:app_feedback_predictions_lagged:max": lambda r: one(r) == 0,
+        "job:app_feedback_last_matched_age_seconds:max": lambda r: 0 <= one(r) < 120,
+        "job:app_feedback_lag_seconds:p95_1h": lambda r: 0.5 < one(r) <= 5.0,
+        "job:app_feedback_expected_delay_seconds:max": lambda r: one(r) == 3600,
+        "job:app_feedback_matched:increase1h":
+            lambda r: one(r) >= report["feedback"]["outcomes"]["matched"] > 0,
+        "sum by (model_version, outcome) (rate(app_quality_slo_events_total[5m]))":
+            lambda r: {(x["metric"]["model_version"], x["metric"]["outcome"]) for x in r}
+            == {(version, "good"), (version, "bad")} and events["good"] > 0,
     }
 
 

@@ -131,8 +131,9 @@ def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(b
     def errors(metrics, operation):
         return sample(metrics, "app_store_errors_total", operation=operation)
 
+    # Two window reads fail in the failing scrape: the rolling gauges' and the label health's.
     assert {op: errors(after, op) - errors(before, op) for op in ("prediction", "feedback", "window")} \
-        == {"prediction": 0, "feedback": 1, "window": 1}
+        == {"prediction": 0, "feedback": 1, "window": 2}
     for gauge in ("app_rolling_rmsle_5m", "app_rolling_mae_5m", "app_rolling_pairs_5m",
                   "app_feedback_coverage_5m"):
         assert sample(failed, gauge) is None, gauge  # missing, never a stale or made-up value
@@ -140,6 +141,8 @@ def test_store_errors_by_operation_and_a_scrape_that_survives_a_failing_window(b
         sample(before, "app_feedback_total", outcome="matched")
     assert any(name == "app_model_info" for name, _ in after)
     assert "rolling gauges unavailable: feedback store: no such table: feedback" in caplog.text
+    assert "label health gauges unavailable: feedback store: no such table: feedback" in caplog.text
+    assert sample(failed, "app_feedback_coverage_lagged") is None
 
 
 def test_http_metrics_use_route_templates_and_skip_probes(client):

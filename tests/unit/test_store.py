@@ -659,3 +659,27 @@ def test_pruning_goes_on_after_a_batch_of_any_size_until_one_removes_nothing():
     assert next(batches) == 1000  # the batch after the empty one was never asked for
     always = iter(lambda: 1, None)
     assert base.prune_batches(lambda: next(always)) == base.PRUNE_MAX_BATCHES
+
+
+def test_label_health_reads_the_window_one_delay_ago(store, clock):
+    start = clock.now
+    for id_, at in ((1, 99), (2, 100), (3, 250), (4, 399), (5, 400)):  # [100, 400) once read at 4000
+        clock.now = start + at
+        store.record_prediction(id_, 50.0, "v1")
+    clock.now = start + 1000
+    for id_ in (1, 2, 4):
+        assert store.record_feedback(id_, 50.0).outcome == "matched"
+    last = clock.now
+    clock.advance(5)
+    assert store.record_feedback(2, 50.0).outcome == "duplicate"  # neither moves the last label
+    assert store.record_feedback(99, 50.0).outcome == "unmatched"
+    clock.now = start + 4000
+    health = store.label_health(3600)  # W = 300: predictions of [start + 100, start + 400)
+    assert (health.predictions, health.joined, health.last_matched) == (3, 2, last)
+    assert health.coverage == pytest.approx(2 / 3)
+
+
+def test_label_health_without_predictions_or_labels_is_nan(store):
+    health = store.label_health(3600)
+    assert (health.predictions, health.joined) == (0, 0)
+    assert math.isnan(health.coverage) and math.isnan(health.last_matched)
