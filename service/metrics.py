@@ -52,7 +52,7 @@ SLO_EVENTS = Counter("app_quality_slo_events_total", "Matched feedback by qualit
                      "|ln(1+yhat) - ln(1+y)| <= the tolerance.", ["model_version", "outcome"])
 STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed.", ["operation"])
 # Drift: every answered request's features and prediction, by bin of the training reference
-# (service/drift.py). Exact across workers (multiprocess files), summed across replicas.
+# (service/model/drift.py). Exact across workers (multiprocess files), summed across replicas.
 DRIFT_BINS = Counter("app_drift_bin_total", "Answered requests by bin of the training reference, per feature "
                      "(and the prediction).", ["feature", "bin", "model_version"])
 
