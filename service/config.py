@@ -34,11 +34,12 @@ def _bool(raw):
 
 
 def _positive(cast):
-    """A cast that also refuses zero and negative numbers."""
+    """A cast that also refuses zero, negative numbers, NaN and infinity (a NaN passed `<= 0` unseen,
+    and would make a window, a timeout or a rule's comparison never or always true)."""
     def convert(raw):
         value = cast(raw)
-        if value <= 0:
-            raise ValueError("must be positive")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a finite number above 0")
         return value
     return convert
 
@@ -147,14 +148,6 @@ def _fraction(raw):
     return value
 
 
-def _finite_positive(raw):
-    """A finite positive number (NaN or infinity would make a rule's comparison always or never true)."""
-    value = float(raw)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError("must be a finite number above 0")
-    return value
-
-
 def slo_settings(env=None):
     """The quality SLO (docs/monitoring.md#quality-slo): its objective and its good-event tolerance."""
     env = os.environ if env is None else env
@@ -162,13 +155,13 @@ def slo_settings(env=None):
         # Share of matched feedback that must be good over the 30-day SLO period.
         "QUALITY_SLO_OBJECTIVE": _get(env, "QUALITY_SLO_OBJECTIVE", 0.99, _fraction),
         # Good when |ln(1+yhat) - ln(1+y)| <= tau: within ±(e^tau - 1) of (1 + label); 0.3 is ±35 %.
-        "QUALITY_SLO_LOG_TOLERANCE": _get(env, "QUALITY_SLO_LOG_TOLERANCE", 0.3, _finite_positive),
+        "QUALITY_SLO_LOG_TOLERANCE": _get(env, "QUALITY_SLO_LOG_TOLERANCE", 0.3, _positive(float)),
     }
 
 
 def label_settings(env, window, retention):
     """Label health (docs/monitoring.md#label-health): when labels are due, and what share must come."""
-    delay = _get(env, "EXPECTED_LABEL_DELAY_SECONDS", 3600.0, _finite_positive)
+    delay = _get(env, "EXPECTED_LABEL_DELAY_SECONDS", 3600.0, _positive(float))
     # The lagged coverage reads the predictions of [now - delay - W, now - delay): a delay set past
     # the retention would read pruned rows, and the alert on it would never fire.
     if env.get("EXPECTED_LABEL_DELAY_SECONDS") and delay + window > retention:

@@ -30,6 +30,8 @@ def test_retention_never_shorter_than_window():
 @pytest.mark.parametrize("env, name", [
     ({"PREDICTION_WINDOW_SECONDS": "five"}, "PREDICTION_WINDOW_SECONDS"),
     ({"PREDICTION_WINDOW_SECONDS": "-1"}, "PREDICTION_WINDOW_SECONDS"),
+    ({"PREDICTION_WINDOW_SECONDS": "nan"}, "PREDICTION_WINDOW_SECONDS"),  # NaN <= 0 is false
+    ({"RETENTION_SECONDS": "inf"}, "RETENTION_SECONDS"),
     ({"ALLOW_STARTUP_FAILURE": "maybe"}, "ALLOW_STARTUP_FAILURE"),
     ({"MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES"),
     ({"ADMISSION_BUDGET_MS": "0"}, "ADMISSION_BUDGET_MS"),
