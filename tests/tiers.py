@@ -24,7 +24,7 @@ PHASES = (("unit", "system", "deploy"), ("load",))
 COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)")
 
 
-def run_phase(tiers, logs, extra):
+def run_phase(tiers, logs):
     """Start the phase's tiers together; {tier: (exit code, seconds)} once all have ended."""
     started, procs = time.monotonic(), {}
     for tier in tiers:
@@ -32,7 +32,7 @@ def run_phase(tiers, logs, extra):
         # No bytecode anywhere: the tiers share the checkout, and each checks that the handout stays
         # as it was; a cache written by one tier's process would fail the others' checks.
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        procs[tier] = (subprocess.Popen([sys.executable, "-m", "pytest", f"tests/{tier}", *extra], cwd=ROOT,
+        procs[tier] = (subprocess.Popen([sys.executable, "-m", "pytest", f"tests/{tier}"], cwd=ROOT,
                                         env=env, stdout=log, stderr=subprocess.STDOUT), log)
         print(f"tier {tier}: started (log: {logs / f'{tier}.log'})", flush=True)
     done = {}
@@ -73,14 +73,14 @@ def main(argv=None):
     every = [t for phase in PHASES for t in phase]
     if any(a not in every for a in argv):
         return subprocess.call([sys.executable, "-m", "pytest", *argv], cwd=ROOT)
-    wanted, extra = argv or every, []
+    wanted = argv or every
     logs = ROOT / "reports" / "tiers"
     logs.mkdir(parents=True, exist_ok=True)
     started, results = time.monotonic(), {}
     for phase in PHASES:
         tiers = [t for t in phase if t in wanted]
         if tiers:
-            results.update(run_phase(tiers, logs, extra))
+            results.update(run_phase(tiers, logs))
     totals = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
     for tier in results:
         for what, n in summary((logs / f"{tier}.log").read_text(errors="replace")).items():
