@@ -58,6 +58,13 @@ def post_fork(server, worker):
     os.environ.update(service_config.thread_env(server.cfg.workers))
 
 
+def post_worker_init(worker):
+    """Log that this worker has loaded the app and now accepts: start-up is visible worker by worker."""
+    # A worker exists (and has a pid) seconds before it accepts; until then its share of the backlog
+    # waits, which admission control counts as queue time.
+    worker.log.info("Worker %s accepting", worker.pid)
+
+
 def child_exit(server, worker):
     """Fold the dead worker's metric files into archives: totals never go back, files stay bounded."""
     multiproc.worker_exited(worker.pid)

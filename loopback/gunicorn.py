@@ -3,6 +3,7 @@
 import contextlib
 import os
 import pathlib
+import re
 import sys
 
 import requests
@@ -31,8 +32,15 @@ class Instance(Server):
         """Start and wait until every worker has booted and answers `probe` (default: ready)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.spawn(self.cmd, self.log, cwd=ROOT, env=self.env)
-        self.wait_ready(lambda: len(self.worker_pids()) == self.workers and self._answers(probe), timeout)
+        self.wait_ready(lambda: self._accepting() and self._answers(probe), timeout)
         return self
+
+    def _accepting(self):
+        """Every current worker has loaded the app (gunicorn.conf.py's post_worker_init line): a worker
+        still importing would leave its share of the first requests waiting in the backlog."""
+        pids = self.worker_pids()
+        logged = {int(pid) for pid in re.findall(r"Worker (\d+) accepting", self.log_tail(None))}
+        return len(pids) == self.workers and logged.issuperset(pids)
 
     def _answers(self, probe):
         with contextlib.suppress(requests.RequestException):

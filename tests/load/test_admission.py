@@ -1,5 +1,6 @@
 """Admission control under real gunicorn: fast 503s before parsing, priorities, the probe listener."""
 
+import contextlib
 import json
 import socket
 import time
@@ -60,20 +61,24 @@ def accept_queue(port):
 
 def queued_behind_busy_workers(server, workers, requests_, wait):
     """Every worker held, the requests sent and left `wait` s in the backlog, then the workers freed."""
-    held = []
-    for _ in range(workers):  # one at a time: a held request must never wait in the backlog itself
-        held.append(hold(server.port))
-        deadline = time.monotonic() + 10
-        while accept_queue(server.port) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    time.sleep(0.1)  # inside the request, waiting for the rest of the body
-    socks = [send(server.port, path, body) for path, body in requests_]
-    time.sleep(wait)
-    for sock, rest in held:
-        sock.sendall(rest)
-    held_answers = [answer(sock) for sock, _ in held]
-    assert all(a[0] == 200 for a in held_answers), held_answers
-    return [answer(sock) for sock in socks]
+    held, socks = [], []
+    with contextlib.ExitStack() as closing:  # a failed assertion must not leave sockets to the GC
+        for _ in range(workers):  # one at a time: a held request must never wait in the backlog itself
+            held.append(hold(server.port))
+            closing.callback(held[-1][0].close)
+            deadline = time.monotonic() + 10
+            while accept_queue(server.port) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        time.sleep(0.1)  # inside the request, waiting for the rest of the body
+        for path, body in requests_:
+            socks.append(send(server.port, path, body))
+            closing.callback(socks[-1].close)
+        time.sleep(wait)
+        for sock, rest in held:
+            sock.sendall(rest)
+        held_answers = [answer(sock) for sock, _ in held]
+        assert all(a[0] == 200 for a in held_answers), held_answers
+        return [answer(sock) for sock in socks]
 
 
 def test_what_waited_past_its_budget_is_refused_at_once_and_feedback_last(tmp_path, model_path):
