@@ -36,7 +36,7 @@ QUALITYFLAGS ?=
 # gunicorn's pid file, so `make rollout` knows which master to signal.
 PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install prerequisites lock data train model evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test test-fast lint soak bench stress mutation image image-size clean clean-state
+.PHONY: install prerequisites lock data train model challenger evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test test-fast lint soak bench stress mutation image image-size clean clean-state
 
 install: $(STAMP)  ## create .venv, install runtime + dev dependencies and the `calories` command
 
@@ -78,6 +78,11 @@ model: $(STAMP)  ## train only if the artifact is missing (never over a MODEL_PA
 	elif test "$$(realpath -m "$(MODEL_PATH)")" = "$$(realpath -m "$(HANDOUT)/model.joblib")"; then \
 		$(MAKE) --no-print-directory train; \
 	else echo "MODEL_PATH=$(MODEL_PATH): no such file (make train writes $(HANDOUT)/model.joblib)" >&2; exit 1; fi
+
+challenger: $(STAMP)  ## a challenger folder in var/challenger: the handout's training with another seed (CHALLENGERFLAGS)
+	mkdir -p var/challenger
+	cd "$(HANDOUT)" && ../$(BIN)/python -B train.py --out-dir ../var/challenger --seed 7 $(CHALLENGERFLAGS)
+	cp -r "$(HANDOUT)/features.py" "$(HANDOUT)/schema.json" "$(HANDOUT)/data_sample" var/challenger/
 
 evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
 	$(BIN)/python -B "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"

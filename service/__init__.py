@@ -52,6 +52,7 @@ def create_app(overrides=None):
         model.init_app(app, lifecycle.model_source(app.config))
     finally:  # also when it refuses to start: a rollout waiting for this worker learns it at once
         lifecycle.note_worker(app.config, app.extensions["model"])
+    model.init_challengers(app, lifecycle.challenger_sources(app.config))
     spec = _schema(app)
     app.extensions["predict_schema"] = schemas.predict_schema(spec)
     app.extensions["predict_quickload"] = quickload.record_loader(spec)

@@ -65,6 +65,7 @@ def from_env(env=None):
         "MODEL_URI": _get(env, "MODEL_URI", None, str),
         "MODEL_SHA256": _get(env, "MODEL_SHA256", None, _sha256),
         "MODEL_CACHE_DIR": pathlib.Path(_get(env, "MODEL_CACHE_DIR", DEFAULT_VAR / "models", str)),
+        **challenger_settings(env),
         **registry_settings(env),
         **slo_settings(env),
         **label_settings(env, window, max(retention, window)),
@@ -88,6 +89,30 @@ def from_env(env=None):
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         "MODEL_THREADS": _get(env, "XGBOOST_NUM_THREADS", max(1, cpu_count() // 2), _positive(int)),
         **admission_settings(env),
+    }
+
+
+MAX_CHALLENGERS = 4  # each one scores every request: ~10 µs on compiled trees, and a store row
+
+
+def _challengers(raw):
+    """Comma-separated registry versions (models:/name/N) or model folders; distinct, at most
+    MAX_CHALLENGERS."""
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if len(set(entries)) != len(entries):
+        raise ValueError("names a challenger twice")
+    if len(entries) > MAX_CHALLENGERS:
+        raise ValueError(f"at most {MAX_CHALLENGERS} challengers (each scores every request)")
+    return tuple(entries)
+
+
+def challenger_settings(env=None):
+    """Challengers (docs/champion-challenger.md): what scores beside the champion, and its time budget."""
+    env = os.environ if env is None else env
+    return {
+        "CHALLENGER_URIS": _get(env, "CHALLENGER_URIS", (), _challengers),
+        # Challenger time per request, in ms: past it, the remaining challengers skip this request.
+        "CHALLENGER_BUDGET_MS": _get(env, "CHALLENGER_BUDGET_MS", 2.0, _positive(float)),
     }
 
 

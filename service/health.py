@@ -25,4 +25,8 @@ def readyz():
     uri = str(svc.uri or "")
     if not svc.ready:
         return {"status": "not ready", "reason": f"model: {svc.error}", "model_uri": uri, "store": state}, 503
-    return {"status": "ready", "model_version": svc.trained_version, "model_uri": uri, "store": state}
+    body = {"status": "ready", "model_version": svc.trained_version, "model_uri": uri, "store": state}
+    challengers = model.challengers()
+    if challengers.all:  # reported, never a reason to be unready: the champion answers alone
+        body["challengers"] = [c.info() for c in challengers.all]
+    return body

@@ -22,6 +22,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from . import multiproc, slo
 from .model import drift
 from .store import OUTCOMES, StoreError
+from .store.base import window_stats
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -42,14 +43,32 @@ FEEDBACK_LAG = Histogram(
     "app_feedback_lag_seconds", "Feedback event time minus prediction time, matched feedback.",
     ["model_version"],
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400))
+# `role`: champion (the version that answered the event) or challenger (one scored beside it, on
+# the same label). Every rule about the service's own quality reads role="champion".
+ROLES = ("champion", "challenger")
 SQUARED_LOG_ERROR = Summary(
-    "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback.", ["model_version"])
-ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback.",
-                         ["model_version"])
+    "app_feedback_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback, per model.",
+    ["model_version", "role"])
+ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per matched feedback, per model.",
+                         ["model_version", "role"])
 # The quality SLO (service/slo.py): matched feedback by whether it was within the tolerance,
 # counted where the summaries are, so exact across workers and summed across instances.
 SLO_EVENTS = Counter("app_quality_slo_events_total", "Matched feedback by quality SLO outcome: good when "
-                     "|ln(1+yhat) - ln(1+y)| <= the tolerance.", ["model_version", "outcome"])
+                     "|ln(1+yhat) - ln(1+y)| <= the tolerance.", ["model_version", "outcome", "role"])
+# Champion against each challenger on the same labels (a paired comparison): the count of pairs,
+# each side's sum of squared log errors (their difference is the sum of the per-pair differences,
+# kept as two counters because a counter never goes down), and the sum of squared differences.
+# Mean difference and its standard error over any window follow in PromQL (rules/challengers.yml).
+PAIRED_LABELS = ["challenger_version", "champion_version"]
+PAIRS = Counter("app_paired_pairs_total", "Labels joined to the champion's and a challenger's prediction "
+                "of the same event.", PAIRED_LABELS)
+PAIRED_SLE = Counter("app_paired_squared_log_error_total", "Sum over the pairs of each side's squared log "
+                     "error (role: challenger or champion).", [*PAIRED_LABELS, "role"])
+PAIRED_SQUARES = Counter("app_paired_difference_squares_total", "Sum over the pairs of (challenger - "
+                         "champion squared log error)^2.", PAIRED_LABELS)
+CHALLENGER_FAILURES = Counter("app_challenger_failures_total", "Requests a challenger did not score: it "
+                              "raised (error) or the challengers' budget was spent (over_budget).",
+                              ["model_version", "reason"])
 STORE_ERRORS = Counter("app_store_errors_total", "Store operations that failed.", ["operation"])
 # Drift: every answered request's features and prediction, by bin of the training reference
 # (service/model/drift.py). Exact across workers (multiprocess files), summed across replicas.
@@ -88,22 +107,53 @@ def observe_prediction(value):
 
 
 def observe_feedback(result, tolerance):
-    """Count one recorded feedback; matched feedback feeds the quality summaries and the SLO."""
+    """Count one recorded feedback; matched feedback feeds the quality summaries and the SLO, of the
+    champion and of each challenger, and the paired counters."""
     FEEDBACK.labels(result.outcome).inc()
-    if result.outcome == "matched":
-        version = result.model_version or "none"
-        FEEDBACK_LAG.labels(version).observe(result.lag)
-        SQUARED_LOG_ERROR.labels(version).observe(result.sle)
-        ABSOLUTE_ERROR.labels(version).observe(result.ae)
-        SLO_EVENTS.labels(version, slo.outcome(result.sle, tolerance)).inc()
+    if result.outcome != "matched":
+        return
+    version = result.model_version or "none"
+    FEEDBACK_LAG.labels(version).observe(result.lag)
+    _observe_errors(version, "champion", result.sle, result.ae, tolerance)
+    for shadow in result.shadows:
+        _observe_errors(shadow.model_version, "challenger", shadow.sle, shadow.ae, tolerance)
+        PAIRS.labels(shadow.model_version, version).inc()
+        PAIRED_SLE.labels(shadow.model_version, version, "challenger").inc(shadow.sle)
+        PAIRED_SLE.labels(shadow.model_version, version, "champion").inc(shadow.champion_sle)
+        PAIRED_SQUARES.labels(shadow.model_version, version).inc(shadow.difference ** 2)
 
 
-def start_version(version):
-    """The loaded version's quality series exist at 0 from the start, as the unlabelled ones did."""
-    for metric in (FEEDBACK_LAG, SQUARED_LOG_ERROR, ABSOLUTE_ERROR):
-        metric.labels(version)
+def _observe_errors(version, role, sle, ae, tolerance):
+    SQUARED_LOG_ERROR.labels(version, role).observe(sle)
+    ABSOLUTE_ERROR.labels(version, role).observe(ae)
+    SLO_EVENTS.labels(version, slo.outcome(sle, tolerance), role).inc()
+
+
+def observe_challenger_failure(version, reason):
+    """Count one request a challenger did not score."""
+    CHALLENGER_FAILURES.labels(version, reason).inc()
+
+
+def start_version(version, role="champion"):
+    """A loaded version's quality series exist at 0 from the start, as the unlabelled ones did."""
+    if role == "champion":
+        FEEDBACK_LAG.labels(version)
+    for metric in (SQUARED_LOG_ERROR, ABSOLUTE_ERROR):
+        metric.labels(version, role)
     for outcome in slo.OUTCOMES:
-        SLO_EVENTS.labels(version, outcome)
+        SLO_EVENTS.labels(version, outcome, role)
+
+
+def start_challengers(champion, challengers):
+    """Every scoring challenger's series at 0: its quality, its pairs with the champion, its failures."""
+    for challenger in challengers.scoring:
+        start_version(challenger.version, "challenger")
+        PAIRS.labels(challenger.version, champion)
+        PAIRED_SQUARES.labels(challenger.version, champion)
+        for role in ROLES:
+            PAIRED_SLE.labels(challenger.version, champion, role)
+        for reason in ("error", "over_budget"):
+            CHALLENGER_FAILURES.labels(challenger.version, reason)
 
 
 def observe_store_error(operation):
@@ -140,13 +190,16 @@ def _gauge(name, doc, value, labels=None):
 class StoreCollector:
     """Gauges computed at scrape time from the shared store, so any worker answers the same."""
 
-    def __init__(self, store, model, drift=None, health=None):
+    def __init__(self, store, model, drift=None, health=None, challengers=None):
         self.store, self.model, self.drift = store, model, drift
         self.health = health or store  # service/store_health.py: a scrape never writes behind a burst
+        self.challengers = challengers
 
     def collect(self):
         """Rolling quality and coverage, which model is loaded, and whether the store takes writes."""
         yield _gauge("app_model_info", "The loaded model (value 1).", 1.0, self.model.info())
+        if self.challengers is not None and self.challengers.all:  # refused ones too: they are reported
+            yield challenger_info(self.challengers)
         holdout = self.model.metrics.get("holdout_rmsle", math.nan) if self.model.ready else math.nan
         yield _gauge("app_model_holdout_rmsle", "Holdout RMSLE recorded by training.", holdout)
         # Per instance: this instance can write to the store now (readiness reports it, never fails on it).
@@ -174,14 +227,19 @@ class StoreCollector:
         """The rolling gauges per model version, and when each version was first seen."""
         try:
             stats, seen = self.store.window_by_version(), self.store.first_seen()
+            shadows = _challenger_windows(self.store.paired_quality()) if self.challengers else {}
         except StoreError as exc:
             log.warning("per-version gauges unavailable: %s", exc)
             observe_store_error("window")
             return
         for name, doc, field in BY_VERSION:
-            family = GaugeMetricFamily(name, f"{doc} ({w}), per model version.", labels=["model_version"])
+            family = GaugeMetricFamily(name, f"{doc} ({w}), per model version (role: champion, or a "
+                                       "challenger on the same labels).", labels=["model_version", "role"])
             for version, window in stats.items():
-                family.add_metric([version], getattr(window, field))
+                family.add_metric([version, "champion"], getattr(window, field))
+            for version, window in shadows.items():
+                if field != "coverage":  # a challenger scores the champion's events: the same coverage
+                    family.add_metric([version, "challenger"], getattr(window, field))
             yield family
         family = GaugeMetricFamily("app_model_first_seen_timestamp_seconds",
                                    "When each model version's first prediction was recorded (the latest "
@@ -199,6 +257,27 @@ BY_VERSION = (
     ("app_feedback_coverage_by_version_5m", "Fraction of the window's prediction events that have feedback",
      "coverage"),
 )
+
+
+def challenger_info(challengers):
+    """app_challenger_info: each configured challenger, scoring or refused (why: /readyz)."""
+    family = GaugeMetricFamily("app_challenger_info", "Each configured challenger (value 1); state: scoring "
+                               "or refused (/readyz says why).",
+                               labels=["model_uri", "model_version", "state"])
+    for challenger in challengers.all:
+        info = challenger.info()
+        family.add_metric([info["model_uri"], info["model_version"], info["state"]], 1.0)
+    return family
+
+
+def _challenger_windows(paired):
+    """{challenger: WindowStats} of the window's pairs, over whichever champions it was paired with."""
+    sums = {}
+    for (challenger, _), stats in paired.items():
+        pairs, sle, ae = sums.get(challenger, (0, 0.0, 0.0))
+        sums[challenger] = (pairs + stats.pairs, sle + stats.sle, ae + stats.ae)
+    return {version: window_stats(pairs, sle, ae, pairs, pairs)
+            for version, (pairs, sle, ae) in sums.items()}
 
 
 def reference_shares(model):
@@ -266,14 +345,15 @@ class _Chain:
             yield from registry.collect()
 
 
-def exposition_registry(multiprocess, exporter_registry, store, model, drift=None, health=None):
+def exposition_registry(multiprocess, exporter_registry, store, model, drift=None, health=None,
+                        challengers=None):
     """What /metrics shows: every worker's files (multiprocess) or this process, plus the store gauges."""
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess:
         MultiProcessCollector(registry)
     else:
         registry.register(_Chain(REGISTRY, exporter_registry))
-    registry.register(StoreCollector(store, model, drift, health))
+    registry.register(StoreCollector(store, model, drift, health, challengers))
     return registry
 
 
@@ -293,16 +373,19 @@ def init_app(app):
     exporter_registry = CollectorRegistry(auto_describe=True)
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
                       buckets=LATENCY_BUCKETS)
-    model = app.extensions["model"]
+    model, challengers = app.extensions["model"], app.extensions.get("challengers")
     if model.ready:
         start_version(model.trained_version)
+        if challengers:
+            start_challengers(model.trained_version, challengers)
     if app.config["DRIFT_METRICS"] and model.ready and model.drift_bins:
         app.extensions["drift"] = drift.Counters(DRIFT_BINS, model.drift_bins, model.trained_version)
     app.before_request(_inflight_begin)
     app.teardown_request(_inflight_end)
     app.extensions["metrics_registry"] = exposition_registry(
         bool(app.config.get("PROMETHEUS_MULTIPROC_DIR")), exporter_registry,
-        app.extensions["store"], model, app.extensions.get("drift"), app.extensions.get("store_health"))
+        app.extensions["store"], model, app.extensions.get("drift"), app.extensions.get("store_health"),
+        challengers)
     app.extensions["metrics_registry"].register(SettingsCollector(app.config))
     app.extensions["metrics_registry"].register(
         LabelHealthCollector(app.extensions["store"], app.config["EXPECTED_LABEL_DELAY_SECONDS"]))

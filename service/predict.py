@@ -27,9 +27,11 @@ def predict():
     record = current_app.extensions["predict_quickload"](payload) or load(
         current_app.extensions["predict_schema"], payload)
     value = svc.predict_one(record)
+    challengers = model.challengers()
+    shadows = challengers.score(record, metrics.observe_challenger_failure) if challengers else ()
     features = tuple(record[f] for f in RECORD_FIELDS) if current_app.config["STORE_FEATURES"] else None
     try:
-        store.current().record_prediction(record["id"], value, svc.trained_version, features)
+        store.current().record_prediction(record["id"], value, svc.trained_version, features, shadows)
         store_health.current().wrote()
     except store.StoreError as exc:
         store_health.current().failed()

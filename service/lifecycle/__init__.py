@@ -7,7 +7,7 @@ instance serves, what each worker loaded), origin (the ModelSource the configura
 rollout, publish, live_quality.
 """
 
-from .origin import model_source
+from .origin import challenger_sources, model_source
 from .pointer import note_worker
 
-__all__ = ["model_source", "note_worker"]
+__all__ = ["challenger_sources", "model_source", "note_worker"]

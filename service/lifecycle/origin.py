@@ -4,6 +4,8 @@ A registry version (the rollout's pointer, else a concrete MODEL_URI) is served 
 MODEL_CACHE_DIR, fetched once; otherwise the file at MODEL_PATH with the handout's code.
 """
 
+import pathlib
+
 from ..errors import ModelLoadError
 from ..model import ModelSource
 from . import pointer, registry
@@ -21,6 +23,28 @@ def model_source(cfg):
         return ModelSource(cfg["MODEL_PATH"], cfg["HANDOUT_DIR"],
                            compiled_dir=_compiled(cfg, cfg["COMPILED_MODEL_DIR"]),
                            compiled_readonly=cfg["COMPILED_MODEL_READONLY"])
+    return version_source(cfg, uri)
+
+
+def challenger_sources(cfg):
+    """The ModelSource of each CHALLENGER_URIS entry: a concrete registry version, or a model folder
+    (model.joblib beside its metrics.json, features.py and schema.json)."""
+    return [_challenger_source(cfg, entry) for entry in cfg["CHALLENGER_URIS"]]
+
+
+def _challenger_source(cfg, entry):
+    if not entry.startswith("models:"):
+        folder = pathlib.Path(entry)
+        return ModelSource(folder / "model.joblib", folder,
+                           compiled_dir=_compiled(cfg, cfg["COMPILED_MODEL_DIR"]),
+                           compiled_readonly=cfg["COMPILED_MODEL_READONLY"])
+    try:
+        uri = registry.ModelURI.parse(entry)
+        if uri.alias:  # as for MODEL_URI: workers never resolve an alias each on their own
+            raise registry.RegistryModelError("names an alias; name a version (models:/<name>/<version>)")
+    except registry.RegistryModelError as exc:
+        return ModelSource(pathlib.Path(entry), pathlib.Path(entry), uri=entry,
+                           fetch=_failing(ModelLoadError(f"challenger {entry}: {exc}")))
     return version_source(cfg, uri)
 
 

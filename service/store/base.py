@@ -33,6 +33,21 @@ class FutureTimestamp(ServiceError, ValueError):
 
 
 @dataclass(frozen=True)
+class ShadowPair:
+    """A challenger's error on a joined label, beside the champion's on the same label."""
+
+    model_version: str  # the challenger's
+    sle: float
+    ae: float
+    champion_sle: float
+
+    @property
+    def difference(self):
+        """Challenger minus champion squared log error: below 0 where the challenger did better."""
+        return self.sle - self.champion_sle
+
+
+@dataclass(frozen=True)
 class FeedbackResult:
     """How one feedback was recorded; error fields are set for matched feedback only."""
 
@@ -41,6 +56,30 @@ class FeedbackResult:
     sle: float | None = None
     ae: float | None = None
     model_version: str | None = None  # the version of the prediction event it joined
+    shadows: tuple = ()  # ShadowPair per challenger that scored the event
+
+
+@dataclass(frozen=True)
+class PairedStats:
+    """A challenger against the champion on the same labels: sums over the pairs."""
+
+    pairs: int
+    sle: float           # the challenger's sum of squared log errors
+    champion_sle: float  # the champion's, on the same labels
+    squares: float       # sum of (sle - champion_sle)^2 per pair
+    ae: float            # the challenger's sum of absolute errors
+
+    def rmsle(self, champion=False):
+        """The challenger's (or the champion's) RMSLE on these pairs; NaN without pairs."""
+        total = self.champion_sle if champion else self.sle
+        return math.sqrt(total / self.pairs) if self.pairs else math.nan
+
+
+def paired(rows):
+    """{(challenger, champion): PairedStats} from (challenger, champion, pairs, sle, champion_sle,
+    squares, ae) rows."""
+    return {(challenger, champion): PairedStats(int(n), *(float(v or 0.0) for v in sums))
+            for challenger, champion, n, *sums in rows if n}
 
 
 @dataclass(frozen=True)
@@ -102,7 +141,8 @@ def join(tx, id_, calories, event_ts, received):
     `tx` is a backend's transaction, already holding whatever serialises joins of this id:
     oldest_open(id) -> (seq, prediction, ts, model_version) | None, seen(id) -> bool,
     insert_feedback(id, calories, event_ts, received, outcome, pseq, prediction, result) -> seq
-    (result.model_version is the joined event's), close_event(pseq, fseq).
+    (result.model_version is the joined event's), close_event(pseq, fseq), shadows(pseq) ->
+    [(challenger_version, prediction)], close_shadows(pseq, received, champion_version, shadows).
     """
     if event_ts is None:
         event_ts = received
@@ -115,11 +155,16 @@ def join(tx, id_, calories, event_ts, received):
         tx.insert_feedback(id_, calories, event_ts, received, result.outcome, None, None, result)
         return result
     pseq, prediction, predicted_at, model_version = row
-    result = FeedbackResult("matched", lag=max(0.0, event_ts - predicted_at),
-                            sle=(math.log1p(prediction) - math.log1p(calories)) ** 2,
-                            ae=abs(prediction - calories), model_version=model_version)
+    label = math.log1p(calories)
+    sle = (math.log1p(prediction) - label) ** 2
+    shadows = tuple(ShadowPair(version, (math.log1p(value) - label) ** 2, abs(value - calories), sle)
+                    for version, value in tx.shadows(pseq))
+    result = FeedbackResult("matched", lag=max(0.0, event_ts - predicted_at), sle=sle,
+                            ae=abs(prediction - calories), model_version=model_version, shadows=shadows)
     fseq = tx.insert_feedback(id_, calories, event_ts, received, "matched", pseq, prediction, result)
     tx.close_event(pseq, fseq)
+    if shadows:
+        tx.close_shadows(pseq, received, model_version, shadows)
     return result
 
 
@@ -142,8 +187,9 @@ class Store:
     def __init__(self, window, retention):
         self.window, self.retention = window, retention
 
-    def record_prediction(self, id_, prediction, model_version, features=None):
-        """Record one answered prediction event; features: the record's values in RECORD_FIELDS order."""
+    def record_prediction(self, id_, prediction, model_version, features=None, shadows=()):
+        """Record one answered prediction event; features: the record's values in RECORD_FIELDS order;
+        shadows: (challenger_version, prediction) pairs stored with it, in the same transaction."""
         raise NotImplementedError
 
     def record_feedback(self, id_, calories, event_ts=None):
@@ -160,6 +206,11 @@ class Store:
 
     def quality_by_version(self, since, until):
         """{model_version: WindowStats} of pairs whose feedback was received in [since, until)."""
+        raise NotImplementedError
+
+    def paired_quality(self, since=None, until=math.inf):
+        """{(challenger, champion): PairedStats} of labels received in [since, until); since None:
+        the rolling window."""
         raise NotImplementedError
 
     def label_health(self, delay):

@@ -28,6 +28,10 @@ MIGRATION_LOCK = (0x43414C, 1)
 PRUNE_LOCK = (0x43414C, 2)
 # Stable (not clock_timestamp(): volatile), so index bounds can use it; float8 like the columns.
 SERVER_NOW = "extract(epoch from statement_timestamp())::float8"
+# Paired quality per challenger and champion, from the partial covering index.
+PAIRED_SELECT = ("SELECT model_version, champion_version, count(*), sum(sle), sum(champion_sle), "
+                 "sum((sle - champion_sle) * (sle - champion_sle)), sum(ae) FROM shadow_predictions")
+PAIRED_GROUP = "GROUP BY model_version, champion_version"
 
 
 def connection_params(url, busy_timeout_ms, scrub):
@@ -96,6 +100,18 @@ class _Join:
     def close_event(self, pseq, fseq):
         self.conn.execute("UPDATE predictions SET feedback_seq = %s WHERE seq = %s", (fseq, pseq))
 
+    def shadows(self, pseq):
+        return self.conn.execute("SELECT model_version, prediction FROM shadow_predictions "
+                                 "WHERE prediction_seq = %s", (pseq,)).fetchall()
+
+    def close_shadows(self, pseq, received, champion_version, shadows):
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE shadow_predictions SET received_ts = %s, champion_version = %s, sle = %s, "
+                "champion_sle = %s, ae = %s WHERE prediction_seq = %s AND model_version = %s",
+                [(received, champion_version, s.sle, s.champion_sle, s.ae, pseq, s.model_version)
+                 for s in shadows])
+
 
 class PostgresStore(base.Store):
     """A PostgreSQL database shared by every instance; one connection per worker process."""
@@ -117,6 +133,16 @@ class PostgresStore(base.Store):
         self._sql = {
             "prediction": f"INSERT INTO predictions (id, prediction, model_version, ts, {columns}) "
                           f"VALUES (%(id)s, %(prediction)s, %(version)s, {now}, {placeholders})",
+            # The event and its challengers' predictions in one statement (one transaction).
+            "prediction_shadows": "WITH p AS (INSERT INTO predictions (id, prediction, model_version, ts, "
+                                  f"{columns}) VALUES (%(id)s, %(prediction)s, %(version)s, {now}, "
+                                  f"{placeholders}) RETURNING seq) INSERT INTO shadow_predictions "
+                                  "(prediction_seq, model_version, prediction) SELECT p.seq, s.v, s.p "
+                                  "FROM p, unnest(%(shadow_versions)s::text[], "
+                                  "%(shadow_values)s::float8[]) AS s(v, p)",
+            "paired": f"{PAIRED_SELECT} WHERE received_ts > %(since)s AND received_ts < %(until)s "
+                      f"{PAIRED_GROUP}",
+            "paired_window": f"{PAIRED_SELECT} WHERE received_ts > {now} - %(window)s {PAIRED_GROUP}",
             # Durable commit for this transaction only; the id's joins one at a time, FIFO kept.
             "lock": "SELECT set_config('synchronous_commit', 'on', true), "
                     f"pg_advisory_xact_lock(%(id)s), {now}",
@@ -150,8 +176,15 @@ class PostgresStore(base.Store):
             "now": f"SELECT {now}",
             "probe": "INSERT INTO meta (key, value) VALUES ('ready_probe', "
                      f"({now})::text) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            "prune_predictions": "DELETE FROM predictions WHERE seq IN (SELECT seq FROM predictions "
-                                 f"WHERE ts < {now} - %(retention)s LIMIT %(batch)s)",
+            # The oldest predictions and their challengers' rows in one statement (one snapshot, one
+            # `now`): two statements could each pick a different batch and leave orphans.
+            "prune_predictions": f"WITH old AS (SELECT seq FROM predictions WHERE ts < {now} - %(retention)s "
+                                 "ORDER BY ts LIMIT %(batch)s), "
+                                 "s AS (DELETE FROM shadow_predictions WHERE prediction_seq IN "
+                                 "(SELECT seq FROM old) RETURNING 1), "
+                                 "p AS (DELETE FROM predictions WHERE seq IN (SELECT seq FROM old) "
+                                 "RETURNING 1) "
+                                 "SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM p)",
             "prune_feedback": "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback "
                               f"WHERE received_ts < {now} - %(retention)s LIMIT %(batch)s)",
             "pruned": f"UPDATE maintenance SET holder = %(holder)s, last_run = {now}, "
@@ -232,15 +265,18 @@ class PostgresStore(base.Store):
             local.closer()  # never in a forked child: closing would end the parent's session
         local.conn = None
 
-    def record_prediction(self, id_, prediction, model_version, features=None):
-        """Record one answered prediction event (one autocommit statement, asynchronous commit)."""
+    def record_prediction(self, id_, prediction, model_version, features=None, shadows=()):
+        """Record one answered prediction event, with its challengers' predictions if any (one
+        autocommit statement, asynchronous commit)."""
         values = dict(zip(base.FEATURE_COLUMNS, features or base.NO_FEATURES, strict=True))
+        args = self._args(id=id_, prediction=prediction, version=model_version, **values)
+        if shadows:
+            args["shadow_versions"], args["shadow_values"] = (list(c) for c in zip(*shadows, strict=True))
         with self._guarded():
             conn = self._conn()
             if model_version not in self._noted:  # once per process and version: its first-seen time
                 conn.execute(self._sql["note_version"], self._args(version=model_version))
-            conn.execute(self._sql["prediction"],
-                         self._args(id=id_, prediction=prediction, version=model_version, **values))
+            conn.execute(self._sql["prediction_shadows" if shadows else "prediction"], args)
         self._noted.add(model_version)
 
     def record_feedback(self, id_, calories, event_ts=None):
@@ -272,6 +308,15 @@ class PostgresStore(base.Store):
         with self._guarded():
             rows = self._conn().execute(self._sql["quality"], {"since": since, "until": until}).fetchall()
         return base.by_version(rows, [])
+
+    def paired_quality(self, since=None, until=math.inf):
+        """Challengers against the champion on labels received in [since, until) (or the window)."""
+        if since is None:
+            sql, args = self._sql["paired_window"], self._args(window=self.window)
+        else:
+            sql, args = self._sql["paired"], {"since": math.nextafter(since, -math.inf), "until": until}
+        with self._guarded():
+            return base.paired(self._conn().execute(sql, args).fetchall())
 
     def label_health(self, delay):
         """Coverage of the predictions of [now - delay - W, now - delay) and the last label."""
@@ -322,7 +367,7 @@ class PostgresStore(base.Store):
 
     def _delete_batch(self, conn):
         args = self._args(retention=self.retention, batch=base.PRUNE_BATCH)
-        return (conn.execute(self._sql["prune_predictions"], args).rowcount
+        return (conn.execute(self._sql["prune_predictions"], args).fetchone()[0]
                 + conn.execute(self._sql["prune_feedback"], args).rowcount)
 
 

@@ -35,6 +35,15 @@ NOTE_VERSION_SQL = "INSERT OR IGNORE INTO model_versions (model_version, first_s
 INSERT_PREDICTION_SQL = ("INSERT INTO predictions (id, prediction, model_version, ts, "
                          f"{', '.join(base.FEATURE_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * (4 + len(base.FEATURE_COLUMNS)))})")
+INSERT_SHADOW_SQL = ("INSERT INTO shadow_predictions (prediction_seq, model_version, prediction) "
+                     "VALUES (?, ?, ?)")
+# Paired quality per challenger and champion: a range read of the partial covering index.
+PAIRED_SQL = ("SELECT model_version, champion_version, count(*), total(sle), total(champion_sle), "
+              "total((sle - champion_sle) * (sle - champion_sle)), total(ae) FROM shadow_predictions "
+              "WHERE received_ts > ? AND received_ts < ? GROUP BY model_version, champion_version")
+# A prune batch: the oldest predictions by the ts index (read twice in one transaction: the same rows),
+# first for their challengers' rows, then themselves.
+PRUNE_BATCH_SQL = "SELECT seq FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?"
 
 
 class _Writing:
@@ -86,6 +95,17 @@ class _Join:
 
     def close_event(self, pseq, fseq):
         self.conn.execute("UPDATE predictions SET feedback_seq = ? WHERE seq = ?", (fseq, pseq))
+
+    def shadows(self, pseq):
+        return self.conn.execute("SELECT model_version, prediction FROM shadow_predictions "
+                                 "WHERE prediction_seq = ?", (pseq,)).fetchall()
+
+    def close_shadows(self, pseq, received, champion_version, shadows):
+        self.conn.executemany(
+            "UPDATE shadow_predictions SET received_ts = ?, champion_version = ?, sle = ?, champion_sle = ?, "
+            "ae = ? WHERE prediction_seq = ? AND model_version = ?",
+            [(received, champion_version, s.sle, s.champion_sle, s.ae, pseq, s.model_version)
+             for s in shadows])
 
 
 class SQLiteStore(base.Store):
@@ -232,15 +252,19 @@ class SQLiteStore(base.Store):
                         conn.execute("PRAGMA synchronous = NORMAL")
             return result
 
-    def record_prediction(self, id_, prediction, model_version, features=None):
-        """Record one answered prediction event (its own autocommit transaction)."""
+    def record_prediction(self, id_, prediction, model_version, features=None, shadows=()):
+        """Record one answered prediction event (its own autocommit transaction, or one with its
+        challengers' predictions)."""
         ts = self.clock()
+        row = (id_, prediction, model_version, ts, *(features or base.NO_FEATURES))
         with _Writing(self):
             conn = self._conn()
             if model_version not in self._noted:  # once per process and version: its first-seen time
                 conn.execute(NOTE_VERSION_SQL, (model_version, ts))
-            conn.execute(INSERT_PREDICTION_SQL,
-                         (id_, prediction, model_version, ts, *(features or base.NO_FEATURES)))
+            if shadows:
+                _with_shadows(conn, row, shadows)
+            else:
+                conn.execute(INSERT_PREDICTION_SQL, row)
         self._noted.add(model_version)
 
     def record_feedback(self, id_, calories, event_ts=None):
@@ -282,6 +306,12 @@ class SQLiteStore(base.Store):
             bounds = (math.nextafter(since, -math.inf), until)
             rows = self._conn().execute(VERSION_PAIRS_SQL, bounds).fetchall()
         return base.by_version(rows, [])
+
+    def paired_quality(self, since=None, until=math.inf):
+        """Challengers against the champion on labels received in [since, until) (or the window)."""
+        since = self.clock() - self.window if since is None else math.nextafter(since, -math.inf)
+        with self._guarded():
+            return base.paired(self._conn().execute(PAIRED_SQL, (since, until)).fetchall())
 
     def label_health(self, delay):
         """Coverage of the predictions of [now - delay - W, now - delay) and the last label, one snapshot."""
@@ -349,11 +379,26 @@ def _claim_lease(conn, now):
     return cur.rowcount == 1
 
 
+def _with_shadows(conn, row, shadows):
+    """The prediction and its challengers' in one transaction (the caller holds the write lock)."""
+    conn.execute("BEGIN")
+    try:
+        seq = conn.execute(INSERT_PREDICTION_SQL, row).lastrowid
+        conn.executemany(INSERT_SHADOW_SQL, [(seq, version, value) for version, value in shadows])
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _delete_batch(conn, cutoff):
-    """Delete up to PRUNE_BATCH old predictions and feedback; the number of rows removed."""
+    """Delete up to PRUNE_BATCH old predictions (with their challengers' rows) and feedback; the
+    number of rows removed."""
+    args = (cutoff, base.PRUNE_BATCH)
     removed = conn.execute(
-        "DELETE FROM predictions WHERE seq IN (SELECT seq FROM predictions WHERE ts < ? LIMIT ?)",
-        (cutoff, base.PRUNE_BATCH)).rowcount
+        f"DELETE FROM shadow_predictions WHERE prediction_seq IN ({PRUNE_BATCH_SQL})", args).rowcount
+    removed += conn.execute(f"DELETE FROM predictions WHERE seq IN ({PRUNE_BATCH_SQL})", args).rowcount
     removed += conn.execute(
         "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE received_ts < ? LIMIT ?)",
         (cutoff, base.PRUNE_BATCH)).rowcount

@@ -148,12 +148,12 @@ def dashboard_checks(server, report, trained):
         return pytest.approx(total(exposed, name + "_sum") / total(exposed, name + "_count"))
 
     def gauge(name, model_version=None):
-        labels = frozenset({"model_version": model_version}.items()) if model_version else frozenset()
-        return pytest.approx(exposed[(name, labels)], rel=1e-9)
+        labels = {"model_version": model_version, "role": "champion"} if model_version else {}
+        return pytest.approx(exposed[(name, frozenset(labels.items()))], rel=1e-9)
 
     version = trained["model_version"]
-    pairs = sample(exposed, "app_feedback_squared_log_error_count", model_version=version)
-    sle = sample(exposed, "app_feedback_squared_log_error_sum", model_version=version)
+    pairs = sample(exposed, "app_feedback_squared_log_error_count", model_version=version, role="champion")
+    sle = sample(exposed, "app_feedback_squared_log_error_sum", model_version=version, role="champion")
     rmsle = pytest.approx(math.sqrt(sle / pairs), rel=1e-9)
 
     def both_routes(result):
@@ -168,8 +168,8 @@ def dashboard_checks(server, report, trained):
     outcomes = {o for o, n in report["feedback"]["outcomes"].items() if n}
     # The quality SLO: every event of the run is inside every window, so each burn rate is the run's
     # bad share over the budget (the default objective, 0.99).
-    events = {o: sample(exposed, "app_quality_slo_events_total", model_version=version, outcome=o)
-              for o in ("good", "bad")}
+    events = {o: sample(exposed, "app_quality_slo_events_total", model_version=version, outcome=o,
+                        role="champion") for o in ("good", "bad")}
     burn = pytest.approx(events["bad"] / (events["good"] + events["bad"]) / (1 - 0.99), rel=1e-9, abs=1e-12)
     reference = {}  # {feature: {bin: share}} as the service exposes it
     for (name, labels), value in exposed.items():
@@ -247,10 +247,23 @@ def dashboard_checks(server, report, trained):
         "job:app_feedback_expected_delay_seconds:max": lambda r: one(r) == 3600,
         "job:app_feedback_matched:increase1h":
             lambda r: one(r) >= report["feedback"]["outcomes"]["matched"] > 0,
-        "sum by (model_version, outcome) (rate(app_quality_slo_events_total[5m]))":
+        'sum by (model_version, outcome) (rate(app_quality_slo_events_total{role="champion"}[5m]))':
             lambda r: {(x["metric"]["model_version"], x["metric"]["outcome"]) for x in r}
             == {(version, "good"), (version, "bad")} and events["good"] > 0,
+        # No challenger in this run: the champion-vs-challengers row is empty (its values are
+        # checked by deploy/prometheus/tests/challengers_test.yml and tests/system/test_challengers_live.py).
+        **{expr: (lambda r: r == []) for expr in CHALLENGER_PANEL_QUERIES},
     }
+
+
+P = "job_challenger_version_champion_version"
+CHALLENGER_PANEL_QUERIES = (
+    f"{P}_role:app_paired_rmsle:1h", f"{P}:app_paired_difference:mean1h",
+    f"{P}:app_paired_difference:mean1h - 2 * {P}:app_paired_difference:stderr1h",
+    f"{P}:app_paired_difference:mean1h + 2 * {P}:app_paired_difference:stderr1h",
+    f"{P}:app_paired_pairs:increase1h",
+    "sum by (model_version, reason) (increase(app_challenger_failures_total[1h]))",
+)
 
 
 def test_every_dashboard_query_returns_what_the_run_did(scraped, model_path):

@@ -28,7 +28,8 @@ def test_outcomes_and_status_codes(client):
 def test_counters_per_outcome_and_quality_summaries(client, app):
     before = {o: outcome_count(o) for o in ("matched", "duplicate", "unmatched")}
     version = {"model_version": app.extensions["model"].trained_version}
-    sle_count = REGISTRY.get_sample_value("app_feedback_squared_log_error_count", version)
+    champion = {**version, "role": "champion"}
+    sle_count = REGISTRY.get_sample_value("app_feedback_squared_log_error_count", champion)
     lag_count = REGISTRY.get_sample_value("app_feedback_lag_seconds_count", version)
     client.post("/predict", json=RECORD)
     feedback(client)
@@ -36,7 +37,7 @@ def test_counters_per_outcome_and_quality_summaries(client, app):
     feedback(client, id=99)
     assert {o: outcome_count(o) - before[o] for o in before} == {"matched": 1, "duplicate": 1, "unmatched": 1}
     # Only matched feedback feeds quality and lag: a retry never counts twice.
-    assert REGISTRY.get_sample_value("app_feedback_squared_log_error_count", version) == sle_count + 1
+    assert REGISTRY.get_sample_value("app_feedback_squared_log_error_count", champion) == sle_count + 1
     assert REGISTRY.get_sample_value("app_feedback_lag_seconds_count", version) == lag_count + 1
 
 

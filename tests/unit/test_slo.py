@@ -66,15 +66,16 @@ def test_counters_exist_at_zero_and_follow_the_settings(config):
     metrics = scrape(client)
     version = app.extensions["model"].trained_version
     # Both series exist before any event (in one process the counters are shared across apps).
-    before = {o: sample(metrics, "app_quality_slo_events_total", model_version=version, outcome=o)
-           for o in ("good", "bad")}
+    before = {o: sample(metrics, "app_quality_slo_events_total", model_version=version, outcome=o,
+                        role="champion") for o in ("good", "bad")}
     assert None not in before.values()
     assert sample(metrics, "app_quality_slo_objective") == 0.95
     assert sample(metrics, "app_quality_slo_log_tolerance") == 0.25
     prediction = client.post("/predict", json=RECORD).json["Calories"]
     client.post("/feedback", json={"id": RECORD["id"], "Calories": math.expm1(math.log1p(prediction) - 0.28)})
     # 0.28 is within the default 0.3, not within this app's 0.25.
-    bad = sample(scrape(client), "app_quality_slo_events_total", model_version=version, outcome="bad")
+    bad = sample(scrape(client), "app_quality_slo_events_total", model_version=version, outcome="bad",
+                 role="champion")
     assert bad == before["bad"] + 1
 
 
@@ -91,7 +92,7 @@ def test_matched_feedback_counts_once_as_good_or_bad(client, app):
     after = scrape(client)
 
     def added(outcome):
-        key = dict(model_version=version, outcome=outcome)
+        key = dict(model_version=version, outcome=outcome, role="champion")
         return (sample(after, "app_quality_slo_events_total", **key)
                 - sample(before, "app_quality_slo_events_total", **key))
 

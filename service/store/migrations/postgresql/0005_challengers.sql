@@ -1,0 +1,18 @@
+-- Schema version 5: challengers. Each challenger's prediction of an event is stored beside the
+-- champion's, in the same transaction, but it is not an event: the FIFO join, coverage and the
+-- export read `predictions` only. When the event's label joins, its challenger rows get their own
+-- error and the champion's on the same label, so paired quality reads this table alone.
+CREATE TABLE shadow_predictions (
+    prediction_seq   bigint           NOT NULL,  -- the champion's event (predictions.seq)
+    model_version    text             NOT NULL,  -- the challenger's
+    prediction       double precision NOT NULL,
+    received_ts      double precision,           -- the joined feedback's receive time; NULL while open
+    champion_version text,                       -- the version that answered the event
+    sle              double precision,           -- the challenger's (ln(1+yhat) - ln(1+y))^2
+    champion_sle     double precision,           -- the champion's, on the same label
+    ae               double precision,           -- the challenger's |yhat - y|
+    PRIMARY KEY (prediction_seq, model_version)
+);
+-- Paired quality over a window or since a probation began reads only this partial covering index.
+CREATE INDEX shadow_joined_by_received ON shadow_predictions (received_ts)
+    INCLUDE (model_version, champion_version, sle, champion_sle, ae) WHERE received_ts IS NOT NULL;

@@ -1,0 +1,19 @@
+-- Schema version 5: challengers. Each challenger's prediction of an event is stored beside the
+-- champion's, in the same transaction, but it is not an event: the FIFO join, coverage and the
+-- export read `predictions` only. When the event's label joins, its challenger rows get their own
+-- error and the champion's on the same label, so paired quality reads this table alone.
+CREATE TABLE IF NOT EXISTS shadow_predictions (
+    prediction_seq   INTEGER NOT NULL,  -- the champion's event (predictions.seq)
+    model_version    TEXT    NOT NULL,  -- the challenger's
+    prediction       REAL    NOT NULL,
+    received_ts      REAL,              -- the joined feedback's receive time; NULL while open
+    champion_version TEXT,              -- the version that answered the event
+    sle              REAL,              -- the challenger's (ln(1+yhat) - ln(1+y))^2
+    champion_sle     REAL,              -- the champion's, on the same label
+    ae               REAL,              -- the challenger's |yhat - y|
+    PRIMARY KEY (prediction_seq, model_version)
+) WITHOUT ROWID;
+-- Paired quality over a window or since a probation began reads only this partial covering index.
+CREATE INDEX IF NOT EXISTS shadow_joined_by_received
+    ON shadow_predictions (received_ts, model_version, champion_version, sle, champion_sle, ae)
+    WHERE received_ts IS NOT NULL;
