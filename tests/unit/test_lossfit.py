@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from support import HANDOUT, SAMPLE, missing
 
+from service.cli import fit_quality
 from service.errors import ModelLoadError
 from service.model import compiled, conformal, lossfit, quality_files
 from service.model.compiled import codegen
@@ -183,3 +184,17 @@ def test_adaptive_wins_only_where_its_estimate_carries_the_spread():
     flat = conformal.at_equal_coverage(y, prediction, np.full_like(est, est.mean()), 0.9)
     assert flat["winner"] == "constant"  # the same intervals: adaptive narrower by rounding at most
     assert flat["adaptive"]["mean_log_width"] == pytest.approx(flat["constant"]["mean_log_width"], rel=1e-12)
+
+
+def test_the_command_fits_and_prints_the_mode(fitted, tmp_path, capsys):
+    folder = copy_model(fitted, tmp_path / "m")
+    argv = ["--model-dir", str(folder), "--handout", str(HANDOUT), "--data", str(SAMPLE)]
+    assert fit_quality.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mode: " in out and f"wrote {folder / 'quality.json'}" in out
+    quality_files.load(folder)
+
+
+def test_the_command_reports_a_missing_model_in_one_line(tmp_path, capsys):
+    assert fit_quality.main(["--model-dir", str(tmp_path), "--handout", str(HANDOUT)]) == 1
+    assert capsys.readouterr().err.startswith("fit-quality failed: Model metadata not found")
