@@ -33,10 +33,12 @@ SCALEOUTFLAGS ?=
 PUBLISHFLAGS ?=
 ROLLOUTFLAGS ?=
 QUALITYFLAGS ?=
+FITQUALITYFLAGS ?=
+CHALLENGERFLAGS ?=
 # gunicorn's pid file, so `make rollout` knows which master to signal.
 PIDFILE ?= var/gunicorn.pid
 
-.PHONY: install prerequisites lock data train model challenger evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test test-fast lint soak bench stress mutation image image-size clean clean-state
+.PHONY: install prerequisites lock data train model challenger fit-quality evaluate serve validate-a simulate-stream observe scaleout publish rollout live-quality test test-fast lint soak bench stress mutation image image-size clean clean-state
 
 install: $(STAMP)  ## create .venv, install runtime + dev dependencies and the `calories` command
 
@@ -83,6 +85,9 @@ challenger: $(STAMP)  ## a challenger folder in var/challenger: the handout's tr
 	mkdir -p var/challenger
 	cd "$(HANDOUT)" && ../$(BIN)/python -B train.py --out-dir ../var/challenger --seed 7 $(CHALLENGERFLAGS)
 	cp -r "$(HANDOUT)/features.py" "$(HANDOUT)/schema.json" "$(HANDOUT)/data_sample" var/challenger/
+
+fit-quality: model  ## fit the loss estimator + interval calibration beside MODEL_PATH (quality.json, loss_estimator.ubj)
+	$(BIN)/calories fit-quality $(FITQUALITYFLAGS)
 
 evaluate: model  ## RMSLE/MAE of the model on DATA=path.csv
 	$(BIN)/python -B "$(HANDOUT)/evaluate.py" --data "$(abspath $(DATA))" --model "$(MODEL_PATH)"
