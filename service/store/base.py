@@ -22,6 +22,10 @@ MAX_FUTURE_SECONDS = 300  # client clocks drift; a ts further ahead than this is
 PRUNE_BATCH = 1000        # rows per delete transaction: each holds its locks for milliseconds
 PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
 FIRST_SEEN_SHOWN = 10     # model versions whose first-seen time the gauge shows (the latest ones)
+PAIRED_SHARDS = 16        # rows per comparison in paired_totals: joins of other events rarely share one
+# The running sums of every comparison (paired_totals), summed over their shards.
+PAIRED_TOTALS_SQL = ("SELECT challenger_version, champion_version, sum(pairs), sum(sle), sum(champion_sle), "
+                     "sum(squares), sum(ae) FROM paired_totals GROUP BY challenger_version, champion_version")
 
 
 class StoreError(ServiceError):
@@ -211,6 +215,10 @@ class Store:
     def paired_quality(self, since=None, until=math.inf):
         """{(challenger, champion): PairedStats} of labels received in [since, until); since None:
         the rolling window."""
+        raise NotImplementedError
+
+    def paired_totals(self):
+        """{(challenger, champion): PairedStats} of every pair since the comparison's first, pruned or not."""
         raise NotImplementedError
 
     def label_health(self, delay):

@@ -32,6 +32,12 @@ SERVER_NOW = "extract(epoch from statement_timestamp())::float8"
 PAIRED_SELECT = ("SELECT model_version, champion_version, count(*), sum(sle), sum(champion_sle), "
                  "sum((sle - champion_sle) * (sle - champion_sle)), sum(ae) FROM shadow_predictions")
 PAIRED_GROUP = "GROUP BY model_version, champion_version"
+ADD_PAIR_SQL = ("INSERT INTO paired_totals AS t (challenger_version, champion_version, shard, pairs, sle, "
+                "champion_sle, squares, ae, first_received) VALUES (%s, %s, %s, 1, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (challenger_version, champion_version, shard) DO UPDATE SET "
+                "pairs = t.pairs + 1, sle = t.sle + excluded.sle, "
+                "champion_sle = t.champion_sle + excluded.champion_sle, "
+                "squares = t.squares + excluded.squares, ae = t.ae + excluded.ae")
 
 
 def connection_params(url, busy_timeout_ms, scrub):
@@ -105,12 +111,15 @@ class _Join:
                                  "WHERE prediction_seq = %s", (pseq,)).fetchall()
 
     def close_shadows(self, pseq, received, champion_version, shadows):
+        shard = pseq % base.PAIRED_SHARDS
         with self.conn.cursor() as cur:
             cur.executemany(
                 "UPDATE shadow_predictions SET received_ts = %s, champion_version = %s, sle = %s, "
                 "champion_sle = %s, ae = %s WHERE prediction_seq = %s AND model_version = %s",
                 [(received, champion_version, s.sle, s.champion_sle, s.ae, pseq, s.model_version)
                  for s in shadows])
+            cur.executemany(ADD_PAIR_SQL, [(s.model_version, champion_version, shard, s.sle, s.champion_sle,
+                                            s.difference ** 2, s.ae, received) for s in shadows])
 
 
 class PostgresStore(base.Store):
@@ -317,6 +326,11 @@ class PostgresStore(base.Store):
             sql, args = self._sql["paired"], {"since": math.nextafter(since, -math.inf), "until": until}
         with self._guarded():
             return base.paired(self._conn().execute(sql, args).fetchall())
+
+    def paired_totals(self):
+        """Every comparison's running sums (a few rows per comparison)."""
+        with self._guarded():
+            return base.paired(self._conn().execute(base.PAIRED_TOTALS_SQL).fetchall())
 
     def label_health(self, delay):
         """Coverage of the predictions of [now - delay - W, now - delay) and the last label."""

@@ -41,6 +41,11 @@ INSERT_SHADOW_SQL = ("INSERT INTO shadow_predictions (prediction_seq, model_vers
 PAIRED_SQL = ("SELECT model_version, champion_version, count(*), total(sle), total(champion_sle), "
               "total((sle - champion_sle) * (sle - champion_sle)), total(ae) FROM shadow_predictions "
               "WHERE received_ts > ? AND received_ts < ? GROUP BY model_version, champion_version")
+ADD_PAIR_SQL = ("INSERT INTO paired_totals (challenger_version, champion_version, shard, pairs, sle, "
+                "champion_sle, squares, ae, first_received) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (challenger_version, champion_version, shard) DO UPDATE SET pairs = pairs + 1, "
+                "sle = sle + excluded.sle, champion_sle = champion_sle + excluded.champion_sle, "
+                "squares = squares + excluded.squares, ae = ae + excluded.ae")
 # A prune batch: the oldest predictions by the ts index (read twice in one transaction: the same rows),
 # first for their challengers' rows, then themselves.
 PRUNE_BATCH_SQL = "SELECT seq FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?"
@@ -106,6 +111,9 @@ class _Join:
             "ae = ? WHERE prediction_seq = ? AND model_version = ?",
             [(received, champion_version, s.sle, s.champion_sle, s.ae, pseq, s.model_version)
              for s in shadows])
+        shard = pseq % base.PAIRED_SHARDS
+        self.conn.executemany(ADD_PAIR_SQL, [(s.model_version, champion_version, shard, s.sle, s.champion_sle,
+                                              s.difference ** 2, s.ae, received) for s in shadows])
 
 
 class SQLiteStore(base.Store):
@@ -312,6 +320,11 @@ class SQLiteStore(base.Store):
         since = self.clock() - self.window if since is None else math.nextafter(since, -math.inf)
         with self._guarded():
             return base.paired(self._conn().execute(PAIRED_SQL, (since, until)).fetchall())
+
+    def paired_totals(self):
+        """Every comparison's running sums (a few rows per comparison)."""
+        with self._guarded():
+            return base.paired(self._conn().execute(base.PAIRED_TOTALS_SQL).fetchall())
 
     def label_health(self, delay):
         """Coverage of the predictions of [now - delay - W, now - delay) and the last label, one snapshot."""

@@ -72,8 +72,32 @@ def test_paired_quality_sums_the_same_labels(store, clock):
     # A range of receive times: [since, until).
     assert store.paired_quality(since=clock() - 1) == stats
     assert store.paired_quality(since=clock() + 1) == {}
+    # The running totals since the first pair: the same sums, whatever the window or retention.
+    totals = store.paired_totals()[("c1", "champ")]
+    assert (totals.pairs, totals.sle, totals.champion_sle, totals.squares, totals.ae) == pytest.approx(
+        (got.pairs, got.sle, got.champion_sle, got.squares, got.ae))
     clock.advance(301)
     assert store.paired_quality() == {}  # out of the rolling window
+    assert store.paired_totals() == {("c1", "champ"): totals}
+
+
+def test_running_totals_add_up_over_many_events_and_survive_pruning(target, clock):
+    store = open_store(target, 300.0, 3600.0, 5000, clock)
+    try:
+        expected = [0, 0.0, 0.0]
+        for id_ in range(40):  # more events than shards
+            store.record_prediction(id_, 100.0 + id_, "champ", shadows=[("c1", 90.0 + id_)])
+            store.record_feedback(id_, 95.0)
+            d = sle(90.0 + id_, 95.0) - sle(100.0 + id_, 95.0)
+            expected = [expected[0] + 1, expected[1] + d, expected[2] + d * d]
+        clock.advance(4000)
+        store.prune()
+        assert query(target, "SELECT count(*) FROM shadow_predictions")[0][0] == 0
+        totals = store.paired_totals()[("c1", "champ")]
+        assert totals.pairs == 40
+        assert (totals.sle - totals.champion_sle, totals.squares) == pytest.approx(expected[1:])
+    finally:
+        store.close()
 
 
 def test_pairs_are_kept_per_champion(store, clock):

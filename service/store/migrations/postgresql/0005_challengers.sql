@@ -16,3 +16,20 @@ CREATE TABLE shadow_predictions (
 -- Paired quality over a window or since a probation began reads only this partial covering index.
 CREATE INDEX shadow_joined_by_received ON shadow_predictions (received_ts)
     INCLUDE (model_version, champion_version, sle, champion_sle, ae) WHERE received_ts IS NOT NULL;
+
+-- Each challenger's comparison with each champion since its first pair, kept as running sums
+-- updated in the join's transaction: a verdict reads a few rows, never every pair, and pruning old
+-- pairs never changes it. Sharded by the event's id so that instances sharing a database do not all
+-- wait on one row's lock.
+CREATE TABLE paired_totals (
+    challenger_version text             NOT NULL,
+    champion_version   text             NOT NULL,
+    shard              integer          NOT NULL,
+    pairs              bigint           NOT NULL,
+    sle                double precision NOT NULL,  -- the challenger's sum of squared log errors
+    champion_sle       double precision NOT NULL,  -- the champion's, on the same labels
+    squares            double precision NOT NULL,  -- sum of (sle - champion_sle)^2
+    ae                 double precision NOT NULL,  -- the challenger's sum of absolute errors
+    first_received     double precision NOT NULL,  -- when the first pair joined
+    PRIMARY KEY (challenger_version, champion_version, shard)
+);

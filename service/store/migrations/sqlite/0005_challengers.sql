@@ -17,3 +17,20 @@ CREATE TABLE IF NOT EXISTS shadow_predictions (
 CREATE INDEX IF NOT EXISTS shadow_joined_by_received
     ON shadow_predictions (received_ts, model_version, champion_version, sle, champion_sle, ae)
     WHERE received_ts IS NOT NULL;
+
+-- Each challenger's comparison with each champion since its first pair, kept as running sums
+-- updated in the join's transaction: a verdict reads a few rows, never every pair, and pruning old
+-- pairs never changes it. Sharded by the event's id so that instances sharing a database do not all
+-- wait on one row's lock.
+CREATE TABLE IF NOT EXISTS paired_totals (
+    challenger_version TEXT    NOT NULL,
+    champion_version   TEXT    NOT NULL,
+    shard              INTEGER NOT NULL,
+    pairs              INTEGER NOT NULL,
+    sle                REAL    NOT NULL,  -- the challenger's sum of squared log errors
+    champion_sle       REAL    NOT NULL,  -- the champion's, on the same labels
+    squares            REAL    NOT NULL,  -- sum of (sle - champion_sle)^2
+    ae                 REAL    NOT NULL,  -- the challenger's sum of absolute errors
+    first_received     REAL    NOT NULL,  -- when the first pair joined
+    PRIMARY KEY (challenger_version, champion_version, shard)
+) WITHOUT ROWID;
