@@ -53,6 +53,18 @@ def on_starting(server):
     multiproc.reset(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
+def when_ready(server):
+    """Follow the registry aliases MODEL_URI and CHALLENGER_URIS name, if any (service/lifecycle/follow.py):
+    caught up before the first worker starts, then polled by a thread of this master."""
+    from service.lifecycle import follow
+
+    try:
+        cfg = service_config.from_env()
+    except service_config.ConfigError:
+        return  # each worker refuses to start with the one clear line
+    follow.start(cfg, os.getpid())
+
+
 def post_fork(server, worker):
     """Cap math-library threads before the worker imports the model."""
     os.environ.update(service_config.thread_env(server.cfg.workers))

@@ -113,12 +113,18 @@ def challenger_settings(env=None):
         "CHALLENGER_URIS": _get(env, "CHALLENGER_URIS", (), _challengers),
         # Challenger time per request, in ms: past it, the remaining challengers skip this request.
         "CHALLENGER_BUDGET_MS": _get(env, "CHALLENGER_BUDGET_MS", 2.0, _positive(float)),
+        # How often the master's alias follower asks the registry where MODEL_URI's and the
+        # challengers' aliases point (seconds; `off`: never, as before).
+        "MODEL_FOLLOW_SECONDS": _get(env, "MODEL_FOLLOW_SECONDS", 30.0, _off_or_positive),
     }
 
 
-def _budget(raw):
-    """Milliseconds (positive), or `off`."""
+def _off_or_positive(raw):
+    """A positive number, or `off` (None)."""
     return None if raw.strip().lower() == "off" else _positive(float)(raw)
+
+
+_budget = _off_or_positive  # milliseconds, or `off`
 
 
 def _address(raw):

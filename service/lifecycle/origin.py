@@ -41,7 +41,7 @@ def _challenger_source(cfg, entry):
     try:
         uri = registry.ModelURI.parse(entry)
         if uri.alias:  # as for MODEL_URI: workers never resolve an alias each on their own
-            raise registry.RegistryModelError("names an alias; name a version (models:/<name>/<version>)")
+            uri = pointer.challenger_uri(cfg, entry)
     except registry.RegistryModelError as exc:
         return ModelSource(pathlib.Path(entry), pathlib.Path(entry), uri=entry,
                            fetch=_failing(ModelLoadError(f"challenger {entry}: {exc}")))

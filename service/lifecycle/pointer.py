@@ -23,12 +23,14 @@ def read_pointer(cache_dir):
         raise RegistryModelError(f"{pathlib.Path(cache_dir) / POINTER} unreadable: {exc}") from None
 
 
-def write_pointer(cache_dir, configured, uri):
+def write_pointer(cache_dir, configured, uri, challengers=None):
     """Point this instance at a concrete version for the MODEL_URI the instance is configured with
-    (`configured`: the instance's, never the rollout command's own environment) (atomic)."""
+    (`configured`: the instance's, never the rollout command's own environment) (atomic);
+    challengers: {CHALLENGER_URIS alias entry: the concrete version it resolved to}."""
     cache = pathlib.Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    body = {"model_uri": configured or "", "version_uri": str(uri), "written_at": time.time()}
+    body = {"model_uri": configured or "", "version_uri": str(uri), "written_at": time.time(),
+            "challengers": {entry: str(version) for entry, version in (challengers or {}).items()}}
     tmp = cache / (POINTER + ".tmp")
     tmp.write_text(json.dumps(body) + "\n")
     os.replace(tmp, cache / POINTER)
@@ -54,6 +56,17 @@ def serving_uri(cfg):
     return uri
 
 
+def challenger_uri(cfg, entry):
+    """The concrete version a CHALLENGER_URIS alias entry resolved to, from the pointer written for this
+    instance's MODEL_URI; RegistryModelError while none was (workers never resolve aliases themselves)."""
+    body = read_pointer(cfg["MODEL_CACHE_DIR"]) or {}
+    resolved = body.get("challengers", {}).get(entry)
+    if body.get("model_uri", "") != (cfg.get("MODEL_URI") or "") or resolved is None:
+        raise RegistryModelError("names an alias not resolved for this instance yet (the alias follower, "
+                                 "MODEL_FOLLOW_SECONDS, or calories rollout resolves it)")
+    return ModelURI.parse(resolved)
+
+
 def process_start(pid):
     """A process's start time in clock ticks since boot (with the pid, it names one process)."""
     try:
@@ -73,7 +86,8 @@ def note_worker(cfg, service):
                 marker.unlink(missing_ok=True)
         body = {"pid": os.getpid(), "start": process_start(os.getpid()), "ready": service.ready,
                 "model_version": service.trained_version, "uri": str(service.uri or ""),
-                "configured_uri": cfg.get("MODEL_URI") or ""}
+                "configured_uri": cfg.get("MODEL_URI") or "",
+                "challenger_uris": list(cfg.get("CHALLENGER_URIS", ()))}
         tmp = folder / f".{os.getpid()}.tmp"
         tmp.write_text(json.dumps(body))
         os.replace(tmp, folder / f"{os.getpid()}.json")

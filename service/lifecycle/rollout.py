@@ -11,6 +11,7 @@ passed the same checks, so this is rare) put the old pointer back and restart ev
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -22,6 +23,7 @@ from .. import config, model
 from ..errors import ModelLoadError, ServiceError
 from . import origin, pointer, registry
 
+log = logging.getLogger(__name__)
 CHECK_TIMEOUT = 300
 
 
@@ -93,6 +95,34 @@ def instance_model_uri(pid, cache_dir, own):
     return found[-1].decode() if found else ""
 
 
+def instance_challenger_uris(pid, cache_dir, own):
+    """The CHALLENGER_URIS the instance was started with (what its workers recorded), else `own`."""
+    for worker in sorted(workers_of(pid)) if pid is not None else ():
+        state = pointer.worker_state(cache_dir, worker)
+        if state is not None and "challenger_uris" in state:
+            return tuple(state["challenger_uris"])
+    return tuple(own)
+
+
+def resolve_challengers(entries, cfg):
+    """{alias entry: concrete version, fetched} of the CHALLENGER_URIS entries that name an alias. One
+    that cannot be resolved or fetched is left out: its workers refuse it and say why; the champion's
+    rollout goes on."""
+    resolved = {}
+    for entry in entries:
+        if not entry.startswith("models:"):
+            continue
+        try:
+            uri = registry.ModelURI.parse(entry)
+            if uri.alias:
+                resolved[entry] = registry.resolve(uri, cfg)
+                registry.fetch(resolved[entry], cfg)
+        except registry.RegistryModelError as exc:
+            resolved.pop(entry, None)
+            log.warning("challenger %s left out: %s", entry, exc)
+    return resolved
+
+
 def workers_of(pid):
     """The pids of a process's children (gunicorn's workers)."""
     with contextlib.suppress(OSError):
@@ -140,15 +170,17 @@ def replace_workers(pid, cache_dir, model_version, timeout):
     return workers_of(pid)
 
 
-def rollout(args):
+def rollout(args, cfg=None):
     """The rollout itself; its report as a dict, or RolloutError."""
-    cfg = config.from_env()
+    cfg = cfg or config.from_env()
     text = args.uri or cfg.get("MODEL_URI")
     if not text:
         raise RolloutError("no version named: --uri models:/<name>/<version|@alias>, or set MODEL_URI")
     pid = master_pid(args)
     target = registry.resolve(text, cfg)
     registry.fetch(target, cfg)
+    entries = instance_challenger_uris(pid, cfg["MODEL_CACHE_DIR"], cfg["CHALLENGER_URIS"])
+    challengers = resolve_challengers(entries, cfg)
     outcome = checked_in_child(target)
     if not outcome["ready"]:
         raise RolloutError(f"{target} does not load: {outcome['error']}")
@@ -157,9 +189,10 @@ def rollout(args):
                            "(no matching published library and no C compiler?): --allow-slower to accept")
     configured = instance_model_uri(pid, cfg["MODEL_CACHE_DIR"], cfg.get("MODEL_URI"))
     previous = pointer.read_pointer(cfg["MODEL_CACHE_DIR"])
-    pointer.write_pointer(cfg["MODEL_CACHE_DIR"], configured, target)
+    pointer.write_pointer(cfg["MODEL_CACHE_DIR"], configured, target, challengers)
     report = {"uri": str(target), "model_version": outcome["model_version"],
               "inference": outcome["inference"], "previous": _serving_before(cfg, configured, previous),
+              "challengers": {entry: str(uri) for entry, uri in challengers.items()},
               "reloaded": pid is not None}
     if pid is None:
         return report
@@ -187,5 +220,5 @@ def _restore(cache_dir, previous, pid):
         (pathlib.Path(cache_dir) / pointer.POINTER).unlink(missing_ok=True)
     else:
         uri = registry.ModelURI.parse(previous["version_uri"])
-        pointer.write_pointer(cache_dir, previous["model_uri"], uri)
+        pointer.write_pointer(cache_dir, previous["model_uri"], uri, previous.get("challengers"))
     os.kill(pid, signal.SIGHUP)

@@ -16,6 +16,7 @@ import pandas as pd
 import requests
 from support import ROOT, SAMPLE, Gunicorn, parse_metrics, query, sample, total
 
+from loopback.process import wait_until
 from service.lifecycle import mlflow_rest, pointer
 
 THREADS, RATE = 4, 20  # requests per second per client thread (predict + its feedback)
@@ -192,7 +193,7 @@ def test_rollout_under_load_between_two_versions(mlflow_server, published, tampe
             pairs = [pair for id_, pair in load.pairs.items() if version_of[id_] == version]
             predictions = sum(1 for v in version_of.values() if v == version)
             rmsle, mae = quality(pairs)
-            got = {name: sample(after, name, model_version=version) for name in (
+            got = {name: sample(after, name, model_version=version, role="champion") for name in (
                 "app_rolling_rmsle_by_version_5m", "app_rolling_mae_by_version_5m",
                 "app_rolling_pairs_by_version_5m", "app_feedback_coverage_by_version_5m")}
             assert math.isclose(got["app_rolling_rmsle_by_version_5m"], rmsle, rel_tol=1e-9)
@@ -200,7 +201,8 @@ def test_rollout_under_load_between_two_versions(mlflow_server, published, tampe
             assert got["app_rolling_pairs_by_version_5m"] == len(pairs)
             assert math.isclose(got["app_feedback_coverage_by_version_5m"], len(pairs) / predictions,
                                 rel_tol=1e-9)
-            assert sample(after, "app_feedback_squared_log_error_count", model_version=version) == len(pairs)
+            champion = {"model_version": version, "role": "champion"}
+            assert sample(after, "app_feedback_squared_log_error_count", **champion) == len(pairs)
         seen = {v for (n, labels), _ in after.items() if n == "app_model_first_seen_timestamp_seconds"
                 for k, v in labels if k == "model_version"}
         assert seen == {a["model_version"], b["model_version"]}
@@ -236,3 +238,40 @@ def test_an_alias_is_resolved_once_before_a_start(mlflow_server, published, tmp_
     assert code == 1 and "pid" in err and "Traceback" not in err
     code, _, err, _ = run_rollout(None, env, "--uri", "models:/calories@nosuchalias", "--no-reload")
     assert code == 1 and "cannot resolve models:/calories@nosuchalias" in err
+
+
+def ready(url):
+    """/readyz's champion version and {challenger version: state}."""
+    body = requests.get(url + "/readyz", timeout=5).json()
+    return body.get("model_version"), {c["model_version"]: c["state"] for c in body.get("challengers", [])}
+
+
+def test_instances_follow_their_aliases_under_load(mlflow_server, published, tmp_path):
+    # The instance names aliases only; its master's follower resolves them before the first worker
+    # starts, then moves every worker when an alias moves: a promotion swaps champion and challenger.
+    a, b = published["a"], published["b"]
+    rest = mlflow_rest.Client(mlflow_server.url)
+    rest.post("registered-models/alias", name="calories", alias="champion", version=str(a["version"]))
+    rest.post("registered-models/alias", name="calories", alias="challenger", version=str(b["version"]))
+    env = {"MODEL_URI": "models:/calories@champion", "CHALLENGER_URIS": "models:/calories@challenger",
+           "MODEL_FOLLOW_SECONDS": "1", "MLFLOW_TRACKING_URI": mlflow_server.url,
+           "MODEL_CACHE_DIR": str(tmp_path / "models")}
+    with Gunicorn(tmp_path, tmp_path / "unused" / "model.joblib", workers=2, env=env) as server:
+        assert ready(server.url) == (a["model_version"], {b["model_version"]: "scoring"})
+        with SteadyLoad(server.url) as load:
+            time.sleep(2)
+            for alias, report in (("champion", b), ("challenger", a)):
+                rest.post("registered-models/alias", name="calories", alias=alias,
+                          version=str(report["version"]))
+            moved = time.monotonic()
+            wait_until(lambda: all(ready(server.url) == (b["model_version"], {a["model_version"]: "scoring"})
+                                   for _ in range(4)), "every worker on the promoted champion", timeout=60)
+            seconds = time.monotonic() - moved
+            time.sleep(2)
+        print(f"\nalias moved -> every worker on it: {seconds:.1f} s; {len(load.latencies)} requests, "
+              f"{len(load.failures)} failed")
+        assert load.failures == []
+        rows = query(server.env["FEEDBACK_DB"], "SELECT p.model_version, s.model_version FROM predictions p "
+                                               "JOIN shadow_predictions s ON s.prediction_seq = p.seq")
+        versions = a["model_version"], b["model_version"]
+        assert set(rows) == {versions, versions[::-1]}

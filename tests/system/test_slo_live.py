@@ -59,7 +59,8 @@ def test_counters_exact_across_workers_and_burn_rates_in_prometheus(tmp_path, mo
 
         for _ in range(6):  # whichever worker answers the scrape
             metrics = server.metrics()
-            counted = {o: sample(metrics, "app_quality_slo_events_total", model_version=version, outcome=o)
+            counted = {o: sample(metrics, "app_quality_slo_events_total", model_version=version, outcome=o,
+                                 role="champion")
                        for o in ("good", "bad")}
             assert counted == {"good": total - bad, "bad": bad}
             assert sample(metrics, "app_quality_slo_objective") == OBJECTIVE

@@ -2,11 +2,13 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from loopback.process import wait_until
 from service.lifecycle import pointer, rollout
 
 
@@ -42,6 +44,8 @@ def test_without_markers_the_master_s_environment_says(tmp_path):
     master = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                               env={**os.environ, "MODEL_URI": "models:/calories/3"})
     try:
+        # Until it has exec'd, /proc shows the environment it was forked with (this test's own).
+        wait_until(lambda: b"time.sleep" in pathlib.Path(f"/proc/{master.pid}/cmdline").read_bytes(), "exec")
         assert rollout.instance_model_uri(master.pid, tmp_path, "") == "models:/calories/3"
     finally:
         master.kill()
