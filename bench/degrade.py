@@ -70,19 +70,21 @@ class PublicRows:
         margin = booster.inplace_predict(self.matrix, iteration_range=(0, rounds)).astype(float)
         return float(np.sqrt(np.mean((np.log1p(np.expm1(margin)) - self.log_y) ** 2)))
 
+    def sle_of_model(self, estimator):
+        """Each row's squared log error of a fitted pipeline's predictions."""
+        return (np.log1p(estimator.predict(self.raw)) - self.log_y) ** 2
+
     def rmsle_of_model(self, estimator):
         """RMSLE of a fitted pipeline's predictions, as the service would compute them."""
-        return float(np.sqrt(np.mean((np.log1p(estimator.predict(self.raw)) - self.log_y) ** 2)))
+        return float(np.sqrt(np.mean(self.sle_of_model(estimator))))
 
 
-def fit_rounds(train, data, seed, rounds):
-    """The booster of the champion's recipe fitted with `rounds` rounds (train.py's split, unsaved)."""
+def fit_recipe(train, data, seed, rounds):
+    """The champion's recipe fitted with this seed and `rounds` rounds (train.py's split, unsaved)."""
     frame = pd.read_csv(data)
     X, y = frame[train.RAW_COLUMNS], frame["Calories"].to_numpy(dtype=float)
     X_tr, _, y_tr, _ = train.train_test_split(X, y, test_size=0.2, random_state=seed)
-    model = train.build_pipeline(seed, rounds)
-    model.fit(X_tr, y_tr)
-    return model.regressor_.steps[-1][1].get_booster()
+    return train.build_pipeline(seed, rounds).fit(X_tr, y_tr)
 
 
 def search_rounds(score, start, stop, target):
@@ -101,7 +103,8 @@ def choose_rounds(train, rows, champion, meta, target):
     seed, base = meta["seed"], meta["n_estimators"]
     for doubling in range(1, MAX_DOUBLINGS + 1):
         stop = base << doubling
-        booster = fit_rounds(train, champion / "data_sample" / "train.csv", seed, stop)
+        model = fit_recipe(train, champion / "data_sample" / "train.csv", seed, stop)
+        booster = model.regressor_.steps[-1][1].get_booster()
         if rows.rmsle_of_trees(booster, stop) >= target:
             score = functools.cache(lambda k, b=booster: rows.rmsle_of_trees(b, k))
             return search_rounds(score, base, stop, target)
