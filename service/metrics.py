@@ -20,6 +20,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
 from . import multiproc, slo
+from .lifecycle import compare
+from .lifecycle.verdict import VERDICTS
 from .model import drift
 from .store import OUTCOMES, StoreError
 from .store.base import window_stats
@@ -200,6 +202,8 @@ class StoreCollector:
         yield _gauge("app_model_info", "The loaded model (value 1).", 1.0, self.model.info())
         if self.challengers is not None and self.challengers.all:  # refused ones too: they are reported
             yield challenger_info(self.challengers)
+        if self.challengers:
+            yield from self._verdicts()
         holdout = self.model.metrics.get("holdout_rmsle", math.nan) if self.model.ready else math.nan
         yield _gauge("app_model_holdout_rmsle", "Holdout RMSLE recorded by training.", holdout)
         # Per instance: this instance can write to the store now (readiness reports it, never fails on it).
@@ -222,6 +226,41 @@ class StoreCollector:
         yield _gauge("app_feedback_coverage_5m",
                      f"Fraction of prediction events of the {w} that have feedback.", stats.coverage)
         yield from self._by_version(w)
+
+    def _verdicts(self):
+        """The sequential verdicts of the loaded champion against each scoring challenger, from the
+        store's running totals (a few rows per comparison)."""
+        loaded = {(c.version, self.model.trained_version) for c in self.challengers.scoring}
+        try:
+            found = [c for c in compare.current(self.store) if (c.challenger, c.champion) in loaded]
+        except StoreError as exc:
+            log.warning("paired verdicts unavailable: %s", exc)
+            observe_store_error("window")
+            return
+        labels = ["challenger_version", "champion_version"]
+        families = {
+            "challenger": GaugeMetricFamily("app_paired_verdict", "The challenger against the champion "
+                                            "on the same labels (1 for the current verdict): better = "
+                                            "non-inferior within the margin.", labels=[*labels, "verdict"]),
+            "champion": GaugeMetricFamily("app_paired_champion_verdict", "The champion against the "
+                                          "challenger (roles swapped; 1 for the current verdict): worse = "
+                                          "the champion is worse by more than the margin.",
+                                          labels=[*labels, "verdict"])}
+        bounds = GaugeMetricFamily("app_paired_difference_bound", "The mean per-pair difference of squared "
+                                   "log errors, challenger minus champion, and its always-valid "
+                                   "confidence sequence (bound: lower, mean, upper, margin).",
+                                   labels=[*labels, "bound"])
+        for comparison in found:
+            key = [comparison.challenger, comparison.champion]
+            for side, verdict in (("challenger", comparison.challenger_verdict),
+                                  ("champion", comparison.champion_verdict)):
+                for name in VERDICTS:
+                    families[side].add_metric([*key, name], float(verdict.verdict == name))
+            v = comparison.challenger_verdict
+            for bound in ("lower", "mean", "upper", "margin"):
+                bounds.add_metric([*key, bound], getattr(v, bound))
+        yield from families.values()
+        yield bounds
 
     def _by_version(self, w):
         """The rolling gauges per model version, and when each version was first seen."""

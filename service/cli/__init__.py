@@ -14,6 +14,7 @@ COMMANDS = {
     "export": ("export", "the joined pairs back out in the training layout (CSV or Parquet)"),
     "validate": ("validate", "every endpoint in-process through the Flask test client, logged"),
     "build-compiled": ("build_compiled", "build a model's compiled tree library ahead of time"),
+    "compare": ("compare", "each challenger against the champion on the same labels, with its verdict"),
     "fit-quality": ("fit_quality", "fit the loss estimator and interval calibration beside the model"),
 }
 USAGE = "usage: calories <command> [options]   (calories <command> --help for its options)"

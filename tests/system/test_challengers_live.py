@@ -4,21 +4,24 @@ paired comparison exactly across workers (one killed); a challenger that cannot 
 refused and reported without touching the answers. (Each server compiles into its own cache: the
 session model's is the unit tier's, which counts its libraries.)"""
 
+import json
 import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 import requests
-from support import ROOT, SAMPLE, Gunicorn, query, sample, total
+from support import HANDOUT, PUBLIC_CSV, ROOT, SAMPLE, Gunicorn, missing, query, sample, total
 
+from bench import degrade
 from loopback.process import wait_until
-
-HANDOUT = ROOT / "handout_from DS_agent"
+from service.lifecycle import verdict
 
 
 def model_folder(out, n_estimators, seed, sample=True):
@@ -116,3 +119,62 @@ def test_a_challenger_that_cannot_be_compared_is_refused(tmp_path, model_path, t
     assert "compiled" in reasons[0] and "schema" in reasons[1] and "not found" in reasons[2], reasons
     assert query(tmp_path / "feedback.db", "SELECT count(*) FROM shadow_predictions")[0][0] == 0
     assert total(metrics, "app_challenger_info") == 3
+
+
+@pytest.fixture(scope="module")
+def champion_and_degraded(tmp_path_factory):
+    """The handout's recipe at its defaults (what make train writes) and bench.degrade's challenger,
+    5 % worse in RMSLE on the public rows."""
+    if not PUBLIC_CSV.exists():
+        missing("the public data file", f"no data at {PUBLIC_CSV}")
+    champion, worse = tmp_path_factory.mktemp("champion"), tmp_path_factory.mktemp("worse")
+    _, train = degrade.handout_code(HANDOUT)
+    train.train(SAMPLE, champion)
+    degrade.copy_layout(HANDOUT, champion)
+    degrade.degrade(champion, worse, worse=0.05, data=PUBLIC_CSV)
+    return champion, worse
+
+
+def first_worse(d):
+    """Pairs at which the verdict, checked after every pair, first turns worse; None if never."""
+    sums = [0.0, 0.0, 0.0]
+    for n, (difference, champion_sle) in enumerate(d, start=1):
+        sums = [sums[0] + difference, sums[1] + difference ** 2, sums[2] + champion_sle]
+        if n >= verdict.MIN_PAIRS and verdict.verdict(n, sums[0], sums[1], sums[2]).verdict == "worse":
+            return n
+    return None
+
+
+def test_a_worse_challenger_gets_a_worse_verdict_from_simulator_traffic(tmp_path, champion_and_degraded):
+    champion, worse = champion_and_degraded
+    env = {"HANDOUT_DIR": str(champion), "CHALLENGER_URIS": str(worse),
+           "COMPILED_MODEL_DIR": str(tmp_path / "compiled")}
+    started = time.monotonic()
+    with Gunicorn(tmp_path, champion / "model.joblib", workers=2, env=env) as server:
+        traffic = ["--limit", "6000", "--cycles", "1", "--burst-rps", "500", "--burst-duration", "12",
+                   "--idle-duration", "0", "--feedback-delay", "0.2", "--quiet"]
+        sim = subprocess.run([sys.executable, "-m", "simulator", "--url", server.url,
+                              "--data", str(PUBLIC_CSV), *traffic],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert sim.returncode == 0, sim.stderr
+        metrics = server.metrics()
+        shown = subprocess.run([sys.executable, "-m", "service.cli", "compare", "--json"], cwd=ROOT,
+                               env={**server.env}, capture_output=True, text=True, timeout=60)
+    [report] = [json.loads(line) for line in shown.stdout.splitlines()]
+    rows = query(tmp_path / "feedback.db", "SELECT sle - champion_sle, champion_sle FROM shadow_predictions "
+                 "WHERE received_ts IS NOT NULL ORDER BY received_ts, prediction_seq")
+    d = [r[0] for r in rows]
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    margin = verdict.MARGIN * statistics.fmean(r[1] for r in rows)
+    predicted = verdict.expected_pairs(mean, sd, margin)
+    at = first_worse(rows)
+    print(f"\nworse challenger: {len(d)} pairs in {time.monotonic() - started:.0f} s; verdict 'worse' after "
+          f"{at} pairs checked one by one; predicted {predicted}; RMSLE {report['challenger_rmsle']:.4f} vs "
+          f"{report['champion_rmsle']:.4f}")
+    assert report["verdict"] == "worse" and report["challenger"] == json.loads(
+        (worse / "metrics.json").read_text())["model_version"]
+    assert report["pairs"] == len(d) and len(d) >= 5000
+    assert at is not None and at <= 2 * predicted
+    pair = {"challenger_version": report["challenger"], "champion_version": report["champion"]}
+    assert sample(metrics, "app_paired_verdict", verdict="worse", **pair) == 1
+    assert sample(metrics, "app_paired_champion_verdict", verdict="worse", **pair) == 0
