@@ -56,8 +56,14 @@ def on_starting(server):
 def when_ready(server):
     """Follow the registry aliases MODEL_URI and CHALLENGER_URIS name, if any (service/lifecycle/follow.py):
     caught up before the first worker starts, then polled by a thread of this master."""
+    import logging
+
     from service.lifecycle import follow
 
+    # The follower's lines in gunicorn's error log, formatted as the master's own.
+    service_log = logging.getLogger("service")
+    service_log.handlers, service_log.propagate = server.log.error_log.handlers, False
+    service_log.setLevel(server.log.error_log.level)
     try:
         cfg = service_config.from_env()
     except service_config.ConfigError:

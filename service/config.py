@@ -119,6 +119,17 @@ def challenger_settings(env=None):
     }
 
 
+def promotion_settings(env=None):
+    """Promotion and its guard (docs/champion-challenger.md#promotion-and-probation)."""
+    env = os.environ if env is None else env
+    return {
+        # How long the champion a promotion replaced is kept as @previous and compared with the new one.
+        "PROBATION_SECONDS": _get(env, "PROBATION_SECONDS", 86400.0, _positive(float)),
+        # How often the guard checks the probation's paired verdict.
+        "GUARD_INTERVAL_SECONDS": _get(env, "GUARD_INTERVAL_SECONDS", 60.0, _positive(float)),
+    }
+
+
 def _off_or_positive(raw):
     """A positive number, or `off` (None)."""
     return None if raw.strip().lower() == "off" else _positive(float)(raw)

@@ -15,7 +15,7 @@ from prometheus_client import (
     Summary,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 
@@ -204,6 +204,7 @@ class StoreCollector:
             yield challenger_info(self.challengers)
         if self.challengers:
             yield from self._verdicts()
+        yield from self._changes()
         holdout = self.model.metrics.get("holdout_rmsle", math.nan) if self.model.ready else math.nan
         yield _gauge("app_model_holdout_rmsle", "Holdout RMSLE recorded by training.", holdout)
         # Per instance: this instance can write to the store now (readiness reports it, never fails on it).
@@ -226,6 +227,20 @@ class StoreCollector:
         yield _gauge("app_feedback_coverage_5m",
                      f"Fraction of prediction events of the {w} that have feedback.", stats.coverage)
         yield from self._by_version(w)
+
+    def _changes(self):
+        """Promotions and rollbacks recorded in the store (store-wide: every instance says the same)."""
+        try:
+            counts = self.store.change_counts()
+        except StoreError as exc:
+            log.warning("promotion counters unavailable: %s", exc)
+            observe_store_error("window")
+            return
+        for kind, name, doc, reasons in CHANGES:
+            family = CounterMetricFamily(name, doc, labels=["reason"])
+            for reason in reasons:
+                family.add_metric([reason], counts.get((kind, reason), 0))
+            yield family
 
     def _verdicts(self):
         """The sequential verdicts of the loaded champion against each scoring challenger, from the
@@ -287,6 +302,14 @@ class StoreCollector:
             family.add_metric([version], first_seen)
         yield family
 
+
+# (kind in model_changes, metric, help, the reasons that exist at 0 from the start).
+CHANGES = (
+    ("promotion", "app_model_promotions", "Promotions recorded in the store (calories promote): reason "
+     "better (the paired verdict) or forced.", ("better", "forced")),
+    ("rollback", "app_model_rollbacks", "Rollbacks the guard made during a probation: reason worse (the new "
+     "champion worse than the one it replaced, on the same labels).", ("worse",)),
+)
 
 # (name, help, WindowStats field) of the per-version rolling gauges.
 BY_VERSION = (

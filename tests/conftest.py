@@ -11,7 +11,7 @@ import sys
 import tempfile
 
 import pytest
-from support import HANDOUT, FakeClock, missing, snapshot
+from support import HANDOUT, PUBLIC_CSV, SAMPLE, FakeClock, missing, snapshot
 
 from loopback import postgres as pg
 from loopback.mlflow import MlflowServer
@@ -98,6 +98,22 @@ def train(out, seed, n_estimators=60):
     subprocess.run([sys.executable, "train.py", "--out-dir", str(out), "--n-estimators", str(n_estimators),
                     "--seed", str(seed)], cwd=HANDOUT, check=True, capture_output=True)
     return out / "model.joblib"
+
+
+@pytest.fixture(scope="session")
+def champion_and_degraded(tmp_path_factory):
+    """Two model folders: the handout's recipe at its defaults (what make train writes) and
+    bench.degrade's challenger, 5 % worse in RMSLE on the public rows."""
+    from bench import degrade
+
+    if not PUBLIC_CSV.exists():
+        missing("the public data file", f"no data at {PUBLIC_CSV}")
+    champion, worse = tmp_path_factory.mktemp("champion"), tmp_path_factory.mktemp("worse")
+    _, trainer = degrade.handout_code(HANDOUT)
+    trainer.train(SAMPLE, champion)
+    degrade.copy_layout(HANDOUT, champion)
+    degrade.degrade(champion, worse, worse=0.05, data=PUBLIC_CSV)
+    return champion, worse
 
 
 @pytest.fixture(scope="session")

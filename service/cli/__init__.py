@@ -14,6 +14,8 @@ COMMANDS = {
     "export": ("export", "the joined pairs back out in the training layout (CSV or Parquet)"),
     "validate": ("validate", "every endpoint in-process through the Flask test client, logged"),
     "build-compiled": ("build_compiled", "build a model's compiled tree library ahead of time"),
+    "promote": ("promote", "move @champion to the challenger on a better paired verdict (probation follows)"),
+    "guard": ("guard", "watch each promotion's probation and roll back a worse champion"),
     "compare": ("compare", "each challenger against the champion on the same labels, with its verdict"),
     "fit-quality": ("fit_quality", "fit the loss estimator and interval calibration beside the model"),
 }

@@ -10,6 +10,7 @@ rollout fails, the instance keeps serving what it has, and the next poll tries a
 """
 
 import argparse
+import contextlib
 import logging
 import threading
 
@@ -32,10 +33,8 @@ def wanted(cfg):
     for entry in cfg["CHALLENGER_URIS"]:
         uri = registry.ModelURI.parse(entry) if entry.startswith("models:") else None
         if uri is not None and uri.alias:
-            try:
+            with contextlib.suppress(registry.AliasUnset):  # an empty slot
                 challengers[entry] = str(registry.resolve(uri, cfg))
-            except registry.RegistryModelError as exc:  # an alias not set (yet): that challenger is absent
-                log.info("challenger %s not followed now: %s", entry, exc)
     return champion, challengers
 
 

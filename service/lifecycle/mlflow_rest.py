@@ -6,6 +6,7 @@ default `--serve-artifacts`); a server that hands out other artifact URIs (s3://
 with a clear message.
 """
 
+import contextlib
 import pathlib
 import urllib.parse
 
@@ -136,8 +137,22 @@ class Client:
         return self.get("model-versions/get", name=name, version=str(number))["model_version"]
 
     def version_by_alias(self, name, alias):
-        """The model version an alias points at now."""
-        return self.get("registered-models/alias", name=name, alias=alias)["model_version"]
+        """The model version an alias points at now; NotFound when the alias is not set."""
+        try:
+            return self.get("registered-models/alias", name=name, alias=alias)["model_version"]
+        except RegistryError as exc:  # MLflow answers an unset alias with HTTP 400, not 404
+            if "alias" in str(exc) and "not found" in str(exc):
+                raise NotFound(f"{self.shown}: alias {alias} of {name} is not set") from None
+            raise
+
+    def set_alias(self, name, alias, number):
+        """Point an alias at a version (moving it from wherever it was: idempotent)."""
+        self.post("registered-models/alias", name=name, alias=alias, version=str(number))
+
+    def delete_alias(self, name, alias):
+        """Remove an alias; one that does not exist is already gone."""
+        with contextlib.suppress(NotFound):
+            self._call("DELETE", API + "registered-models/alias", json={"name": name, "alias": alias})
 
     def search_versions(self, filter_string):
         """Model versions matching an MLflow filter (first page)."""

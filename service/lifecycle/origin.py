@@ -28,8 +28,10 @@ def model_source(cfg):
 
 def challenger_sources(cfg):
     """The ModelSource of each CHALLENGER_URIS entry: a concrete registry version, or a model folder
-    (model.joblib beside its metrics.json, features.py and schema.json)."""
-    return [_challenger_source(cfg, entry) for entry in cfg["CHALLENGER_URIS"]]
+    (model.joblib beside its metrics.json, features.py and schema.json). An alias the follower found
+    unset is an empty slot: no source."""
+    return [_challenger_source(cfg, entry) for entry in cfg["CHALLENGER_URIS"]
+            if not pointer.alias_unset(cfg, entry)]
 
 
 def _challenger_source(cfg, entry):

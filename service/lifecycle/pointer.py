@@ -23,14 +23,16 @@ def read_pointer(cache_dir):
         raise RegistryModelError(f"{pathlib.Path(cache_dir) / POINTER} unreadable: {exc}") from None
 
 
-def write_pointer(cache_dir, configured, uri, challengers=None):
+def write_pointer(cache_dir, configured, uri, challengers=None, unset=()):
     """Point this instance at a concrete version for the MODEL_URI the instance is configured with
     (`configured`: the instance's, never the rollout command's own environment) (atomic);
-    challengers: {CHALLENGER_URIS alias entry: the concrete version it resolved to}."""
+    challengers: {CHALLENGER_URIS alias entry: the concrete version it resolved to}; unset: the alias
+    entries the registry said are not set (empty challenger slots)."""
     cache = pathlib.Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     body = {"model_uri": configured or "", "version_uri": str(uri), "written_at": time.time(),
-            "challengers": {entry: str(version) for entry, version in (challengers or {}).items()}}
+            "challengers": {entry: str(version) for entry, version in (challengers or {}).items()},
+            "unset": sorted(unset)}
     tmp = cache / (POINTER + ".tmp")
     tmp.write_text(json.dumps(body) + "\n")
     os.replace(tmp, cache / POINTER)
@@ -54,6 +56,13 @@ def serving_uri(cfg):
         raise RegistryModelError(f"MODEL_URI={uri} names an alias: resolve it once for the instance with "
                                  "calories rollout --no-reload (workers never resolve aliases themselves)")
     return uri
+
+
+def alias_unset(cfg, entry):
+    """Whether the rollout resolved this instance's aliases and `entry` (a challenger's) was not set."""
+    body = read_pointer(cfg["MODEL_CACHE_DIR"]) or {}
+    return ("@" in entry and body.get("model_uri", "") == (cfg.get("MODEL_URI") or "")
+            and entry in body.get("unset", []))
 
 
 def challenger_uri(cfg, entry):

@@ -32,6 +32,10 @@ class RegistryModelError(ServiceError):
     """A registry model cannot be used: bad URI, unreachable and not cached, or files that do not match."""
 
 
+class AliasUnset(RegistryModelError):
+    """The alias a URI names is not set in the registry."""
+
+
 @dataclass(frozen=True)
 class ModelURI:
     """models:/name/number or models:/name@alias (`number`: the registry's version number, a string)."""
@@ -65,6 +69,8 @@ def resolve(uri, cfg):
         return parsed
     try:
         entry = client(cfg).version_by_alias(parsed.name, parsed.alias)
+    except mlflow_rest.NotFound as exc:
+        raise AliasUnset(f"cannot resolve {parsed}: {exc}") from None
     except mlflow_rest.RegistryError as exc:
         raise RegistryModelError(f"cannot resolve {parsed}: {exc}") from None
     return ModelURI(parsed.name, entry["version"])

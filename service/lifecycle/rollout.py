@@ -105,22 +105,24 @@ def instance_challenger_uris(pid, cache_dir, own):
 
 
 def resolve_challengers(entries, cfg):
-    """{alias entry: concrete version, fetched} of the CHALLENGER_URIS entries that name an alias. One
-    that cannot be resolved or fetched is left out: its workers refuse it and say why; the champion's
-    rollout goes on."""
-    resolved = {}
+    """({alias entry: concrete version, fetched}, [alias entries not set]) of the CHALLENGER_URIS
+    entries that name an alias. An unset alias is an empty slot; one that cannot be resolved or
+    fetched otherwise is left out (its workers refuse it and say why); the champion's rollout goes on."""
+    resolved, unset = {}, []
     for entry in entries:
-        if not entry.startswith("models:"):
+        uri = registry.ModelURI.parse(entry) if entry.startswith("models:") else None
+        if uri is None or not uri.alias:
             continue
         try:
-            uri = registry.ModelURI.parse(entry)
-            if uri.alias:
-                resolved[entry] = registry.resolve(uri, cfg)
-                registry.fetch(resolved[entry], cfg)
+            resolved[entry] = registry.resolve(uri, cfg)
+            registry.fetch(resolved[entry], cfg)
+        except registry.AliasUnset:
+            resolved.pop(entry, None)
+            unset.append(entry)
         except registry.RegistryModelError as exc:
             resolved.pop(entry, None)
             log.warning("challenger %s left out: %s", entry, exc)
-    return resolved
+    return resolved, unset
 
 
 def workers_of(pid):
@@ -180,7 +182,7 @@ def rollout(args, cfg=None):
     target = registry.resolve(text, cfg)
     registry.fetch(target, cfg)
     entries = instance_challenger_uris(pid, cfg["MODEL_CACHE_DIR"], cfg["CHALLENGER_URIS"])
-    challengers = resolve_challengers(entries, cfg)
+    challengers, unset = resolve_challengers(entries, cfg)
     outcome = checked_in_child(target)
     if not outcome["ready"]:
         raise RolloutError(f"{target} does not load: {outcome['error']}")
@@ -189,7 +191,7 @@ def rollout(args, cfg=None):
                            "(no matching published library and no C compiler?): --allow-slower to accept")
     configured = instance_model_uri(pid, cfg["MODEL_CACHE_DIR"], cfg.get("MODEL_URI"))
     previous = pointer.read_pointer(cfg["MODEL_CACHE_DIR"])
-    pointer.write_pointer(cfg["MODEL_CACHE_DIR"], configured, target, challengers)
+    pointer.write_pointer(cfg["MODEL_CACHE_DIR"], configured, target, challengers, unset)
     report = {"uri": str(target), "model_version": outcome["model_version"],
               "inference": outcome["inference"], "previous": _serving_before(cfg, configured, previous),
               "challengers": {entry: str(uri) for entry, uri in challengers.items()},

@@ -79,6 +79,27 @@ class PairedStats:
         return math.sqrt(total / self.pairs) if self.pairs else math.nan
 
 
+CHANGE_COLUMNS = ("seq", "ts", "kind", "model_name", "champion_number", "champion_version", "previous_number",
+                  "previous_version", "reason", "probation_until", "closes")
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """One promotion, rollback or confirmation (a row of model_changes)."""
+
+    seq: int
+    ts: float
+    kind: str
+    model_name: str
+    champion_number: str
+    champion_version: str
+    previous_number: str
+    previous_version: str
+    reason: str
+    probation_until: float | None = None
+    closes: int | None = None
+
+
 def paired(rows):
     """{(challenger, champion): PairedStats} from (challenger, champion, pairs, sle, champion_sle,
     squares, ae) rows."""
@@ -215,6 +236,25 @@ class Store:
     def paired_quality(self, since=None, until=math.inf):
         """{(challenger, champion): PairedStats} of labels received in [since, until); since None:
         the rolling window."""
+        raise NotImplementedError
+
+    def record_change(self, kind, model_name, champion, previous, reason, probation_until=None, closes=None):
+        """Record a promotion (champion, previous: (registry number, trained version)), or the rollback
+        or confirmation that closes promotion `closes`; the ModelChange, or None when another process
+        closed that promotion first."""
+        raise NotImplementedError
+
+    def changes(self, limit=50):
+        """The latest model changes, newest first."""
+        raise NotImplementedError
+
+    def open_probation(self):
+        """The latest promotion if nothing closed it yet (its probation may have run out), else None."""
+        latest = [c for c in self.changes(limit=1)]
+        return latest[0] if latest and latest[0].kind == "promotion" else None
+
+    def change_counts(self):
+        """{(kind, reason): n} over every recorded change."""
         raise NotImplementedError
 
     def paired_totals(self):

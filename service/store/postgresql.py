@@ -327,6 +327,35 @@ class PostgresStore(base.Store):
         with self._guarded():
             return base.paired(self._conn().execute(sql, args).fetchall())
 
+    def record_change(self, kind, model_name, champion, previous, reason, probation_until=None, closes=None):
+        """Record a model change (durably); None when `closes` was closed already (by another guard)."""
+        now = "%(now)s" if self.clock else SERVER_NOW
+        sql = (f"INSERT INTO model_changes ({', '.join(base.CHANGE_COLUMNS[1:])}) VALUES ({now}, %(kind)s, "
+               "%(name)s, %(cn)s, %(cv)s, %(pn)s, %(pv)s, %(reason)s, %(until)s, %(closes)s) "
+               f"ON CONFLICT (closes) DO NOTHING RETURNING {', '.join(base.CHANGE_COLUMNS)}")
+        args = self._args(kind=kind, name=model_name, cn=champion[0], cv=champion[1], pn=previous[0],
+                          pv=previous[1], reason=reason, until=probation_until, closes=closes)
+        with self._guarded():
+            conn = self._conn()
+            with conn.transaction():
+                conn.execute("SELECT set_config('synchronous_commit', 'on', true)")
+                row = conn.execute(sql, args).fetchone()
+        return base.ModelChange(*row) if row else None
+
+    def changes(self, limit=50):
+        """The latest model changes, newest first."""
+        with self._guarded():
+            rows = self._conn().execute(f"SELECT {', '.join(base.CHANGE_COLUMNS)} FROM model_changes "
+                                        "ORDER BY seq DESC LIMIT %s", (limit,)).fetchall()
+        return [base.ModelChange(*row) for row in rows]
+
+    def change_counts(self):
+        """{(kind, reason): n} over every recorded change."""
+        with self._guarded():
+            rows = self._conn().execute("SELECT kind, reason, count(*) FROM model_changes "
+                                        "GROUP BY kind, reason").fetchall()
+        return {(kind, reason): n for kind, reason, n in rows}
+
     def paired_totals(self):
         """Every comparison's running sums (a few rows per comparison)."""
         with self._guarded():

@@ -46,6 +46,10 @@ ADD_PAIR_SQL = ("INSERT INTO paired_totals (challenger_version, champion_version
                 "ON CONFLICT (challenger_version, champion_version, shard) DO UPDATE SET pairs = pairs + 1, "
                 "sle = sle + excluded.sle, champion_sle = champion_sle + excluded.champion_sle, "
                 "squares = squares + excluded.squares, ae = ae + excluded.ae")
+# ON CONFLICT DO NOTHING: a promotion already closed (UNIQUE closes) inserts nothing.
+INSERT_CHANGE_SQL = (f"INSERT INTO model_changes ({', '.join(base.CHANGE_COLUMNS[1:])}) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (closes) DO NOTHING")
+CHANGES_SQL = f"SELECT {', '.join(base.CHANGE_COLUMNS)} FROM model_changes"
 # A prune batch: the oldest predictions by the ts index (read twice in one transaction: the same rows),
 # first for their challengers' rows, then themselves.
 PRUNE_BATCH_SQL = "SELECT seq FROM predictions WHERE ts < ? ORDER BY ts LIMIT ?"
@@ -320,6 +324,32 @@ class SQLiteStore(base.Store):
         since = self.clock() - self.window if since is None else math.nextafter(since, -math.inf)
         with self._guarded():
             return base.paired(self._conn().execute(PAIRED_SQL, (since, until)).fetchall())
+
+    def record_change(self, kind, model_name, champion, previous, reason, probation_until=None, closes=None):
+        """Record a model change; None when `closes` was closed already (by another guard)."""
+        row = (self.clock(), kind, model_name, *champion, *previous, reason, probation_until, closes)
+
+        def insert(conn):
+            cursor = conn.execute(INSERT_CHANGE_SQL, row)
+            if cursor.rowcount != 1:
+                return None
+            return conn.execute(f"{CHANGES_SQL} WHERE seq = ?", (cursor.lastrowid,)).fetchone()
+
+        inserted = self._run(insert, durable=True)
+        return base.ModelChange(*inserted) if inserted else None
+
+    def changes(self, limit=50):
+        """The latest model changes, newest first."""
+        with self._guarded():
+            rows = self._conn().execute(f"{CHANGES_SQL} ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [base.ModelChange(*row) for row in rows]
+
+    def change_counts(self):
+        """{(kind, reason): n} over every recorded change."""
+        with self._guarded():
+            rows = self._conn().execute("SELECT kind, reason, count(*) FROM model_changes "
+                                        "GROUP BY kind, reason").fetchall()
+        return {(kind, reason): n for kind, reason, n in rows}
 
     def paired_totals(self):
         """Every comparison's running sums (a few rows per comparison)."""

@@ -17,9 +17,8 @@ import time
 import pandas as pd
 import pytest
 import requests
-from support import HANDOUT, PUBLIC_CSV, ROOT, SAMPLE, Gunicorn, missing, query, sample, total
+from support import HANDOUT, PUBLIC_CSV, ROOT, SAMPLE, Gunicorn, query, sample, total
 
-from bench import degrade
 from loopback.process import wait_until
 from service.lifecycle import verdict
 
@@ -119,20 +118,6 @@ def test_a_challenger_that_cannot_be_compared_is_refused(tmp_path, model_path, t
     assert "compiled" in reasons[0] and "schema" in reasons[1] and "not found" in reasons[2], reasons
     assert query(tmp_path / "feedback.db", "SELECT count(*) FROM shadow_predictions")[0][0] == 0
     assert total(metrics, "app_challenger_info") == 3
-
-
-@pytest.fixture(scope="module")
-def champion_and_degraded(tmp_path_factory):
-    """The handout's recipe at its defaults (what make train writes) and bench.degrade's challenger,
-    5 % worse in RMSLE on the public rows."""
-    if not PUBLIC_CSV.exists():
-        missing("the public data file", f"no data at {PUBLIC_CSV}")
-    champion, worse = tmp_path_factory.mktemp("champion"), tmp_path_factory.mktemp("worse")
-    _, train = degrade.handout_code(HANDOUT)
-    train.train(SAMPLE, champion)
-    degrade.copy_layout(HANDOUT, champion)
-    degrade.degrade(champion, worse, worse=0.05, data=PUBLIC_CSV)
-    return champion, worse
 
 
 def first_worse(d):

@@ -134,3 +134,20 @@ def test_retention_prunes_challenger_rows_with_their_event(target, clock):
 def test_paired_stats_without_pairs():
     assert math.isnan(PairedStats(0, 0, 0, 0, 0).rmsle())
     assert ShadowPair("c", 0.5, 1.0, 0.2).difference == pytest.approx(0.3)
+
+
+def test_a_promotion_is_closed_once_whoever_tries(store, clock):
+    assert store.open_probation() is None
+    promotion = store.record_change("promotion", "calories", ("2", "v2"), ("1", "v1"), "better",
+                                    probation_until=clock() + 3600)
+    assert (promotion.kind, promotion.champion_version, promotion.previous_number) == ("promotion", "v2", "1")
+    assert store.open_probation() == promotion
+    clock.advance(60)
+    # Two guards decide at once: one rollback is recorded, the other finds it closed already.
+    rollback = ("rollback", "calories", ("1", "v1"), ("2", "v2"), "worse")
+    first = store.record_change(*rollback, closes=promotion.seq)
+    second = store.record_change(*rollback, closes=promotion.seq)
+    assert first is not None and first.closes == promotion.seq and second is None
+    assert store.open_probation() is None
+    assert [c.kind for c in store.changes()] == ["rollback", "promotion"]
+    assert store.change_counts() == {("promotion", "better"): 1, ("rollback", "worse"): 1}

@@ -33,3 +33,20 @@ CREATE TABLE paired_totals (
     first_received     double precision NOT NULL,  -- when the first pair joined
     PRIMARY KEY (challenger_version, champion_version, shard)
 );
+
+-- Promotions and what became of them: the guard's probation lives here, not in a process, so it
+-- survives restarts and two guards see the same one. A rollback or a confirmation `closes` its
+-- promotion, once (UNIQUE): of two guards deciding at once, one records the decision.
+CREATE TABLE model_changes (
+    seq              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts               double precision NOT NULL,
+    kind             text             NOT NULL CHECK (kind IN ('promotion', 'rollback', 'confirmed')),
+    model_name       text             NOT NULL,
+    champion_number  text             NOT NULL,
+    champion_version text             NOT NULL,
+    previous_number  text             NOT NULL,
+    previous_version text             NOT NULL,
+    reason           text             NOT NULL,
+    probation_until  double precision,
+    closes           bigint UNIQUE
+);

@@ -34,3 +34,20 @@ CREATE TABLE IF NOT EXISTS paired_totals (
     first_received     REAL    NOT NULL,  -- when the first pair joined
     PRIMARY KEY (challenger_version, champion_version, shard)
 ) WITHOUT ROWID;
+
+-- Promotions and what became of them: the guard's probation lives here, not in a process, so it
+-- survives restarts and two guards see the same one. A rollback or a confirmation `closes` its
+-- promotion, once (UNIQUE): of two guards deciding at once, one records the decision.
+CREATE TABLE IF NOT EXISTS model_changes (
+    seq              INTEGER PRIMARY KEY,
+    ts               REAL    NOT NULL,  -- the store's clock
+    kind             TEXT    NOT NULL CHECK (kind IN ('promotion', 'rollback', 'confirmed')),
+    model_name       TEXT    NOT NULL,  -- the registered model
+    champion_number  TEXT    NOT NULL,  -- the registry version @champion names after this change
+    champion_version TEXT    NOT NULL,  -- its trained version (what the store's rows carry)
+    previous_number  TEXT    NOT NULL,  -- the version it replaced
+    previous_version TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,  -- promotion: better or forced; rollback: worse
+    probation_until  REAL,              -- promotions: when the probation ends
+    closes           INTEGER UNIQUE     -- rollbacks and confirmations: the promotion they end
+);
