@@ -200,6 +200,34 @@ def test_resource_figures_match_readme(rendered):
     assert f"`averageValue: \"{target}\"`" in GUIDE
 
 
+def mebibytes(quantity):
+    """A memory quantity (Mi or Gi) in MiB."""
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+# The pod's memory during a switch (docs/deployment.md, "Pod settings"): master + 2 workers measured
+# at 270 MiB (Containers), ~520 MiB once a rollout's TTIN has doubled the workers (issue 25), and
+# ~60 MiB per worker for each challenger, with the aliases' two challenger slots.
+MASTER_AND_TWO_WORKERS_MIB, SWITCH_MIB, CHALLENGER_MIB, CHALLENGER_SLOTS = 270, 520, 60, 2
+
+
+def test_memory_holds_a_switch_with_both_challenger_slots(rendered):
+    _, docs = rendered["minikube"]
+    c, pod = container(docs), find(docs, "Deployment", "calories")["spec"]["template"]["spec"]
+    worker = (SWITCH_MIB - MASTER_AND_TWO_WORKERS_MIB) / 2
+    master = MASTER_AND_TWO_WORKERS_MIB - 2 * worker
+    loaded = worker + CHALLENGER_SLOTS * CHALLENGER_MIB
+    memory_tmp = sum(mebibytes(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"]
+                     if v.get("emptyDir", {}).get("medium") == "Memory")  # RAM: counted against the limit
+    assert mebibytes(c["resources"]["limits"]["memory"]) >= master + 4 * loaded + memory_tmp
+    assert mebibytes(c["resources"]["requests"]["memory"]) >= master + 2 * loaded
+    # The registry cache (MODEL_CACHE_DIR, the image's /tmp/models) is on disk, not in that RAM.
+    cache = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp/models")
+    volume = next(v for v in pod["volumes"] if v["name"] == cache["name"])
+    assert "medium" not in volume["emptyDir"] and volume["emptyDir"]["sizeLimit"]
+
+
 def test_servicemonitor_fields(rendered):
     # kubernetes-validate has no schema for the CRD. prometheus-operator's published schema (its
     # monitoring.coreos.com_servicemonitors.yaml) is not vendored here; on a cluster with the
