@@ -109,7 +109,7 @@ def test_each_secret_reaches_only_the_services_that_need_it(tmp_path):
     merged = config(tmp_path / ".env")["services"]
     holders = {name: {s for s, spec in merged.items() if SENTINELS[name] in json.dumps(spec)}
                for name in SECRETS}
-    assert holders == {"POSTGRES_PASSWORD": {"postgres", "app1", "app2"},
+    assert holders == {"POSTGRES_PASSWORD": {"postgres", "app1", "app2", "guard"},
                        "MLFLOW_DB_PASSWORD": {"postgres", "mlflow"},
                        "GRAFANA_ADMIN_PASSWORD": {"grafana"}}
     # Never inside a URL: libpq takes it from PGPASSWORD.
@@ -149,7 +149,9 @@ def test_official_images_are_pinned_by_version():
 
 def test_every_service_has_a_health_check_and_dependants_wait_for_it():
     for name, spec in SERVICES.items():
-        if name == "simulator":  # a job that runs to completion: its exit status is its health
+        # The simulator: a job that runs to completion, its exit status is its health. The guard:
+        # no port to probe (test_guard_is_the_instances_image_with_no_port).
+        if name in ("simulator", "guard"):
             assert spec["healthcheck"] == {"disable": True}
         elif "test" in spec.get("healthcheck", {}):
             assert spec["healthcheck"]["test"][0] == "CMD"  # exec form, no shell needed
@@ -162,8 +164,8 @@ def test_every_service_has_a_health_check_and_dependants_wait_for_it():
     assert set(depends("nginx")) == {"app1", "app2"}
     assert set(depends("grafana")) == {"prometheus"}
     assert set(depends("simulator")) == {"nginx"}
-    # MLflow is off the instances' critical path: nothing waits for it.
-    assert not [name for name in SERVICES if "mlflow" in depends(name)]
+    # MLflow is off the instances' critical path: only the guard, which writes to it, waits for it.
+    assert [name for name in SERVICES if "mlflow" in depends(name)] == ["guard"]
 
 
 def test_health_checks_use_what_the_images_contain():
@@ -222,11 +224,91 @@ def test_instances_health_budget_outlasts_a_start_under_load():
 def test_instances_are_read_only_on_the_shared_store():
     for name in ("app1", "app2"):
         spec = SERVICES[name]
-        assert spec["read_only"] is True and spec["tmpfs"] == ["/tmp"]
+        assert spec["read_only"] is True and spec["tmpfs"] == ["/tmp", "/tmp/models:exec"]
         env = spec["environment"]
         assert env["FEEDBACK_DB"] == "postgresql://calories@postgres:5432/calories"
         assert env["BIND"] == "0.0.0.0:8000" and env["WEB_CONCURRENCY"]
     assert SERVICES["app1"] == SERVICES["app2"]
+
+
+# The variables that point the stack at the registry or give it credentials: a test's own values only.
+REGISTRY_VARIABLES = ("MODEL_URI", "CHALLENGER_URIS", "MLFLOW_GUARD_USERNAME", "MLFLOW_GUARD_PASSWORD")
+
+
+@pytest.fixture
+def registry_env(monkeypatch):
+    """No registry setting inherited from the shell (Compose would prefer it over the env file)."""
+    for name in REGISTRY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def dockerfile_env(name):
+    """A variable the Dockerfile's runtime stage sets with ENV."""
+    return re.findall(rf"\b{name}=(\S+)", (ROOT / "Dockerfile").read_text())[-1]
+
+
+def test_guard_is_the_instances_image_with_no_port():
+    guard, app = SERVICES["guard"], SERVICES["app1"]
+    assert (guard["image"], guard["build"]) == (app["image"], app["build"])
+    assert guard["command"] == ["/opt/venv/bin/calories", "guard"] and "entrypoint" not in guard
+    assert not guard.get("ports") and not guard.get("expose")
+    # The image's health check asks /readyz on a port the guard does not serve.
+    assert guard["healthcheck"] == {"disable": True}
+    assert guard["read_only"] is True and guard["tmpfs"] == ["/tmp"]
+    assert guard["logging"] == app["logging"] and guard["restart"] == "unless-stopped"
+    assert guard["depends_on"] == {"postgres": {"condition": "service_healthy"},
+                                   "mlflow": {"condition": "service_healthy"}}
+    env = guard["environment"]
+    assert env["FEEDBACK_DB"] == app["environment"]["FEEDBACK_DB"]
+    assert env["PGPASSWORD"] == app["environment"]["PGPASSWORD"]  # libpq's, never in the URL
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_only_the_guard_gets_the_registry_write_credentials(tmp_path, registry_env):
+    credentials = {"MLFLOW_GUARD_USERNAME": f"sentineluser{os.getpid()}x7q",
+                   "MLFLOW_GUARD_PASSWORD": f"sentinelwrite{os.getpid()}x7q"}
+    write_env(tmp_path / ".env", **credentials)
+    merged = config(tmp_path / ".env")["services"]
+    for value in credentials.values():
+        assert {s for s, spec in merged.items() if value in json.dumps(spec)} == {"guard"}
+    assert merged["guard"]["environment"]["MLFLOW_TRACKING_USERNAME"] == credentials["MLFLOW_GUARD_USERNAME"]
+    assert merged["guard"]["environment"]["MLFLOW_TRACKING_PASSWORD"] == credentials["MLFLOW_GUARD_PASSWORD"]
+    # The instances read the registry with no credentials of any kind.
+    for name in ("app1", "app2"):
+        assert not [k for k in merged[name]["environment"] if k.startswith("MLFLOW_TRACKING_")
+                    and k != "MLFLOW_TRACKING_URI"]
+
+
+def test_instances_follow_aliases_only_when_told(tmp_path, registry_env):
+    from service import config as service_config
+    from service.lifecycle import follow
+
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")  # as a reader starts: the example, secrets filled in
+    with (tmp_path / ".env").open("a") as env_file:
+        env_file.writelines(f"{name}={value}\n" for name, value in SENTINELS.items())
+    for name in ("app1", "app2"):
+        env = config(tmp_path / ".env")["services"][name]["environment"]
+        assert env["MLFLOW_TRACKING_URI"] == SERVICES["guard"]["environment"]["MLFLOW_TRACKING_URI"]
+        assert env["MODEL_URI"] == env["CHALLENGER_URIS"] == ""
+        # As the service reads it: the image's model, no alias to follow, so no follower.
+        cfg = service_config.from_env(env)
+        assert cfg["MODEL_URI"] is None and cfg["CHALLENGER_URIS"] == () and follow.aliases(cfg) == []
+    uris = {"MODEL_URI": "models:/calories@champion",
+            "CHALLENGER_URIS": "models:/calories@challenger,models:/calories@previous"}
+    write_env(tmp_path / "aliases.env", **uris)
+    env = config(tmp_path / "aliases.env")["services"]["app1"]["environment"]
+    assert {k: env[k] for k in uris} == uris
+    followed = [uris["MODEL_URI"], *uris["CHALLENGER_URIS"].split(",")]
+    assert follow.aliases(service_config.from_env(env)) == followed
+
+
+def test_model_cache_can_load_a_compiled_library():
+    # Docker mounts a tmpfs noexec unless told otherwise; the registry cache holds each version's
+    # compiled tree library, which must be mapped executable to load.
+    cache = dockerfile_env("MODEL_CACHE_DIR")
+    for name in ("app1", "app2"):
+        mounts = dict((m.split(":", 1) + [""])[:2] for m in SERVICES[name]["tmpfs"])
+        assert cache in mounts and "exec" in mounts[cache].split(","), name
 
 
 def test_nginx_compose_conf_passes_nginx_t(tmp_path):

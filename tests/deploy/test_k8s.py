@@ -23,6 +23,10 @@ from loopback.prometheus import Prometheus
 from service import config as service_config
 
 K8S = ROOT / "deploy" / "k8s"
+# The image compose.yaml builds from deploy/mlflow; the minikube overlay loads and runs the same.
+MLFLOW_IMAGE = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["mlflow"]["image"]
+GUARD = "calories-guard"
+WRITER = "calories-registry-writer"  # the Secret of the registry's write credentials
 OVERLAYS = ("minikube", "production")
 KUBERNETES_VERSION = "1.37.0"  # the newest kubernetes-validate knows (constraints.txt pins it)
 GUIDE = (ROOT / "docs" / "deployment.md").read_text()  # its Kubernetes section, moved from README
@@ -102,8 +106,8 @@ def test_yamllint():
     assert done.returncode == 0, done.stdout
 
 
-def container(docs):
-    return find(docs, "Deployment", "calories")["spec"]["template"]["spec"]["containers"][0]
+def container(docs, name="calories"):
+    return find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
 
 
 def cpu(quantity):
@@ -166,8 +170,10 @@ def test_minikube_pulls_nothing_and_pins_every_other_image(rendered):
     for d in docs:
         if d["kind"] in ("Deployment", "StatefulSet"):
             for c in d["spec"]["template"]["spec"]["containers"]:
-                images[c["image"]] = c.get("imagePullPolicy")
-    assert images.pop("calories:latest") == "IfNotPresent"
+                images.setdefault(c["image"], set()).add(c.get("imagePullPolicy"))
+    # The project's images (the service's and the guard's, MLflow's) come from `minikube image load`.
+    assert images.pop("calories:latest") == {"IfNotPresent"}
+    assert images[MLFLOW_IMAGE] == {"IfNotPresent"}
     # Versions, not floating tags (PostgreSQL's are major.minor: 16.4 is a patch release).
     assert images and all(re.search(r":v?\d+\.\d+(\.\d+)?(-\w+)?$", image) for image in images)
 
@@ -198,6 +204,161 @@ def test_resource_figures_match_readme(rendered):
            f"emptyDir) |")
     assert row in GUIDE
     assert f"`averageValue: \"{target}\"`" in GUIDE
+
+
+def generated(docs, kind, prefix):
+    """The one generated object (name: prefix plus kustomize's hash suffix) of a kind."""
+    found = [d for d in docs
+             if d["kind"] == kind and re.fullmatch(rf"{prefix}-[a-z0-9]{{10}}", d["metadata"]["name"])]
+    assert len(found) == 1, (kind, prefix, len(found))
+    return found[0]
+
+
+def referenced_secrets(pod):
+    """The Secrets a pod template reads: envFrom, env's secretKeyRef, volumes."""
+    names = set()
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        names |= {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
+        names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                  if "secretKeyRef" in e.get("valueFrom", {})}
+    names |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return names
+
+
+def workloads(docs):
+    """{name: pod template spec} of every Deployment and StatefulSet."""
+    return {d["metadata"]["name"]: d["spec"]["template"] for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_guard_is_the_service_image_running_calories_guard(rendered, overlay):
+    _, docs = rendered[overlay]
+    guard, app = find(docs, "Deployment", GUARD), find(docs, "Deployment", "calories")
+    pod, c = guard["spec"]["template"]["spec"], container(docs, GUARD)
+    assert guard["spec"]["replicas"] == 1
+    # Two guards at once during an update are safe (idempotent moves, a lease in the store): the
+    # default RollingUpdate, no Recreate.
+    assert guard["spec"].get("strategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+    assert c["image"] == container(docs)["image"]
+    assert c["command"] == ["/opt/venv/bin/calories", "guard"] and "args" not in c
+    # It serves nothing: no port, no probe.
+    assert not c.get("ports") and not {"livenessProbe", "readinessProbe", "startupProbe"} & set(c)
+    # Locked down as the service's pods are.
+    assert pod["securityContext"] == app["spec"]["template"]["spec"]["securityContext"]
+    assert c["securityContext"] == container(docs)["securityContext"]
+    assert pod["automountServiceAccountToken"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # The store from the instances' Secret (that key only), their settings, and the registry.
+    env = {e["name"]: e for e in c.get("env", [])}
+    store = env["FEEDBACK_DB"]["valueFrom"]["secretKeyRef"]
+    app_secret = next(e["secretRef"]["name"] for e in container(docs)["envFrom"] if "secretRef" in e)
+    assert store == {"name": app_secret, "key": "FEEDBACK_DB"}
+    config = next(e["configMapRef"]["name"] for e in c["envFrom"] if "configMapRef" in e)
+    assert config == configmap(docs, "calories-config")["metadata"]["name"]
+    assert configmap(docs, "calories-config")["data"]["MLFLOW_TRACKING_URI"].startswith(("http://", "https://"))
+    # The registry's write credentials: a Secret of its own, which exists, with MLflow's variables.
+    writer = generated(docs, "Secret", WRITER)
+    assert writer["metadata"]["name"] in {e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e}
+    variables = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"}
+    assert writer["data"] and set(writer["data"]) <= variables
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_guard_holds_the_registry_write_credentials(rendered, overlay):
+    _, docs = rendered[overlay]
+    writer = generated(docs, "Secret", WRITER)["metadata"]["name"]
+    holders = {name for name, template in workloads(docs).items()
+               if writer in referenced_secrets(template["spec"])}
+    assert holders == {GUARD}
+    # The instances' pods get none of the guard's Secret, in any form.
+    assert writer not in referenced_secrets(find(docs, "Deployment", "calories")["spec"]["template"]["spec"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nothing_takes_the_guard_or_mlflow_for_an_instance(rendered, overlay):
+    _, docs = rendered[overlay]
+    others = {name: t["metadata"]["labels"] for name, t in workloads(docs).items() if name != "calories"}
+    app = find(docs, "Deployment", "calories")
+    selectors = [find(docs, "Service", "calories")["spec"]["selector"],
+                 find(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+                 app["spec"]["selector"]["matchLabels"],
+                 *(t["labelSelector"]["matchLabels"] for t in app["spec"]["template"]["spec"]
+                   ["topologySpreadConstraints"])]
+    for name, labels in others.items():
+        assert not [s for s in selectors if s.items() <= labels.items()], name
+    assert GUARD in others
+    assert find(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] == "calories"
+    if overlay == "minikube":  # Prometheus' pod discovery keeps the instances' pods only
+        config = yaml.safe_load(configmap(docs, "prometheus-config")["data"]["prometheus.yml"])
+        scrape = config["scrape_configs"][0]
+        keep = next(r for r in scrape["relabel_configs"] if r.get("action") == "keep"
+                    and "app_kubernetes_io_name" in r["source_labels"][0])
+        assert not [n for n, labels in others.items()
+                    if re.fullmatch(keep["regex"], labels.get("app.kubernetes.io/name", ""))]
+
+
+def test_minikube_runs_mlflow_for_the_instances_and_the_guard(rendered):
+    _, docs = rendered["minikube"]
+    deployment, service = find(docs, "Deployment", "mlflow"), find(docs, "Service", "mlflow")
+    pod, c = deployment["spec"]["template"]["spec"], container(docs, "mlflow")
+    assert c["image"] == MLFLOW_IMAGE
+    dockerfile = (ROOT / "deploy" / "mlflow" / "Dockerfile").read_text()
+    assert f"ARG UID={pod['securityContext']['runAsUser']}" in dockerfile
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["readOnlyRootFilesystem"]
+    # One server on one SQLite file, even during an update.
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # The Service reaches it, by the name and port the instances and the guard are given.
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    port = next(p for p in service["spec"]["ports"])
+    assert port["targetPort"] in {p["name"] for p in c["ports"]}
+    uri = configmap(docs, "calories-config")["data"]["MLFLOW_TRACKING_URI"]
+    assert uri == f"http://{service['metadata']['name']}:{port['port']}"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert uri.removeprefix("http://") in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")  # its Host check
+    # The backend store and the artifacts on claims: the registry outlives the pod.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    database = re.fullmatch(r"sqlite:///(/.+)/[^/]+\.db", env["MLFLOW_BACKEND_STORE_URI"]).group(1)
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for path in (database, "/mlartifacts"):  # /mlartifacts: the image's --artifacts-destination
+        assert volumes[mounts[path]]["persistentVolumeClaim"]["claimName"] in claims
+    assert c["startupProbe"]["httpGet"]["path"] == c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_production_points_the_guard_at_an_external_mlflow(rendered):
+    _, docs = rendered["production"]
+    assert not [d for d in docs if d["metadata"]["name"] == "mlflow"]  # none in the cluster
+    uri = configmap(docs, "calories-config")["data"]["MLFLOW_TRACKING_URI"]
+    assert uri.startswith("https://") and ".svc" not in uri  # outside the cluster, over TLS
+
+
+def mebibytes(quantity):
+    """A memory quantity (Mi or Gi) in MiB."""
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+# The pod's memory during a switch (docs/deployment.md, "Pod settings"): master + 2 workers measured
+# at 270 MiB (Containers), ~520 MiB once a rollout's TTIN has doubled the workers (issue 25), and
+# ~60 MiB per worker for each challenger, with the aliases' two challenger slots.
+MASTER_AND_TWO_WORKERS_MIB, SWITCH_MIB, CHALLENGER_MIB, CHALLENGER_SLOTS = 270, 520, 60, 2
+
+
+def test_memory_holds_a_switch_with_both_challenger_slots(rendered):
+    _, docs = rendered["minikube"]
+    c, pod = container(docs), find(docs, "Deployment", "calories")["spec"]["template"]["spec"]
+    worker = (SWITCH_MIB - MASTER_AND_TWO_WORKERS_MIB) / 2
+    master = MASTER_AND_TWO_WORKERS_MIB - 2 * worker
+    loaded = worker + CHALLENGER_SLOTS * CHALLENGER_MIB
+    memory_tmp = sum(mebibytes(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"]
+                     if v.get("emptyDir", {}).get("medium") == "Memory")  # RAM: counted against the limit
+    assert mebibytes(c["resources"]["limits"]["memory"]) >= master + 4 * loaded + memory_tmp
+    assert mebibytes(c["resources"]["requests"]["memory"]) >= master + 2 * loaded
+    # The registry cache (MODEL_CACHE_DIR, the image's /tmp/models) is on disk, not in that RAM.
+    cache = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp/models")
+    volume = next(v for v in pod["volumes"] if v["name"] == cache["name"])
+    assert "medium" not in volume["emptyDir"] and volume["emptyDir"]["sizeLimit"]
 
 
 def test_servicemonitor_fields(rendered):
