@@ -52,11 +52,11 @@ def moment(text):
     return when.timestamp()
 
 
-def rows(store, since, until, model_version):
+def rows(store, since, until, model_version, challenger=None):
     """Every matched pair of the range, batch by batch, as the file's rows."""
     after = None
     while True:
-        batch = store.export_batch(since, until, after, BATCH, model_version)
+        batch = store.export_batch(since, until, after, BATCH, model_version, challenger)
         for raw in batch:
             r = dict(zip(EXPORT_COLUMNS, raw, strict=True))
             predicted_at = dt.datetime.fromtimestamp(r["ts"], dt.timezone.utc).isoformat()
@@ -131,7 +131,8 @@ def export(store, args, progress=lambda n: None):
 
     part = out.with_name(out.name + ".part")  # renamed when complete: never a half file under its name
     try:
-        writers[out.suffix](part, rows(store, args.since, args.until, args.model_version), counted)
+        writers[out.suffix](part, rows(store, args.since, args.until, args.model_version, args.challenger),
+                            counted)
         os.replace(part, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -161,6 +162,8 @@ def parse(argv):
     p.add_argument("--until", type=moment, default=None,
                    help="prediction time before: the same forms (default: now)")
     p.add_argument("--model-version", help="only the pairs this model version predicted")
+    p.add_argument("--challenger", help="this challenger's prediction of each event (prediction and "
+                   "model_version are the challenger's), only the events it scored")
     p.add_argument("--out", required=True, help="FILE.csv or FILE.parquet (written with mode 0600)")
     return p.parse_args(argv)
 

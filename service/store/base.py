@@ -18,6 +18,12 @@ EXPORT_SQL = (
     "WHERE p.ts >= {lo} AND p.ts < {until} AND NOT (p.ts = {lo} AND p.seq <= {after}) "
     "AND p.sex IS NOT NULL AND ({version} IS NULL OR p.model_version = {version}) "
     "ORDER BY p.ts, p.seq LIMIT {limit}")
+# The same pairs with one challenger's prediction of each event instead of the champion's (the
+# champion's version still filters by {version}).
+EXPORT_CHALLENGER_SQL = (
+    EXPORT_SQL.replace("p.prediction, p.model_version", "s.prediction, s.model_version")
+    .replace("JOIN feedback f ON f.seq = p.feedback_seq ", "JOIN feedback f ON f.seq = p.feedback_seq "
+             "JOIN shadow_predictions s ON s.prediction_seq = p.seq AND s.model_version = {challenger} "))
 MAX_FUTURE_SECONDS = 300  # client clocks drift; a ts further ahead than this is a bug, not drift
 PRUNE_BATCH = 1000        # rows per delete transaction: each holds its locks for milliseconds
 PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
@@ -277,9 +283,10 @@ class Store:
         """Raise StoreError unless a write transaction commits now."""
         raise NotImplementedError
 
-    def export_batch(self, since, until, after=None, limit=1000, model_version=None):
+    def export_batch(self, since, until, after=None, limit=1000, model_version=None, challenger=None):
         """Matched pairs whose prediction time is in [since, until), after the key `after`
-        ((ts, seq) of the last row of the previous batch), in key order: EXPORT_COLUMNS rows."""
+        ((ts, seq) of the last row of the previous batch), in key order: EXPORT_COLUMNS rows; with
+        `challenger`, that challenger's prediction of each event in place of the champion's."""
         raise NotImplementedError
 
     def prune(self):

@@ -378,14 +378,16 @@ class PostgresStore(base.Store):
         with self._guarded():
             return self._conn().execute(self._sql["now"], self._args()).fetchone()[0]
 
-    def export_batch(self, since, until, after=None, limit=1000, model_version=None):
+    def export_batch(self, since, until, after=None, limit=1000, model_version=None, challenger=None):
         """One key range of matched pairs, in its own short statement (no long-held snapshot)."""
         lo, seq = after if after else (since, 0)
-        sql = base.EXPORT_SQL.format(lo="%(lo)s", until="%(until)s", after="%(after)s",
-                                     version="%(version)s::text", limit="%(limit)s")
+        sql = (base.EXPORT_CHALLENGER_SQL if challenger else base.EXPORT_SQL).format(
+            lo="%(lo)s", until="%(until)s", after="%(after)s", version="%(version)s::text", limit="%(limit)s",
+            challenger="%(challenger)s")
+        args = {"lo": lo, "until": until, "after": seq, "limit": limit, "version": model_version,
+                "challenger": challenger}
         with self._guarded():
-            return self._conn().execute(sql, {"lo": lo, "until": until, "after": seq, "limit": limit,
-                                              "version": model_version}).fetchall()
+            return self._conn().execute(sql, args).fetchall()
 
     def check_writable(self):
         """Raise StoreError unless a write commits now."""

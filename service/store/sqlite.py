@@ -379,14 +379,16 @@ class SQLiteStore(base.Store):
         """This instance's clock (SQLite serves one instance)."""
         return self.clock()
 
-    def export_batch(self, since, until, after=None, limit=1000, model_version=None):
+    def export_batch(self, since, until, after=None, limit=1000, model_version=None, challenger=None):
         """One key range of matched pairs, in its own short read (never a long one holding the WAL)."""
         lo, seq = after if after else (since, 0)
-        sql = base.EXPORT_SQL.format(lo=":lo", until=":until", after=":after", version=":version",
-                                     limit=":limit")
+        sql = (base.EXPORT_CHALLENGER_SQL if challenger else base.EXPORT_SQL).format(
+            lo=":lo", until=":until", after=":after", version=":version", limit=":limit",
+            challenger=":challenger")
+        args = {"lo": lo, "until": until, "after": seq, "limit": limit, "version": model_version,
+                "challenger": challenger}
         with self._guarded():
-            return self._conn().execute(sql, {"lo": lo, "until": until, "after": seq, "limit": limit,
-                                              "version": model_version}).fetchall()
+            return self._conn().execute(sql, args).fetchall()
 
     def check_writable(self):
         """Raise StoreError unless a write transaction commits now."""

@@ -151,3 +151,18 @@ def test_a_promotion_is_closed_once_whoever_tries(store, clock):
     assert store.open_probation() is None
     assert [c.kind for c in store.changes()] == ["rollback", "promotion"]
     assert store.change_counts() == {("promotion", "better"): 1, ("rollback", "worse"): 1}
+
+
+def test_the_export_gives_a_challengers_predictions_of_the_same_events(store, clock):
+    features = (1, 30, 180.0, 80.0, 10.0, 100.0, 40.0)
+    store.record_prediction(1, 100.0, "champ", features, shadows=[("c1", 90.0), ("c2", 80.0)])
+    store.record_prediction(2, 50.0, "champ", features, shadows=[("c2", 45.0)])  # c1 did not score it
+    store.record_prediction(3, 70.0, "champ", features, shadows=[("c1", 75.0)])  # never labelled
+    for id_, label in ((1, 95.0), (2, 48.0)):
+        store.record_feedback(id_, label)
+    as_champion = [(r[1], r[-4], r[-3]) for r in store.export_batch(0, math.inf)]
+    assert as_champion == [(1, 100.0, "champ"), (2, 50.0, "champ")]
+    as_c1 = [(r[1], r[-5], r[-4], r[-3]) for r in store.export_batch(0, math.inf, challenger="c1")]
+    assert as_c1 == [(1, 95.0, 90.0, "c1")]  # id, label, the challenger's prediction and version
+    assert [r[-4] for r in store.export_batch(0, math.inf, challenger="c2")] == [80.0, 45.0]
+    assert store.export_batch(0, math.inf, model_version="other", challenger="c2") == []
