@@ -180,6 +180,17 @@ def _inflight_end(exc):
         INFLIGHT.dec()
 
 
+def read_store(what, read):
+    """read() for a scrape, or None when the store fails: a scrape must still succeed, so the gauges
+    go missing and the error counter says why."""
+    try:
+        return read()
+    except StoreError as exc:
+        log.warning("%s unavailable: %s", what, exc)
+        observe_store_error("window")
+        return None
+
+
 def _gauge(name, doc, value, labels=None):
     family = GaugeMetricFamily(name, doc, labels=sorted(labels) if labels else None)
     if labels:
@@ -212,12 +223,8 @@ class StoreCollector:
         yield _gauge("app_store_up", "1 when a write transaction to the store commits now, else 0.", up)
         if self.drift is not None:
             yield reference_shares(self.model)
-        try:
-            stats = self.store.window_stats()
-        except StoreError as exc:
-            # A scrape must still succeed: the gauges go missing and the error counter says why.
-            log.warning("rolling gauges unavailable: %s", exc)
-            observe_store_error("window")
+        stats = read_store("rolling gauges", self.store.window_stats)
+        if stats is None:
             return
         w = f"{self.store.window:g} s window"
         yield _gauge("app_rolling_rmsle_5m", f"RMSLE of pairs whose feedback arrived in the {w}.",
@@ -230,11 +237,8 @@ class StoreCollector:
 
     def _changes(self):
         """Promotions and rollbacks recorded in the store (store-wide: every instance says the same)."""
-        try:
-            counts = self.store.change_counts()
-        except StoreError as exc:
-            log.warning("promotion counters unavailable: %s", exc)
-            observe_store_error("window")
+        counts = read_store("promotion counters", self.store.change_counts)
+        if counts is None:
             return
         for kind, name, doc, reasons in CHANGES:
             family = CounterMetricFamily(name, doc, labels=["reason"])
@@ -246,12 +250,10 @@ class StoreCollector:
         """The sequential verdicts of the loaded champion against each scoring challenger, from the
         store's running totals (a few rows per comparison)."""
         loaded = {(c.version, self.model.trained_version) for c in self.challengers.scoring}
-        try:
-            found = [c for c in compare.current(self.store) if (c.challenger, c.champion) in loaded]
-        except StoreError as exc:
-            log.warning("paired verdicts unavailable: %s", exc)
-            observe_store_error("window")
+        comparisons = read_store("paired verdicts", lambda: compare.current(self.store))
+        if comparisons is None:
             return
+        found = [c for c in comparisons if (c.challenger, c.champion) in loaded]
         labels = ["challenger_version", "champion_version"]
         families = {
             "challenger": GaugeMetricFamily("app_paired_verdict", "The challenger against the champion "
@@ -279,13 +281,12 @@ class StoreCollector:
 
     def _by_version(self, w):
         """The rolling gauges per model version, and when each version was first seen."""
-        try:
-            stats, seen = self.store.window_by_version(), self.store.first_seen()
-            shadows = _challenger_windows(self.store.paired_quality()) if self.challengers else {}
-        except StoreError as exc:
-            log.warning("per-version gauges unavailable: %s", exc)
-            observe_store_error("window")
+        read = read_store("per-version gauges", lambda: (
+            self.store.window_by_version(), self.store.first_seen(),
+            _challenger_windows(self.store.paired_quality()) if self.challengers else {}))
+        if read is None:
             return
+        stats, seen, shadows = read
         for name, doc, field in BY_VERSION:
             family = GaugeMetricFamily(name, f"{doc} ({w}), per model version (role: champion, or a "
                                        "challenger on the same labels).", labels=["model_version", "role"])
@@ -381,11 +382,8 @@ class LabelHealthCollector:
 
     def collect(self):
         """Coverage of the predictions one window a delay ago, their count, and the last label's time."""
-        try:
-            health = self.store.label_health(self.delay)
-        except StoreError as exc:
-            log.warning("label health gauges unavailable: %s", exc)
-            observe_store_error("window")
+        health = read_store("label health gauges", lambda: self.store.label_health(self.delay))
+        if health is None:
             return
         # A window a delay ago: a window ending now reads ~0 while labels take longer than it.
         lagged = f"[now - {self.delay:g} s - {self.store.window:g} s, now - {self.delay:g} s)"

@@ -33,6 +33,7 @@ class Unusable(Store):
 
     record_prediction = record_feedback = window_stats = check_writable = prune = _fail
     window_by_version = quality_by_version = first_seen = now = _fail
+    paired_quality = record_change = changes = _fetch_all = label_health = export_batch = _fail
 
 
 def open_store(target, window, retention, busy_timeout_ms=5000, clock=None):

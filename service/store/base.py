@@ -30,6 +30,7 @@ PRUNE_MAX_BATCHES = 50    # per run, so one worker never spends long on it
 FIRST_SEEN_SHOWN = 10     # model versions whose first-seen time the gauge shows (the latest ones)
 PAIRED_SHARDS = 16        # rows per comparison in paired_totals: joins of other events rarely share one
 # The running sums of every comparison (paired_totals), summed over their shards.
+CHANGE_COUNTS_SQL = "SELECT kind, reason, count(*) FROM model_changes GROUP BY kind, reason"
 PAIRED_TOTALS_SQL = ("SELECT challenger_version, champion_version, sum(pairs), sum(sle), sum(champion_sle), "
                      "sum(squares), sum(ae) FROM paired_totals GROUP BY challenger_version, champion_version")
 
@@ -261,10 +262,14 @@ class Store:
 
     def change_counts(self):
         """{(kind, reason): n} over every recorded change."""
-        raise NotImplementedError
+        return {(kind, reason): n for kind, reason, n in self._fetch_all(CHANGE_COUNTS_SQL)}
 
     def paired_totals(self):
         """{(challenger, champion): PairedStats} of every pair since the comparison's first, pruned or not."""
+        return paired(self._fetch_all(PAIRED_TOTALS_SQL))
+
+    def _fetch_all(self, sql):
+        """The rows of one statement without parameters, store errors as StoreError."""
         raise NotImplementedError
 
     def label_health(self, delay):

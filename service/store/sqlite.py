@@ -344,17 +344,10 @@ class SQLiteStore(base.Store):
             rows = self._conn().execute(f"{CHANGES_SQL} ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [base.ModelChange(*row) for row in rows]
 
-    def change_counts(self):
-        """{(kind, reason): n} over every recorded change."""
+    def _fetch_all(self, sql):
+        """The rows of one statement without parameters."""
         with self._guarded():
-            rows = self._conn().execute("SELECT kind, reason, count(*) FROM model_changes "
-                                        "GROUP BY kind, reason").fetchall()
-        return {(kind, reason): n for kind, reason, n in rows}
-
-    def paired_totals(self):
-        """Every comparison's running sums (a few rows per comparison)."""
-        with self._guarded():
-            return base.paired(self._conn().execute(base.PAIRED_TOTALS_SQL).fetchall())
+            return self._conn().execute(sql).fetchall()
 
     def label_health(self, delay):
         """Coverage of the predictions of [now - delay - W, now - delay) and the last label, one snapshot."""
