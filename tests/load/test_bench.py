@@ -23,7 +23,8 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     for figure in ("ratio predict/reference", "p99", "PSS total", "/metrics with the big store (sqlite)",
                    "validation", "model", "store", "metrics", "drift", "machine: ", "caches",
                    "drift counters + stored features on vs off", "PostgreSQL store: /predict ratio",
-                   "store insert per /predict, PostgreSQL", "/metrics with the big store (postgresql)"):
+                   "store insert per /predict, PostgreSQL", "/metrics with the big store (postgresql)",
+                   "one challenger on vs none: throughput ratio", "one challenger: about"):
         assert figure in proc.stdout
     report = json.loads(out.read_text())
     assert report["ratio"] > 0 and report["pss_total_mb"] > 0
@@ -31,9 +32,10 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     # Each configuration's 2 s came in two 1-s turns, taken in turn with the other configurations'.
     assert {r["chunks"] for rounds in report["rounds"].values() for r in rounds} == {2}
     turns = [line.split(": ")[1].split()[::2] for line in proc.stdout.splitlines() if " turn " in line]
-    assert turns == 2 * [["reference", "service", "service_lean", "service_postgresql"]], turns
+    configurations = ["reference", "service", "service_lean", "service_challenger", "service_postgresql"]
+    assert turns == 2 * [configurations], turns
     assert report["costs_us"]["inference"] == "compiled"
-    assert set(report["rounds"]) == {"reference", "service", "service_lean", "service_postgresql"}
+    assert set(report["rounds"]) == set(configurations)
     assert set(report["scrape"]) == {"sqlite", "postgresql"}
 
 
