@@ -3,7 +3,6 @@ and rules on loopback, as `make serve` would run the service; Ctrl-C stops both.
 
 import contextlib
 import os
-import signal
 import sys
 import time
 
@@ -11,6 +10,7 @@ from service import config as service_config
 
 from . import ROOT
 from .gunicorn import Instance
+from .process import stop_on_signals
 from .prometheus import Prometheus, scraping
 
 STATE = ROOT / "var" / "observe"
@@ -42,15 +42,13 @@ def run(stack):
 
 def main():
     """0 after Ctrl-C, 1 when either could not start or died."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stop_on_signals()
     with contextlib.ExitStack() as stack:
         try:
             return run(stack)
         except RuntimeError as exc:  # a missing tool, or a start that failed: the message says which
             print(f"observe: {exc}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            return 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import requests
@@ -38,6 +39,19 @@ def wait_until(check, what, timeout=60, interval=0.5):
         if time.monotonic() - started >= timeout:
             raise TimeoutError(f"timed out waiting for {what} ({timeout} s)")
         time.sleep(interval)
+
+
+def stop_on_signals():
+    """Ctrl-C or SIGTERM ends the process cleanly (SystemExit 0), once: a second signal during the
+    stops that follow would abort them half-way and leave servers running. `make` forwards the
+    SIGTERM its own group got, so the second one is the common case, not a corner."""
+    def stop(*_):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        sys.exit(0)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 def terminate(proc, sig=signal.SIGTERM, timeout=30, group=True):

@@ -5,7 +5,6 @@ import contextlib
 import os
 import pathlib
 import shutil
-import signal
 import sys
 import time
 
@@ -15,6 +14,7 @@ from . import ROOT
 from .gunicorn import Instance
 from .nginx import Nginx, NginxError
 from .postgres import Cluster, PostgresError, throwaway
+from .process import stop_on_signals
 
 
 def parse(argv):
@@ -85,16 +85,13 @@ def run(args, stack):
 def main(argv=None):
     """Run the local scale-out; 0 after Ctrl-C, 1 when something could not start or died."""
     args = parse(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stop_on_signals()
     with contextlib.ExitStack() as stack:
         try:
             return run(args, stack)
         except (PostgresError, NginxError, RuntimeError) as exc:
             print(f"scaleout: {exc}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
-            return 0
 
 
 if __name__ == "__main__":

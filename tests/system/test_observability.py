@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -298,6 +299,10 @@ def test_make_observe_starts_service_and_prometheus(tmp_path, model_path):
 
         wait_until(target_up, "make observe: target up", timeout=90)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        out = proc.communicate(timeout=30)[0]
+        os.killpg(proc.pid, signal.SIGTERM)  # make forwards it: the tool gets two, and stops once
+        out = proc.communicate(timeout=60)[0]
     assert f"prometheus: http://{prom_addr}" in out and f"service:    http://{bind}" in out
+    for address in (bind, prom_addr):  # both stopped, none left behind (they run in sessions of their own)
+        host, port = address.rsplit(":", 1)
+        with pytest.raises(OSError):
+            socket.create_connection((host, int(port)), timeout=2).close()
