@@ -23,26 +23,22 @@ log = logging.getLogger(__name__)
 def aliases(cfg):
     """The configured URIs that name an alias: MODEL_URI's and each challenger's."""
     named = [cfg.get("MODEL_URI") or "", *cfg["CHALLENGER_URIS"]]
-    return [text for text in named if text.startswith("models:") and "@" in text]
+    return [entry for entry, _ in registry.alias_entries(named)]
 
 
 def wanted(cfg):
     """(champion, {challenger entry: version}) the aliases name now, as the pointer would record them."""
     champion = str(registry.resolve(cfg["MODEL_URI"], cfg)) if cfg.get("MODEL_URI") else ""
     challengers = {}
-    for entry in cfg["CHALLENGER_URIS"]:
-        uri = registry.ModelURI.parse(entry) if entry.startswith("models:") else None
-        if uri is not None and uri.alias:
-            with contextlib.suppress(registry.AliasUnset):  # an empty slot
-                challengers[entry] = str(registry.resolve(uri, cfg))
+    for entry, uri in registry.alias_entries(cfg["CHALLENGER_URIS"]):
+        with contextlib.suppress(registry.AliasUnset):  # an empty slot
+            challengers[entry] = str(registry.resolve(uri, cfg))
     return champion, challengers
 
 
 def serving(cfg):
     """(champion, {challenger entry: version}) the instance's pointer says it serves."""
-    body = pointer.read_pointer(cfg["MODEL_CACHE_DIR"]) or {}
-    if body.get("model_uri", "") != (cfg.get("MODEL_URI") or ""):
-        return "", {}
+    body = pointer.instance_pointer(cfg)
     return body.get("version_uri", ""), body.get("challengers", {})
 
 

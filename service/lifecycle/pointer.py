@@ -23,6 +23,13 @@ def read_pointer(cache_dir):
         raise RegistryModelError(f"{pathlib.Path(cache_dir) / POINTER} unreadable: {exc}") from None
 
 
+def instance_pointer(cfg):
+    """The rollout's pointer if it was written for the MODEL_URI this instance is configured with
+    (a changed MODEL_URI is never shadowed by an old rollout), else {}."""
+    body = read_pointer(cfg["MODEL_CACHE_DIR"]) or {}
+    return body if body.get("model_uri", "") == (cfg.get("MODEL_URI") or "") else {}
+
+
 def write_pointer(cache_dir, configured, uri, challengers=None, unset=()):
     """Point this instance at a concrete version for the MODEL_URI the instance is configured with
     (`configured`: the instance's, never the rollout command's own environment) (atomic);
@@ -46,8 +53,8 @@ def serving_uri(cfg):
     would ask the registry on its own, and the workers of one instance could end up on two versions.
     """
     configured = cfg.get("MODEL_URI") or ""
-    pointer = read_pointer(cfg["MODEL_CACHE_DIR"])
-    if pointer and pointer.get("model_uri", "") == configured:
+    pointer = instance_pointer(cfg)
+    if pointer:
         return ModelURI.parse(pointer["version_uri"])
     if not configured:
         return None
@@ -60,17 +67,14 @@ def serving_uri(cfg):
 
 def alias_unset(cfg, entry):
     """Whether the rollout resolved this instance's aliases and `entry` (a challenger's) was not set."""
-    body = read_pointer(cfg["MODEL_CACHE_DIR"]) or {}
-    return ("@" in entry and body.get("model_uri", "") == (cfg.get("MODEL_URI") or "")
-            and entry in body.get("unset", []))
+    return entry in instance_pointer(cfg).get("unset", [])
 
 
 def challenger_uri(cfg, entry):
     """The concrete version a CHALLENGER_URIS alias entry resolved to, from the pointer written for this
     instance's MODEL_URI; RegistryModelError while none was (workers never resolve aliases themselves)."""
-    body = read_pointer(cfg["MODEL_CACHE_DIR"]) or {}
-    resolved = body.get("challengers", {}).get(entry)
-    if body.get("model_uri", "") != (cfg.get("MODEL_URI") or "") or resolved is None:
+    resolved = instance_pointer(cfg).get("challengers", {}).get(entry)
+    if resolved is None:
         raise RegistryModelError("names an alias not resolved for this instance yet (the alias follower, "
                                  "MODEL_FOLLOW_SECONDS, or calories rollout resolves it)")
     return ModelURI.parse(resolved)

@@ -6,6 +6,7 @@ uploaded: model.joblib, metrics.json, schema.json, features.py, parity_sample.cs
 (sha256 of each file, the compiled library's platform) and maybe compiled/trees-*.so.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -54,6 +55,18 @@ class ModelURI:
 
     def __str__(self):
         return f"models:/{self.name}/{self.number}" if self.number else f"models:/{self.name}@{self.alias}"
+
+
+def alias_entries(entries):
+    """[(entry, ModelURI)] of the entries that are registry URIs naming an alias. A malformed one is
+    left out here: the workers refuse it and say why, and nothing else waits on it."""
+    found = []
+    for entry in entries:
+        with contextlib.suppress(RegistryModelError):
+            uri = ModelURI.parse(entry)
+            if uri.alias:
+                found.append((entry, uri))
+    return found
 
 
 def client(cfg):

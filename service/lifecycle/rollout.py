@@ -109,10 +109,7 @@ def resolve_challengers(entries, cfg):
     entries that name an alias. An unset alias is an empty slot; one that cannot be resolved or
     fetched otherwise is left out (its workers refuse it and say why); the champion's rollout goes on."""
     resolved, unset = {}, []
-    for entry in entries:
-        uri = registry.ModelURI.parse(entry) if entry.startswith("models:") else None
-        if uri is None or not uri.alias:
-            continue
+    for entry, uri in registry.alias_entries(entries):
         try:
             resolved[entry] = registry.resolve(uri, cfg)
             registry.fetch(resolved[entry], cfg)
@@ -222,5 +219,6 @@ def _restore(cache_dir, previous, pid):
         (pathlib.Path(cache_dir) / pointer.POINTER).unlink(missing_ok=True)
     else:
         uri = registry.ModelURI.parse(previous["version_uri"])
-        pointer.write_pointer(cache_dir, previous["model_uri"], uri, previous.get("challengers"))
+        pointer.write_pointer(cache_dir, previous["model_uri"], uri, previous.get("challengers"),
+                              previous.get("unset", ()))
     os.kill(pid, signal.SIGHUP)
