@@ -135,9 +135,6 @@ def _off_or_positive(raw):
     return None if raw.strip().lower() == "off" else _positive(float)(raw)
 
 
-_budget = _off_or_positive  # milliseconds, or `off`
-
-
 def _address(raw):
     """HOST:PORT with a numeric port (what gunicorn's -b takes for TCP)."""
     host, sep, port = raw.rpartition(":")
@@ -156,7 +153,7 @@ def admission_settings(env=None):
     return {
         # How long a request may have waited in the listen backlog before it is refused (503), in
         # ms; `off` admits everything. Provisional default, to be set from `make stress` figures.
-        "ADMISSION_BUDGET_MS": _get(env, "ADMISSION_BUDGET_MS", 100.0, _budget),
+        "ADMISSION_BUDGET_MS": _get(env, "ADMISSION_BUDGET_MS", 100.0, _off_or_positive),
         "PROBE_BIND": probe,
     }
 

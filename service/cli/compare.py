@@ -13,7 +13,7 @@ import sys
 
 from .. import config
 from ..lifecycle import compare
-from ..store import StoreError, open_store
+from ..store import StoreError, configured
 
 
 def parse(argv):
@@ -38,8 +38,7 @@ def main(argv=None):
     store = None
     try:
         cfg = config.from_env()
-        store = open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
-                           cfg["STORE_BUSY_TIMEOUT_MS"])
+        store = configured(cfg)
         reports = [c.report() for c in compare.current(store)]
     except (StoreError, config.ConfigError) as exc:
         print(f"compare: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ import time
 
 from .. import config
 from ..errors import ServiceError
-from ..store import StoreError, open_store
+from ..store import StoreError, configured
 from ..store.base import EXPORT_COLUMNS, RECORD_FIELDS
 
 BATCH = 5000
@@ -180,8 +180,7 @@ def main(argv=None):
     store = None
     try:
         cfg = config.from_env()
-        store = open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
-                           cfg["STORE_BUSY_TIMEOUT_MS"])
+        store = configured(cfg)
         n = export(store, args, progress_printer(sys.stderr))
         why = "" if n else ": " + why_empty(store, args)
     except (ExportError, StoreError, config.ConfigError, OSError) as exc:

@@ -15,8 +15,8 @@ import threading
 
 from .. import config
 from ..lifecycle import promotion
-from ..store import StoreError
-from .promote import open_shared, settings
+from ..store import StoreError, configured
+from .promote import settings
 
 log = logging.getLogger("service.lifecycle.promotion")
 
@@ -34,7 +34,7 @@ def main(argv=None):
                         stream=sys.stderr)
     try:
         cfg = settings()
-        store = open_shared(cfg)
+        store = configured(cfg)
     except (config.ConfigError, StoreError) as exc:
         print(f"guard: {exc}", file=sys.stderr)
         return 1

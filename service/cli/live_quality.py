@@ -7,7 +7,7 @@ import sys
 from .. import config
 from ..lifecycle import mlflow_rest, registry
 from ..lifecycle.live_quality import period_bounds, push
-from ..store import StoreError, open_store
+from ..store import StoreError, configured
 
 
 def parse_args(argv):
@@ -26,8 +26,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = config.from_env()
-        store = open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
-                           cfg["STORE_BUSY_TIMEOUT_MS"])
+        store = configured(cfg)
         start, end = period_bounds(store, args.period, args.end, args.aligned)
         report = push(store, registry.client(cfg), args.name or cfg["MLFLOW_MODEL_NAME"], start, end)
     except (ValueError, StoreError, mlflow_rest.RegistryError) as exc:

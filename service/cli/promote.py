@@ -13,7 +13,7 @@ import sys
 
 from .. import config
 from ..lifecycle import mlflow_rest, promotion, registry
-from ..store import StoreError, open_store
+from ..store import StoreError, configured
 
 
 def parse(argv):
@@ -34,12 +34,6 @@ def settings():
     return cfg
 
 
-def open_shared(cfg):
-    """The store FEEDBACK_DB names."""
-    return open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
-                      cfg["STORE_BUSY_TIMEOUT_MS"])
-
-
 REFUSALS = (promotion.PromotionError, mlflow_rest.RegistryError, registry.RegistryModelError, StoreError,
             config.ConfigError)
 
@@ -50,7 +44,7 @@ def main(argv=None):
     store = None
     try:
         cfg = settings()
-        store = open_shared(cfg)
+        store = configured(cfg)
         report = promotion.promote(cfg, store, args.challenger, args.force)
     except REFUSALS as exc:
         print(f"promote refused: {exc}", file=sys.stderr)

@@ -69,12 +69,12 @@ class ChallengerSet:
 
 def load(sources, champion, budget_s, **options):
     """Load each challenger source beside the loaded `champion`; refusals are kept, never raised."""
-    challengers, versions = [], {champion.trained_version}
+    challengers, versions, schema = [], {champion.trained_version}, _schema(champion)
     for source in sources:
         challenger = Challenger(source)
         try:
             challenger.service = _load_isolated(source, options)
-            _check(challenger.service, champion, versions)
+            _check(challenger.service, schema, versions)
         except ModelLoadError as exc:
             challenger.refused = str(exc)
             log.error("challenger %s refused: %s", challenger.version, exc)
@@ -104,7 +104,7 @@ def _load_isolated(source, options):
             sys.modules.pop("features", None)
 
 
-def _check(service, champion, versions):
+def _check(service, champion_schema, versions):
     """Refuse a challenger that cannot be compared with the champion, or would cost too much."""
     if service.trained_version in versions:
         raise ModelLoadError(f"model_version {service.trained_version} is already served here "
@@ -112,7 +112,7 @@ def _check(service, champion, versions):
     if service.inference != "compiled":
         raise ModelLoadError(f"serves on the {service.inference} path, not compiled trees: scoring it "
                              "on every request would cost ~280 µs a row (MODEL_COMPILED on, a C compiler)")
-    if _schema(service) != _schema(champion):
+    if _schema(service) != champion_schema:
         raise ModelLoadError(f"its request schema {service.schema_path} differs from the champion's: "
                              "a challenger must accept exactly the champion's records")
 

@@ -14,7 +14,7 @@ from . import location
 from .base import OUTCOMES, FeedbackResult, FutureTimestamp, Store, StoreError, WindowStats
 
 __all__ = ["OUTCOMES", "FeedbackResult", "FutureTimestamp", "Store", "StoreError", "WindowStats",
-           "open_store", "init_app", "current"]
+           "configured", "open_store", "init_app", "current"]
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +48,12 @@ def open_store(target, window, retention, busy_timeout_ms=5000, clock=None):
     return SQLiteStore(target, window, retention, busy_timeout_ms, clock)
 
 
+def configured(cfg):
+    """The store the settings name (FEEDBACK_DB, the window, the retention, the busy timeout)."""
+    return open_store(cfg["FEEDBACK_DB"], cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"],
+                      cfg["STORE_BUSY_TIMEOUT_MS"], cfg.get("CLOCK"))
+
+
 def _prune_quietly(store):
     """Prune, logging instead of raising: it runs after the response, nobody waits for it."""
     try:
@@ -69,12 +75,11 @@ def _checkpoint_quietly(store):
 
 def _open_checked(cfg):
     """Open the configured store and try a write now: a bad URL or an unreachable database is one line."""
-    args = (cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"])
     try:
-        store = open_store(cfg["FEEDBACK_DB"], *args, cfg["STORE_BUSY_TIMEOUT_MS"], cfg.get("CLOCK"))
+        store = configured(cfg)
     except StoreError as exc:
         backend = "postgresql" if location.is_postgresql(os.fspath(cfg["FEEDBACK_DB"])) else "sqlite"
-        store = Unusable(backend, str(exc), *args)
+        store = Unusable(backend, str(exc), cfg["PREDICTION_WINDOW_SECONDS"], cfg["RETENTION_SECONDS"])
     state = store.health()
     if state["up"]:
         log.info("feedback store: %s", store.describe())

@@ -257,7 +257,7 @@ class Store:
 
     def open_probation(self):
         """The latest promotion if nothing closed it yet (its probation may have run out), else None."""
-        latest = [c for c in self.changes(limit=1)]
+        latest = self.changes(limit=1)
         return latest[0] if latest and latest[0].kind == "promotion" else None
 
     def change_counts(self):

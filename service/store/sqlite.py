@@ -269,14 +269,19 @@ class SQLiteStore(base.Store):
         challengers' predictions)."""
         ts = self.clock()
         row = (id_, prediction, model_version, ts, *(features or base.NO_FEATURES))
-        with _Writing(self):
-            conn = self._conn()
+
+        def insert(conn):
             if model_version not in self._noted:  # once per process and version: its first-seen time
                 conn.execute(NOTE_VERSION_SQL, (model_version, ts))
+            seq = conn.execute(INSERT_PREDICTION_SQL, row).lastrowid
             if shadows:
-                _with_shadows(conn, row, shadows)
-            else:
-                conn.execute(INSERT_PREDICTION_SQL, row)
+                conn.executemany(INSERT_SHADOW_SQL, [(seq, version, value) for version, value in shadows])
+
+        if shadows:  # the event and its challengers' rows in one transaction
+            self._run(insert)
+        else:
+            with _Writing(self):
+                insert(self._conn())
         self._noted.add(model_version)
 
     def record_feedback(self, id_, calories, event_ts=None):
@@ -415,19 +420,6 @@ def _claim_lease(conn, now):
                        "WHERE task = 'prune' AND lease_until < ?",
                        (os.getpid(), now + PRUNE_LEASE_SECONDS, now))
     return cur.rowcount == 1
-
-
-def _with_shadows(conn, row, shadows):
-    """The prediction and its challengers' in one transaction (the caller holds the write lock)."""
-    conn.execute("BEGIN")
-    try:
-        seq = conn.execute(INSERT_PREDICTION_SQL, row).lastrowid
-        conn.executemany(INSERT_SHADOW_SQL, [(seq, version, value) for version, value in shadows])
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _delete_batch(conn, cutoff):
