@@ -33,6 +33,7 @@ def create_app(overrides=None):
         predict,
         quickload,
         schemas,
+        segments,
         store,
         store_health,
     )
@@ -56,6 +57,8 @@ def create_app(overrides=None):
     spec = _schema(app)
     app.extensions["predict_schema"] = schemas.predict_schema(spec)
     app.extensions["predict_quickload"] = quickload.record_loader(spec)
+    app.extensions["segments"] = segments.parse(app.config["QUALITY_SEGMENTS"], spec,
+                                                app.config["SEGMENT_REFERENCE_PAIRS"])
     metrics.init_app(app)
     for module in (predict, feedback, health, openapi):
         app.register_blueprint(module.bp)

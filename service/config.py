@@ -84,6 +84,7 @@ def from_env(env=None):
         "MODEL_COMPILED": _get(env, "MODEL_COMPILED", True, _bool),
         "DRIFT_METRICS": _get(env, "DRIFT_METRICS", True, _bool),
         "STORE_FEATURES": _get(env, "STORE_FEATURES", True, _bool),
+        **segment_settings(env),
         "COMPILED_MODEL_DIR": pathlib.Path(_get(env, "COMPILED_MODEL_DIR", DEFAULT_VAR / "compiled", str)),
         "COMPILED_MODEL_READONLY": _get(env, "COMPILED_MODEL_READONLY", False, _bool),
         "PROMETHEUS_MULTIPROC_DIR": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
@@ -195,6 +196,38 @@ def slo_settings(env=None):
         "QUALITY_SLO_OBJECTIVE": _get(env, "QUALITY_SLO_OBJECTIVE", 0.99, _fraction),
         # Good when |ln(1+yhat) - ln(1+y)| <= tau: within ±(e^tau - 1) of (1 + label); 0.3 is ±35 %.
         "QUALITY_SLO_LOG_TOLERANCE": _get(env, "QUALITY_SLO_LOG_TOLERANCE", 0.3, _positive(float)),
+    }
+
+
+# Sex x duration band x age band: 2 x 3 x 3 = 18 segments (docs/monitoring.md#quality-by-segment).
+DEFAULT_SEGMENTS = "Sex; Duration: 5, 15; Age: 30, 50"
+
+
+def _ratio(raw):
+    """A finite number above 1."""
+    value = float(raw)
+    if not (math.isfinite(value) and value > 1):
+        raise ValueError("must be a finite number above 1")
+    return value
+
+
+def segment_settings(env=None):
+    """Quality by segment (docs/monitoring.md#quality-by-segment): the segments and their alert."""
+    env = os.environ if env is None else env
+    store_features = _get(env, "STORE_FEATURES", True, _bool)
+    spec = _get(env, "QUALITY_SEGMENTS", DEFAULT_SEGMENTS if store_features else "off", str)
+    # A segment is read from the features stored with the event: without them there is none to read.
+    if not store_features and spec.strip().lower() != "off":
+        raise ConfigError(f"QUALITY_SEGMENTS={spec!r}: segments need the features stored with each "
+                          "prediction (STORE_FEATURES=1), or set QUALITY_SEGMENTS=off")
+    return {
+        # Checked against the model's schema.json by service/segments.py, where the schema is known.
+        "QUALITY_SEGMENTS": spec,
+        # A version's reference per segment: its first N labels in the segment.
+        "SEGMENT_REFERENCE_PAIRS": _get(env, "SEGMENT_REFERENCE_PAIRS", 200, _positive(int)),
+        # SegmentQualityDegraded: a segment's RMSLE over the reference's, on at least this many labels.
+        "SEGMENT_ALERT_RATIO": _get(env, "SEGMENT_ALERT_RATIO", 1.5, _ratio),
+        "SEGMENT_MIN_PAIRS": _get(env, "SEGMENT_MIN_PAIRS", 200, _positive(int)),
     }
 
 

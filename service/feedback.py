@@ -18,7 +18,8 @@ def feedback():
     payload = load(FEEDBACK_SCHEMA, read_json_object())
     try:
         # The store checks ts against its own clock (the database server's, with PostgreSQL).
-        result = store.current().record_feedback(payload["id"], payload["Calories"], payload["ts"])
+        result = store.current().record_feedback(payload["id"], payload["Calories"], payload["ts"],
+                                                 current_app.extensions["segments"])
     except store.FutureTimestamp:
         raise ValidationFailed("ts is in the future", {"ts": ["more than 5 minutes in the future"]}) from None
     except store.StoreError as exc:

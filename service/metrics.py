@@ -57,6 +57,11 @@ ABSOLUTE_ERROR = Summary("app_feedback_absolute_error", "|yhat - y| (kcal) per m
 # counted where the summaries are, so exact across workers and summed across instances.
 SLO_EVENTS = Counter("app_quality_slo_events_total", "Matched feedback by quality SLO outcome: good when "
                      "|ln(1+yhat) - ln(1+y)| <= the tolerance.", ["model_version", "outcome", "role"])
+# Quality by segment (service/segments.py): the champion's squared log errors per configured segment.
+# Labels from configuration only (at most MAX_SEGMENTS names), never from a request; challengers are
+# left out: they would multiply the series by up to 5, and the paired comparison judges them.
+SEGMENT_SLE = Summary("app_segment_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback, by "
+                      "segment of the joined event (the champion's).", ["model_version", "segment"])
 # Champion against each challenger on the same labels (a paired comparison): the count of pairs,
 # each side's sum of squared log errors (their difference is the sum of the per-pair differences,
 # kept as two counters because a counter never goes down), and the sum of squared differences.
@@ -117,6 +122,8 @@ def observe_feedback(result, tolerance):
     version = result.model_version or "none"
     FEEDBACK_LAG.labels(version).observe(result.lag)
     _observe_errors(version, "champion", result.sle, result.ae, tolerance)
+    if result.segment is not None:
+        SEGMENT_SLE.labels(version, result.segment).observe(result.sle)
     for shadow in result.shadows:
         _observe_errors(shadow.model_version, "challenger", shadow.sle, shadow.ae, tolerance)
         PAIRS.labels(shadow.model_version, version).inc()
@@ -144,6 +151,12 @@ def start_version(version, role="champion"):
         metric.labels(version, role)
     for outcome in slo.OUTCOMES:
         SLO_EVENTS.labels(version, outcome, role)
+
+
+def start_segments(version, segments):
+    """Every segment's series of a loaded version at 0, so a rate over them exists from the start."""
+    for name in segments.names:
+        SEGMENT_SLE.labels(version, name)
 
 
 def start_challengers(champion, challengers):
@@ -362,6 +375,7 @@ class SettingsCollector:
         self.tolerance = config["QUALITY_SLO_LOG_TOLERANCE"]
         self.delay = config["EXPECTED_LABEL_DELAY_SECONDS"]
         self.coverage = config["MIN_LABEL_COVERAGE"]
+        self.segment_ratio, self.segment_pairs = config["SEGMENT_ALERT_RATIO"], config["SEGMENT_MIN_PAIRS"]
 
     def collect(self):
         yield _gauge("app_quality_slo_objective", "Share of matched feedback that must be good over the "
@@ -372,6 +386,10 @@ class SettingsCollector:
                      "(EXPECTED_LABEL_DELAY_SECONDS).", self.delay)
         yield _gauge("app_feedback_coverage_min", "Share of predictions expected to get a label within the "
                      "delay (MIN_LABEL_COVERAGE).", self.coverage)
+        yield _gauge("app_segment_alert_ratio", "A segment's RMSLE over its reference's above which "
+                     "SegmentQualityDegraded fires (SEGMENT_ALERT_RATIO).", self.segment_ratio)
+        yield _gauge("app_segment_min_pairs", "Labels a segment needs in the alert's window before it is "
+                     "compared (SEGMENT_MIN_PAIRS).", self.segment_pairs)
 
 
 class LabelHealthCollector:
@@ -392,6 +410,33 @@ class LabelHealthCollector:
         yield _gauge("app_feedback_predictions_lagged", f"Prediction events of {lagged}.", health.predictions)
         yield _gauge("app_feedback_last_matched_timestamp_seconds", "When the latest matched feedback was "
                      "received (the store's clock); NaN if none.", health.last_matched)
+
+
+class SegmentReferenceCollector:
+    """The loaded champion's reference error per segment: its first labels there, from the store."""
+
+    def __init__(self, store, version, segments):
+        self.store, self.version, self.segments = store, version, segments
+
+    def collect(self):
+        """RMSLE of each complete reference (N labels), and how many labels each reference holds."""
+        rows = read_store("segment references", lambda: self.store.segment_reference(self.version))
+        if rows is None:
+            return
+        needed = self.segments.reference_pairs
+        labels = ["model_version", "segment"]
+        rmsle = GaugeMetricFamily("app_segment_reference_rmsle", f"RMSLE of the model version's first "
+                                  f"{needed} labels in the segment (its reference; complete ones only).",
+                                  labels=labels)
+        pairs = GaugeMetricFamily("app_segment_reference_pairs", f"Labels in the segment's reference so far "
+                                  f"(complete at {needed}).", labels=labels)
+        for name in self.segments.names:  # configured names only: a row of another setting is not shown
+            count, sle = rows.get(name, (0, 0.0))
+            pairs.add_metric([self.version, name], count)
+            if count >= needed:
+                rmsle.add_metric([self.version, name], math.sqrt(sle / count))
+        yield rmsle
+        yield pairs
 
 
 class _Chain:
@@ -434,8 +479,11 @@ def init_app(app):
     PrometheusMetrics(app, path=None, registry=exporter_registry, group_by="url_rule",
                       buckets=LATENCY_BUCKETS)
     model, challengers = app.extensions["model"], app.extensions.get("challengers")
+    segments = app.extensions.get("segments")
     if model.ready:
         start_version(model.trained_version)
+        if segments:
+            start_segments(model.trained_version, segments)
         if challengers:
             start_challengers(model.trained_version, challengers)
     if app.config["DRIFT_METRICS"] and model.ready and model.drift_bins:
@@ -449,4 +497,7 @@ def init_app(app):
     app.extensions["metrics_registry"].register(SettingsCollector(app.config))
     app.extensions["metrics_registry"].register(
         LabelHealthCollector(app.extensions["store"], app.config["EXPECTED_LABEL_DELAY_SECONDS"]))
+    if segments and model.ready:
+        app.extensions["metrics_registry"].register(
+            SegmentReferenceCollector(app.extensions["store"], model.trained_version, segments))
     app.register_blueprint(bp)

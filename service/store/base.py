@@ -31,6 +31,7 @@ FIRST_SEEN_SHOWN = 10     # model versions whose first-seen time the gauge shows
 PAIRED_SHARDS = 16        # rows per comparison in paired_totals: joins of other events rarely share one
 # The running sums of every comparison (paired_totals), summed over their shards.
 CHANGE_COUNTS_SQL = "SELECT kind, reason, count(*) FROM model_changes GROUP BY kind, reason"
+SEGMENT_REFERENCE_SQL = "SELECT segment, pairs, sle FROM segment_reference WHERE model_version = ?"
 PAIRED_TOTALS_SQL = ("SELECT challenger_version, champion_version, sum(pairs), sum(sle), sum(champion_sle), "
                      "sum(squares), sum(ae) FROM paired_totals GROUP BY challenger_version, champion_version")
 
@@ -68,6 +69,7 @@ class FeedbackResult:
     ae: float | None = None
     model_version: str | None = None  # the version of the prediction event it joined
     shadows: tuple = ()  # ShadowPair per challenger that scored the event
+    segment: str | None = None  # the joined event's segment (service/segments.py), when configured
 
 
 @dataclass(frozen=True)
@@ -167,14 +169,16 @@ def by_version(pair_rows, coverage_rows):
     return {version: window_stats(*values) for version, values in sorted(sums.items()) if version is not None}
 
 
-def join(tx, id_, calories, event_ts, received):
+def join(tx, id_, calories, event_ts, received, segments=None):
     """Record one feedback, joined to the oldest open prediction event of its id (DESIGN.md).
 
     `tx` is a backend's transaction, already holding whatever serialises joins of this id:
-    oldest_open(id) -> (seq, prediction, ts, model_version) | None, seen(id) -> bool,
+    oldest_open(id) -> (seq, prediction, ts, model_version, *features) | None, seen(id) -> bool,
     insert_feedback(id, calories, event_ts, received, outcome, pseq, prediction, result) -> seq
     (result.model_version is the joined event's), close_event(pseq, fseq), shadows(pseq) ->
-    [(challenger_version, prediction)], close_shadows(pseq, received, champion_version, shadows).
+    [(challenger_version, prediction)], close_shadows(pseq, received, champion_version, shadows),
+    add_reference(model_version, segment, sle, received, pairs) (the segment's reference takes the
+    version's first `pairs` labels). `segments`: the configured Segments, or None.
     """
     if event_ts is None:
         event_ts = received
@@ -186,17 +190,21 @@ def join(tx, id_, calories, event_ts, received):
         result = FeedbackResult("duplicate" if tx.seen(id_) else "unmatched")
         tx.insert_feedback(id_, calories, event_ts, received, result.outcome, None, None, result)
         return result
-    pseq, prediction, predicted_at, model_version = row
+    pseq, prediction, predicted_at, model_version, *features = row
     label = math.log1p(calories)
     sle = (math.log1p(prediction) - label) ** 2
     shadows = tuple(ShadowPair(version, (math.log1p(value) - label) ** 2, abs(value - calories), sle)
                     for version, value in tx.shadows(pseq))
+    segment = segments.of(features) if segments is not None and model_version is not None else None
     result = FeedbackResult("matched", lag=max(0.0, event_ts - predicted_at), sle=sle,
-                            ae=abs(prediction - calories), model_version=model_version, shadows=shadows)
+                            ae=abs(prediction - calories), model_version=model_version, shadows=shadows,
+                            segment=segment)
     fseq = tx.insert_feedback(id_, calories, event_ts, received, "matched", pseq, prediction, result)
     tx.close_event(pseq, fseq)
     if shadows:
         tx.close_shadows(pseq, received, model_version, shadows)
+    if segment is not None:
+        tx.add_reference(model_version, segment, sle, received, segments.reference_pairs)
     return result
 
 
@@ -224,9 +232,15 @@ class Store:
         shadows: (challenger_version, prediction) pairs stored with it, in the same transaction."""
         raise NotImplementedError
 
-    def record_feedback(self, id_, calories, event_ts=None):
-        """Durably record feedback, joined FIFO; FutureTimestamp when ts is too far ahead."""
+    def record_feedback(self, id_, calories, event_ts=None, segments=None):
+        """Durably record feedback, joined FIFO; FutureTimestamp when ts is too far ahead; with
+        `segments`, the joined event's segment, whose reference takes its first labels."""
         raise NotImplementedError
+
+    def segment_reference(self, model_version):
+        """{segment: (pairs, sle_sum)} of a version's segment references (its first labels per segment)."""
+        return {segment: (int(pairs), float(sle)) for segment, pairs, sle in self._fetch_all(
+            SEGMENT_REFERENCE_SQL, (model_version,))}
 
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
@@ -268,8 +282,8 @@ class Store:
         """{(challenger, champion): PairedStats} of every pair since the comparison's first, pruned or not."""
         return paired(self._fetch_all(PAIRED_TOTALS_SQL))
 
-    def _fetch_all(self, sql):
-        """The rows of one statement without parameters, store errors as StoreError."""
+    def _fetch_all(self, sql, args=()):
+        """The rows of one statement (placeholders written ?), store errors as StoreError."""
         raise NotImplementedError
 
     def label_health(self, delay):

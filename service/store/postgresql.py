@@ -39,6 +39,12 @@ ADD_PAIR_SQL = ("INSERT INTO paired_totals AS t (challenger_version, champion_ve
                 "champion_sle = t.champion_sle + excluded.champion_sle, "
                 "squares = t.squares + excluded.squares, ae = t.ae + excluded.ae")
 
+# A segment's reference: the version's first N labels in it (the row stops growing at N). A complete
+# row is still locked by the statement, so each process stops sending it once it learns (_Join).
+ADD_REFERENCE_SQL = ("INSERT INTO segment_reference AS r (model_version, segment, pairs, sle, "
+                     "first_received) VALUES (%s, %s, 1, %s, %s) ON CONFLICT (model_version, segment) "
+                     "DO UPDATE SET pairs = r.pairs + 1, sle = r.sle + excluded.sle WHERE r.pairs < %s")
+
 
 def connection_params(url, busy_timeout_ms, scrub):
     """libpq parameters: the URL's own, over defaults that keep a stuck database from hanging a worker."""
@@ -82,12 +88,12 @@ def closed_by_server(conn):
 class _Join:
     """The join's statements on one PostgreSQL transaction (holding the id's advisory lock)."""
 
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, conn, complete=frozenset()):
+        self.conn, self.complete = conn, complete
 
     def oldest_open(self, id_):
         return self.conn.execute(
-            "SELECT seq, prediction, ts, model_version FROM predictions "
+            f"SELECT seq, prediction, ts, model_version, {', '.join(base.FEATURE_COLUMNS)} FROM predictions "
             "WHERE id = %s AND feedback_seq IS NULL ORDER BY seq LIMIT 1", (id_,)).fetchone()
 
     def seen(self, id_):
@@ -121,6 +127,14 @@ class _Join:
             cur.executemany(ADD_PAIR_SQL, [(s.model_version, champion_version, shard, s.sle, s.champion_sle,
                                             s.difference ** 2, s.ae, received) for s in shadows])
 
+    def add_reference(self, model_version, segment, sle, received, pairs):
+        """Add the label to its segment's reference unless it holds its first `pairs` already."""
+        if (model_version, segment) in self.complete:  # known complete: no statement at all
+            return
+        cursor = self.conn.execute(ADD_REFERENCE_SQL, (model_version, segment, sle, received, pairs))
+        if cursor.rowcount == 0:
+            self.complete.add((model_version, segment))
+
 
 class PostgresStore(base.Store):
     """A PostgreSQL database shared by every instance; one connection per worker process."""
@@ -136,6 +150,7 @@ class PostgresStore(base.Store):
         self.clock = clock
         self._local = threading.local()
         self._noted = set()  # model versions whose first-seen row this process has written
+        self._complete = set()  # (model version, segment) whose reference is complete
         now = "%(now)s" if clock else SERVER_NOW
         columns = ", ".join(base.FEATURE_COLUMNS)
         placeholders = ", ".join(f"%({c})s" for c in base.FEATURE_COLUMNS)
@@ -288,7 +303,7 @@ class PostgresStore(base.Store):
             conn.execute(self._sql["prediction_shadows" if shadows else "prediction"], args)
         self._noted.add(model_version)
 
-    def record_feedback(self, id_, calories, event_ts=None):
+    def record_feedback(self, id_, calories, event_ts=None, segments=None):
         """Durably record feedback, joined FIFO; the id's advisory lock serialises its joins.
 
         Under READ COMMITTED a plain SELECT ... FOR UPDATE can wait for another join, then find
@@ -298,7 +313,8 @@ class PostgresStore(base.Store):
             conn = self._conn()
             with conn.transaction():
                 received = conn.execute(self._sql["lock"], self._args(id=id_)).fetchone()[2]
-                return base.join(_Join(conn), id_, calories, event_ts, received)
+                return base.join(_Join(conn, self._complete), id_, calories, event_ts, received,
+                                 segments)
 
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
@@ -349,10 +365,10 @@ class PostgresStore(base.Store):
                                         "ORDER BY seq DESC LIMIT %s", (limit,)).fetchall()
         return [base.ModelChange(*row) for row in rows]
 
-    def _fetch_all(self, sql):
-        """The rows of one statement without parameters."""
+    def _fetch_all(self, sql, args=()):
+        """The rows of one statement (placeholders written ?)."""
         with self._guarded():
-            return self._conn().execute(sql).fetchall()
+            return self._conn().execute(sql.replace("?", "%s"), args).fetchall()
 
     def label_health(self, delay):
         """Coverage of the predictions of [now - delay - W, now - delay) and the last label."""

@@ -46,6 +46,10 @@ ADD_PAIR_SQL = ("INSERT INTO paired_totals (challenger_version, champion_version
                 "ON CONFLICT (challenger_version, champion_version, shard) DO UPDATE SET pairs = pairs + 1, "
                 "sle = sle + excluded.sle, champion_sle = champion_sle + excluded.champion_sle, "
                 "squares = squares + excluded.squares, ae = ae + excluded.ae")
+# A segment's reference: the version's first N labels in it (the row stops growing at N).
+ADD_REFERENCE_SQL = ("INSERT INTO segment_reference (model_version, segment, pairs, sle, first_received) "
+                     "VALUES (?, ?, 1, ?, ?) ON CONFLICT (model_version, segment) DO UPDATE SET "
+                     "pairs = pairs + 1, sle = sle + excluded.sle WHERE pairs < ?")
 # ON CONFLICT DO NOTHING: a promotion already closed (UNIQUE closes) inserts nothing.
 INSERT_CHANGE_SQL = (f"INSERT INTO model_changes ({', '.join(base.CHANGE_COLUMNS[1:])}) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (closes) DO NOTHING")
@@ -82,12 +86,12 @@ class _Writing:
 class _Join:
     """The join's statements on one SQLite transaction."""
 
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, conn, complete=frozenset()):
+        self.conn, self.complete = conn, complete
 
     def oldest_open(self, id_):
         return self.conn.execute(
-            "SELECT seq, prediction, ts, model_version FROM predictions "
+            f"SELECT seq, prediction, ts, model_version, {', '.join(base.FEATURE_COLUMNS)} FROM predictions "
             "WHERE id = ? AND feedback_seq IS NULL ORDER BY seq LIMIT 1", (id_,)).fetchone()
 
     def seen(self, id_):
@@ -119,6 +123,14 @@ class _Join:
         self.conn.executemany(ADD_PAIR_SQL, [(s.model_version, champion_version, shard, s.sle, s.champion_sle,
                                               s.difference ** 2, s.ae, received) for s in shadows])
 
+    def add_reference(self, model_version, segment, sle, received, pairs):
+        """Add the label to its segment's reference unless it holds its first `pairs` already."""
+        if (model_version, segment) in self.complete:  # known complete: no statement at all
+            return
+        cursor = self.conn.execute(ADD_REFERENCE_SQL, (model_version, segment, sle, received, pairs))
+        if cursor.rowcount == 0:
+            self.complete.add((model_version, segment))
+
 
 class SQLiteStore(base.Store):
     """One SQLite file shared by all workers of an instance; a connection per process and thread."""
@@ -131,6 +143,7 @@ class SQLiteStore(base.Store):
         self.busy_timeout_ms, self.clock = busy_timeout_ms, clock or time.time
         self._local = threading.local()
         self._noted = set()  # model versions whose first-seen row this process has written
+        self._complete = set()  # (model version, segment) whose reference is complete
 
     def describe(self):
         """Where the store is, for log lines."""
@@ -284,11 +297,12 @@ class SQLiteStore(base.Store):
                 insert(self._conn())
         self._noted.add(model_version)
 
-    def record_feedback(self, id_, calories, event_ts=None):
+    def record_feedback(self, id_, calories, event_ts=None, segments=None):
         """Durably record feedback, joined FIFO to the oldest open prediction event of the id."""
         received = self.clock()
         # The write lock and BEGIN IMMEDIATE serialise every join of the instance.
-        return self._run(lambda conn: base.join(_Join(conn), id_, calories, event_ts, received), durable=True)
+        return self._run(lambda conn: base.join(
+            _Join(conn, self._complete), id_, calories, event_ts, received, segments), durable=True)
 
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
@@ -349,10 +363,10 @@ class SQLiteStore(base.Store):
             rows = self._conn().execute(f"{CHANGES_SQL} ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [base.ModelChange(*row) for row in rows]
 
-    def _fetch_all(self, sql):
-        """The rows of one statement without parameters."""
+    def _fetch_all(self, sql, args=()):
+        """The rows of one statement (placeholders written ?)."""
         with self._guarded():
-            return self._conn().execute(sql).fetchall()
+            return self._conn().execute(sql, args).fetchall()
 
     def label_health(self, delay):
         """Coverage of the predictions of [now - delay - W, now - delay) and the last label, one snapshot."""
