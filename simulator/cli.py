@@ -10,6 +10,7 @@ import requests
 
 from . import records
 from .runner import Simulation
+from .situations import Situation, SituationError
 
 
 def parse_args(argv):
@@ -37,6 +38,20 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the feedback choice (default 0)")
     p.add_argument("--send-ts", action="store_true",
                    help="send the observation time as ts (default: the server measures the lag)")
+    situations = p.add_argument_group(
+        "situations", "make the monitoring's alerts fire on purpose (docs/monitoring.md, "
+                      "'See each alert fire')")
+    situations.add_argument("--labels-stop-after", type=int, default=None, metavar="N",
+                            help="send labels for the first N predictions only: the labels stop")
+    situations.add_argument("--degrade-segment", default="", metavar="SEGMENT",
+                            help="where --degrade-factor applies, a segment as the service names it, e.g. "
+                                 "'Sex=female,Duration<=5' (default: every record)")
+    situations.add_argument("--degrade-factor", type=float, default=1.0, metavar="F",
+                            help="multiply the labels sent in the segment by F: the model looks that much "
+                                 "worse there (default 1: unchanged)")
+    situations.add_argument("--degrade-after", type=int, default=0, metavar="N",
+                            help="degrade from the N-th prediction on, so the version's first labels stay "
+                                 "clean (default 0)")
     p.add_argument("--report", type=pathlib.Path, help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a = p.parse_args(argv)
@@ -45,10 +60,18 @@ def parse_args(argv):
               (a.burst_rps > 0 and a.burst_duration > 0, "--burst-rps and --burst-duration must be positive"),
               (a.idle_duration >= 0 and a.feedback_delay >= 0, "durations cannot be negative"),
               (0 <= a.feedback_fraction <= 1, "--feedback-fraction is between 0 and 1"),
-              (a.feedback_retries >= 0, "--feedback-retries cannot be negative")]
+              (a.feedback_retries >= 0, "--feedback-retries cannot be negative"),
+              (a.labels_stop_after is None or a.labels_stop_after >= 0,
+               "--labels-stop-after cannot be negative"),
+              (a.degrade_factor > 0 and a.degrade_after >= 0,
+               "--degrade-factor must be positive and --degrade-after not negative")]
     for ok, message in checks:
         if not ok:
             p.error(message)
+    try:
+        a.situation = Situation(a.labels_stop_after, a.degrade_segment, a.degrade_factor, a.degrade_after)
+    except SituationError as exc:
+        p.error(f"--degrade-segment: {exc}")
     return a
 
 

@@ -10,6 +10,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .schedule import FeedbackQueue, SendSchedule, bursts
+from .situations import Situation
 
 TIMEOUT = 10
 BACKOFF_CAP_S = 30.0  # the longest wait between two tries of one feedback
@@ -92,6 +93,7 @@ class Simulation:
         self.schedule = SendSchedule(self.bursts)
         self.queue = FeedbackQueue(clock)
         self.stats = Stats()
+        self.situation = getattr(opts, "situation", None) or Situation()
         self.stop = threading.Event()
         self.senders_done = threading.Event()
         self.t0 = None
@@ -121,7 +123,9 @@ class Simulation:
             self.stats.burst_sends[burst.index].append(sent_at)
             self.stats.behind = max(self.stats.behind, sent_at - (self.t0 + due))
         # A shed prediction is counted (Stats.shed), never retried: its answer would come too late.
-        if response is not None and response.ok and self.wants_feedback(seq):
+        situation = self.situation
+        if response is not None and response.ok and self.wants_feedback(seq) and situation.labelled(seq):
+            label = situation.label(seq, features, label)
             self.queue.push(sent_at + self.opts.feedback_delay, (features["id"], label, sent_at, 0))
 
     def _feedback_loop(self):
