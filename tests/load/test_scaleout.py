@@ -5,6 +5,7 @@ rolling gauges must still be exact. Then the database goes away and comes back, 
 killed under load, and an instance runs with a clock ten minutes off.
 """
 
+import collections
 import concurrent.futures
 import datetime
 import glob
@@ -28,7 +29,9 @@ from loopback.nginx import Nginx, NginxError
 from loopback.postgres import Cluster
 from loopback.process import free_port, wait_until
 from loopback.prometheus import Prometheus, scraping
-from service import store_health
+from service import config as service_config
+from service import segments, store_health
+from service.store.base import FEATURE_COLUMNS
 from simulator.cli import main as simulate
 
 SENTINEL = "Sc4leout-S3ntinel"
@@ -103,6 +106,32 @@ def assert_gauges_agree(stack):
             assert math.isclose(sample(metrics, name), expected[name], rel_tol=1e-9), name
 
 
+def assert_segments_agree(stack):
+    """Per-segment counters summed over the instances, and each instance's segment references, equal
+    what the store's joined rows and reference rows say."""
+    schema = json.loads((ROOT / "handout_from DS_agent" / "schema.json").read_text())
+    named = segments.parse(service_config.DEFAULT_SEGMENTS, schema, 200)
+    columns = ", ".join("p." + c for c in FEATURE_COLUMNS)
+    rows = stack.rows(f"SELECT p.model_version, {columns} FROM feedback f "
+                      "JOIN predictions p ON p.seq = f.prediction_seq WHERE f.outcome = 'matched'")
+    expected = collections.Counter((version, named.of(features)) for version, *features in rows)
+    for (version, name), count in expected.items():
+        counted = stack.total("app_segment_squared_log_error_count", model_version=version, segment=name)
+        assert counted == count, name
+    assert stack.total("app_segment_squared_log_error_count") == len(rows)
+    references = stack.rows("SELECT model_version, segment, pairs, sle FROM segment_reference")
+    # Each reference holds its segment's first 200 labels, or every label so far.
+    assert {(v, name): pairs for v, name, pairs, _ in references} == {
+        key: min(n, 200) for key, n in expected.items()}
+    for metrics in stack.metrics():
+        for version, name, pairs, sle in references:
+            labels = {"model_version": version, "segment": name}
+            assert sample(metrics, "app_segment_reference_pairs", **labels) == pairs
+            if pairs >= 200:
+                shown = sample(metrics, "app_segment_reference_rmsle", **labels)
+                assert math.isclose(shown, math.sqrt(sle / pairs), rel_tol=1e-12)
+
+
 def test_simulator_through_nginx_every_feedback_matches(stack, tmp_path):
     report_path = tmp_path / "report.json"
     assert simulate(["--url", stack.nginx.url, "--data", str(SAMPLE), "--limit", "60", "--cycles", "2",
@@ -117,6 +146,7 @@ def test_simulator_through_nginx_every_feedback_matches(stack, tmp_path):
     assert stack.total("app_feedback_total", outcome="matched") == sent
     assert stack.total("app_feedback_squared_log_error_count") == sent
     assert_gauges_agree(stack)
+    assert_segments_agree(stack)
 
 
 def test_feedback_storm_across_instances(stack):
@@ -152,6 +182,7 @@ def test_feedback_storm_across_instances(stack):
     assert bad > 0 and stack.total("app_quality_slo_events_total", outcome="bad") == bad
     assert stack.total("app_quality_slo_events_total", outcome="good") == len(pairs) - bad
     assert_gauges_agree(stack)
+    assert_segments_agree(stack)
 
 
 def test_clock_skew_does_not_matter(stack, tmp_path):

@@ -2,6 +2,8 @@
 exactly, a real Prometheus turns them into the burn rates of rules/slo.yml, and a bad setting stops
 the start with one line."""
 
+import collections
+import json
 import math
 import os
 import signal
@@ -12,10 +14,12 @@ import time
 import pandas as pd
 import pytest
 import requests
-from support import ROOT, SAMPLE, Gunicorn, sample
+from support import HANDOUT, ROOT, SAMPLE, Gunicorn, sample
 
 from loopback.process import wait_until
 from loopback.prometheus import Prometheus, scraping
+from service import config, segments
+from service.store.base import RECORD_FIELDS
 
 OBJECTIVE = 0.95  # not the default: the rules must read the service's own setting
 # Log errors the labels are made to have against each answer: 5 of 8 within 0.3, 3 beyond it.
@@ -57,8 +61,18 @@ def test_counters_exact_across_workers_and_burn_rates_in_prometheus(tmp_path, mo
         total = 240
         version = requests.get(server.url + "/readyz", timeout=10).json()["model_version"]
 
+        # Quality by segment: each event's segment, counted exactly across the workers, the killed one too.
+        schema = json.loads((HANDOUT / "schema.json").read_text())
+        named = segments.parse(config.DEFAULT_SEGMENTS, schema, 200)
+        rows = [frame.iloc[id_ % len(frame)][list(RECORD_FIELDS)] for id_ in range(total)]
+        # As the store gives them back: str and float.
+        stored = [tuple(v if isinstance(v, str) else float(v) for v in row) for row in rows]
+        expected = collections.Counter(named.of(features) for features in stored)
         for _ in range(6):  # whichever worker answers the scrape
             metrics = server.metrics()
+            assert {name: sample(metrics, "app_segment_squared_log_error_count", model_version=version,
+                                 segment=name) for name in named.names} == {
+                name: expected.get(name, 0) for name in named.names}
             counted = {o: sample(metrics, "app_quality_slo_events_total", model_version=version, outcome=o,
                                  role="champion")
                        for o in ("good", "bad")}

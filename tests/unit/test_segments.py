@@ -188,3 +188,21 @@ def test_segments_off(config):
     assert app.extensions["segments"] is None
     client = app.test_client()
     assert "app_segment_reference_pairs" not in client.get("/metrics").text
+
+
+def test_a_complete_reference_shows_its_rmsle(config):
+    from service import create_app
+
+    app = create_app({**config, "SEGMENT_REFERENCE_PAIRS": 2})
+    client, version = app.test_client(), app.extensions["model"].trained_version
+    record = {"Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "Duration": 29, "Heart_Rate": 105.0,
+              "Body_Temp": 40.8}
+    errors = []
+    for id_, label in ((1, 200.0), (2, 260.0), (3, 10.0)):  # the third is past the reference
+        answer = client.post("/predict", json={**record, "id": id_}).json["Calories"]
+        assert client.post("/feedback", json={"id": id_, "Calories": label}).json["outcome"] == "matched"
+        errors.append(sle(answer, label))
+    name = "Sex=male,Duration>15,Age>50"
+    series = f'app_segment_reference_rmsle{{model_version="{version}",segment="{name}"}}'
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(series))
+    assert float(line.split()[-1]) == pytest.approx(math.sqrt(sum(errors[:2]) / 2), rel=1e-6)
