@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -41,10 +42,10 @@ def _ms(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url, seconds, connections):
+def wrk(url, seconds, connections, script="predict.lua"):
     """req/s, p50 and p99 (ms) and non-2xx count from one wrk run."""
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-                          "-s", str(ROOT / "bench" / "predict.lua"), url + "/predict"],
+                          "-s", str(ROOT / "bench" / script), url + "/predict"],
                          capture_output=True, text=True, check=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -87,7 +88,8 @@ def combined(parts):
     return {"rps": statistics.fmean(p["rps"] for p in parts),
             "p50_ms": statistics.fmean(p["p50_ms"] for p in parts),
             "p99_ms": statistics.fmean(p["p99_ms"] for p in parts),
-            "errors": sum(p["errors"] for p in parts), "chunks": len(parts)}
+            "errors": sum(p["errors"] for p in parts), "chunks": len(parts),
+            "chunk_rps": [p["rps"] for p in parts]}
 
 
 def memory(pids):
@@ -159,11 +161,38 @@ def breakdown(workdir, pg_url=None, n=3000):
     costs["features_us"] = costs["store_us"] - costs["store_without_features_us"]
     # A challenger scores on the compiled trees like the champion: about model_us more, plus its row.
     costs["challenger_us"] = costs["model_us"] + costs["store_with_challenger_us"] - costs["store_us"]
+    costs.update(feedback_costs(app, store, features, n))
     costs["store_insert_sqlite"] = _per_call(lambda: store.record_prediction(1, 1.0, "v"), n)
     if pg_url:
         pg = open_store(pg_url, 300.0, 86400.0)
         costs["store_insert_postgresql"] = _per_call(lambda: pg.record_prediction(1, 1.0, "v"), n)
         pg.close()
+    return costs
+
+
+def feedback_costs(app, store, features, n):
+    """Microseconds per matched /feedback that quality by segment adds (issue 22): the segment's
+    lookup and its summary on every one; and while a version's reference in a segment fills (its
+    first N labels there), one upsert in the join's transaction. The whole join is not compared:
+    its durable commit's fsync varies by more than these add."""
+    from service import metrics
+    from service.store import sqlite as backend
+    from service.store.base import FeedbackResult
+
+    segments = app.extensions["segments"]
+    store.record_prediction(1, 100.0, "v", features)
+    result = store.record_feedback(1, 90.0, segments=segments)
+    plain = FeedbackResult(result.outcome, result.lag, result.sle, result.ae, result.model_version)
+    upsert = (f"bench-{time.time()}", result.segment, 0.01, 0.0, 10**12)  # a reference never complete
+    costs = {"segment_of_us": _timed(lambda: segments.of(features), n),
+             "observe_feedback_us": _timed(lambda: metrics.observe_feedback(plain, 0.3), n),
+             "observe_feedback_segment_us": _timed(lambda: metrics.observe_feedback(result, 0.3), n),
+             "transaction_us": _timed(lambda: store._run(lambda conn: None), n),
+             "transaction_reference_us": _timed(
+                 lambda: store._run(lambda conn: conn.execute(backend.ADD_REFERENCE_SQL, upsert)), n)}
+    costs["segments_feedback_us"] = (costs["segment_of_us"] + costs["observe_feedback_segment_us"]
+                                     - costs["observe_feedback_us"])
+    costs["reference_filling_us"] = costs["transaction_reference_us"] - costs["transaction_us"]
     return costs
 
 
@@ -239,12 +268,22 @@ def run_load(args, work, pg_url):
                                            {"CHALLENGER_URIS": str(challenger_folder(work / "challenger"))})
     if pg_url:
         servers["service_postgresql"] = server("wsgi:app", work / "service-pg", {"FEEDBACK_DB": pg_url})
+    scripts = {name: "predict.lua" for name in servers}
+    if load is wrk:
+        # Predictions and their labels (bench/mixed.lua): everything on, and without quality by
+        # segment, the A/B of issue 22's cost on the path it adds to.
+        servers["mixed"] = server("wsgi:app", work / "mixed")
+        servers["mixed_no_segments"] = server("wsgi:app", work / "mixed-no-segments",
+                                              {"QUALITY_SEGMENTS": "off"})
+        scripts.update(mixed="mixed.lua", mixed_no_segments="mixed.lua")
+    else:
+        print("the mixed predict + feedback A/B needs wrk: skipped")
     results = {name: [] for name in servers}
     with contextlib.ExitStack() as stack:
-        for instance in servers.values():
+        for name, instance in servers.items():
             stack.enter_context(contextlib.closing(instance))
             instance.start(timeout=120, probe="/healthz")
-            load(instance.url, 2, args.connections)  # warm up
+            run_one(load, instance.url, 2, args.connections, scripts[name])  # warm up
         seconds = max(1, min(args.chunk, args.duration))
         chunks = max(1, args.duration // seconds)
         for r in range(args.rounds):
@@ -253,7 +292,7 @@ def run_load(args, work, pg_url):
             taken = {name: [] for name in servers}
             for k in range(chunks):
                 for name, instance in servers.items():
-                    taken[name].append(load(instance.url, seconds, args.connections))
+                    taken[name].append(run_one(load, instance.url, seconds, args.connections, scripts[name]))
                 print(f"round {r + 1} turn {k + 1}/{chunks} ({seconds} s each, req/s): "
                       + "  ".join(f"{name} {parts[-1]['rps']:.0f}" for name, parts in taken.items()))
             for name, parts in taken.items():
@@ -266,6 +305,23 @@ def run_load(args, work, pg_url):
             print(f"round {r + 1} ratio service/reference {ratio:.3f}")
         mem = memory(pids(servers["service"]))
     return results, mem
+
+
+def run_one(load, url, seconds, connections, script):
+    """One turn of load with the configuration's request script (wrk), or /predict alone (python)."""
+    return load(url, seconds, connections, script) if load is wrk else load(url, seconds, connections)
+
+
+def paired_cost(results, with_it, without, resamples=4000):
+    """The throughput cost of a feature from chunks taken in turn (1 - with/without per chunk): the
+    median, and a bootstrap 95 % interval of the median (a 3 % cost needs more than 5 rounds' worth)."""
+    ratios = [a / b for ra, rb in zip(results[with_it], results[without], strict=True)
+              for a, b in zip(ra["chunk_rps"], rb["chunk_rps"], strict=True)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    low, high = medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+    return {"chunks": len(ratios), "cost": 1 - statistics.median(ratios), "cost_low": 1 - high,
+            "cost_high": 1 - low}
 
 
 def challenger_folder(out):
@@ -329,6 +385,9 @@ def summarize(results, mem, costs, scraped):
                      f"(rounds {min(with_one):.3f}-{max(with_one):.3f}; target >= 0.93), to the reference "
                      f"{to_reference:.3f} (target >= 0.5)  "
                      f"{'OK' if statistics.median(with_one) >= 0.93 and to_reference >= 0.5 else 'MISSED'}")
+    segment_cost = paired_cost(results, "mixed", "mixed_no_segments") if "mixed" in results else None
+    if segment_cost:
+        lines += segment_lines(segment_cost, costs)
     lean = _ratios(results, "service", "service_lean")
     lines.append(f"drift counters + stored features on vs off: throughput ratio median "
                  f"{statistics.median(lean):.3f} (rounds {min(lean):.3f}-{max(lean):.3f})")
@@ -362,7 +421,26 @@ def summarize(results, mem, costs, scraped):
                      f"max {figures['max_ms']:.1f} ms   (target <= 50)  "
                      f"{'OK' if figures['p50_ms'] <= 50 else 'MISSED'}")
     print("\n".join(lines))
-    return {"median": med, "ratio": ratio, "ratios": ratios, "pss_total_mb": pss, "machine": machine}
+    return {"median": med, "ratio": ratio, "ratios": ratios, "pss_total_mb": pss, "machine": machine,
+            "segment_cost": segment_cost}
+
+
+def segment_lines(cost, costs):
+    """Issue 22's cost: the A/B on predictions with their labels, and the in-process microseconds."""
+    if cost["cost_high"] <= 0.03:
+        verdict = "OK"
+    else:
+        verdict = "NOT RESOLVED at 3 % (more --rounds?)" if cost["cost"] <= 0.03 else "MISSED"
+    summary = costs["observe_feedback_segment_us"] - costs["observe_feedback_us"]
+    added = costs["segments_feedback_us"]
+    return [f"quality by segment on vs off, predictions + labels (bench/mixed.lua): cost {cost['cost']:.1%} "
+            f"of throughput, 95 % interval {cost['cost_low']:.1%} to {cost['cost_high']:.1%} over "
+            f"{cost['chunks']} paired turns (target <= 3 %)  {verdict}",
+            f"per matched /feedback, in-process, quality by segment adds {added:.1f} us (the segment's "
+            f"lookup "
+            f"{costs['segment_of_us']:.1f}, its summary {summary:.1f}; target <= 10)  "
+            f"{'OK' if added <= 10 else 'MISSED'}; while a reference fills, its upsert "
+            f"{costs['reference_filling_us']:.1f} us more"]
 
 
 def _machine():

@@ -24,7 +24,9 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
                    "validation", "model", "store", "metrics", "drift", "machine: ", "caches",
                    "drift counters + stored features on vs off", "PostgreSQL store: /predict ratio",
                    "store insert per /predict, PostgreSQL", "/metrics with the big store (postgresql)",
-                   "one challenger on vs none: throughput ratio", "one challenger: about"):
+                   "one challenger on vs none: throughput ratio", "one challenger: about",
+                   "quality by segment on vs off, predictions + labels", "per matched /feedback, in-process, "
+                   "quality by segment adds"):
         assert figure in proc.stdout
     report = json.loads(out.read_text())
     assert report["ratio"] > 0 and report["pss_total_mb"] > 0
@@ -32,11 +34,15 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     # Each configuration's 2 s came in two 1-s turns, taken in turn with the other configurations'.
     assert {r["chunks"] for rounds in report["rounds"].values() for r in rounds} == {2}
     turns = [line.split(": ")[1].split()[::2] for line in proc.stdout.splitlines() if " turn " in line]
-    configurations = ["reference", "service", "service_lean", "service_challenger", "service_postgresql"]
+    configurations = ["reference", "service", "service_lean", "service_challenger", "service_postgresql",
+                      "mixed", "mixed_no_segments"]
     assert turns == 2 * [configurations], turns
     assert report["costs_us"]["inference"] == "compiled"
     assert set(report["rounds"]) == set(configurations)
     assert set(report["scrape"]) == {"sqlite", "postgresql"}
+    # The segments' A/B pairs each turn of one configuration with the other's: 2 turns.
+    assert report["segment_cost"]["chunks"] == 2
+    assert report["costs_us"]["segments_feedback_us"] > 0
 
 
 def test_python_load_generator_fallback(tmp_path, model_path):
