@@ -172,6 +172,13 @@ def dashboard_checks(server, report, trained):
     events = {o: sample(exposed, "app_quality_slo_events_total", model_version=version, outcome=o,
                         role="champion") for o in ("good", "bad")}
     burn = pytest.approx(events["bad"] / (events["good"] + events["bad"]) / (1 - 0.99), rel=1e-9, abs=1e-12)
+    segment_pairs, segment_sle = {}, {}  # per segment of the run, as the service counted them
+    for (name, labels), value in exposed.items():
+        if name in ("app_segment_squared_log_error_count", "app_segment_squared_log_error_sum"):
+            into = segment_pairs if name.endswith("count") else segment_sle
+            into[dict(labels)["segment"]] = value
+    segment_rmsle = {s: pytest.approx(math.sqrt(segment_sle[s] / n), rel=1e-9)
+                     for s, n in segment_pairs.items() if n}
     reference = {}  # {feature: {bin: share}} as the service exposes it
     for (name, labels), value in exposed.items():
         if name == "app_drift_reference_share":
@@ -251,6 +258,16 @@ def dashboard_checks(server, report, trained):
         'sum by (model_version, outcome) (rate(app_quality_slo_events_total{role="champion"}[5m]))':
             lambda r: {(x["metric"]["model_version"], x["metric"]["outcome"]) for x in r}
             == {(version, "good"), (version, "bad")} and events["good"] > 0,
+        # Quality by segment: every labelled segment's RMSLE over the run (all inside the hour), its
+        # labels, and each reference's count; no reference is complete yet, so no ratio to show.
+        "segment:app_segment_rmsle:1h": lambda r: by("segment", r) == segment_rmsle and len(r) > 1,
+        "segment:app_segment_pairs:increase1h":
+            lambda r: set(by("segment", r)) == set(segment_rmsle)
+            and all(by("segment", r)[s] >= segment_pairs[s] for s in segment_rmsle),
+        "max by (model_version, segment) (app_segment_reference_pairs)":
+            lambda r: by("segment", r) == {s: min(n, 200) for s, n in segment_pairs.items()},
+        "segment:app_segment_rmsle_ratio:6h": lambda r: r == [] and max(segment_pairs.values()) < 200,
+        "job:app_segment_alert_ratio:max": lambda r: one(r) == 1.5,
         # No challenger in this run: the champion-vs-challengers row is empty (its values are
         # checked by deploy/prometheus/tests/challengers_test.yml and tests/system/test_challengers_live.py).
         **{expr: (lambda r: r == []) for expr in CHALLENGER_PANEL_QUERIES},
