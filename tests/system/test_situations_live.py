@@ -1,6 +1,7 @@
 """The situations of the monitoring guide, typed as a user would (`python -m simulator` in its own
 process) against real gunicorn and a real Prometheus: one segment served badly pends
-SegmentQualityDegraded for that segment alone, and burns the quality SLO fast enough to page."""
+SegmentQualityDegraded for that segment alone, and burns the quality SLO fast enough to page (and
+to ticket)."""
 
 import subprocess
 import sys
@@ -13,9 +14,9 @@ from support import ROOT, SAMPLE, Gunicorn, sample
 from loopback.process import wait_until
 from loopback.prometheus import Prometheus, scraping
 
-REFERENCE = 50      # SEGMENT_REFERENCE_PAIRS: each segment's reference, its first 50 labels
-DEGRADE_AFTER = 120  # the first 120 predictions (about 60 per sex) keep their own labels
-PREDICTIONS = 240
+REFERENCE = 100      # SEGMENT_REFERENCE_PAIRS: each segment's reference, its first 100 labels
+DEGRADE_AFTER = 240  # the first 240 predictions (about 120 per sex) keep their own labels
+PREDICTIONS = 400
 
 
 def simulate(url, *flags):
@@ -60,7 +61,8 @@ def test_a_degraded_segment_and_the_burn_it_causes_are_pending_in_prometheus(tmp
         ratios = {sex: prom.value(f'segment:app_segment_rmsle_ratio:6h{{segment="Sex={sex}"}}')
                   for sex in counts}
         print(f"RMSLE over the reference, 6 h: {ratios}")
-        assert ratios["female"] > 3 and ratios["male"] == pytest.approx(1.0, abs=0.3), ratios
+        # The male labels are the records' own: their RMSLE stays under the alert's ratio.
+        assert ratios["female"] > 3 and ratios["male"] < 1.5, ratios
         wait_until(lambda: pending(prom, "SegmentQualityDegraded"), "the segment alert")
         [(state, labels)] = pending(prom, "SegmentQualityDegraded")
         assert state == "pending" and labels["segment"] == "Sex=female" and labels["model_version"] == version
@@ -68,4 +70,6 @@ def test_a_degraded_segment_and_the_burn_it_causes_are_pending_in_prometheus(tmp
         burn = bad / PREDICTIONS / 0.01
         assert burn > 14.4
         assert prom.value("job:app_quality_slo_burn_rate:1h") == pytest.approx(burn, rel=1e-9)
-        wait_until(lambda: [s for s, _ in pending(prom, "QualitySLOFastBurn")] == ["pending"], "the page")
+        # Over 3x on 1 d and 2 h as well: the ticket pends beside the page.
+        for alert in ("QualitySLOFastBurn", "QualitySLOSlowBurn"):
+            wait_until(lambda alert=alert: [s for s, _ in pending(prom, alert)] == ["pending"], alert)
