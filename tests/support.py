@@ -4,6 +4,7 @@ The real processes themselves (gunicorn, PostgreSQL, nginx, Prometheus, MLflow, 
 started by loopback/, which make targets and benchmarks share."""
 
 import contextlib
+import math
 import os
 import pathlib
 import re
@@ -29,6 +30,11 @@ def missing(what, hint):
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing in CI: {hint}")
     pytest.skip(f"{what} is missing ({hint})")
+
+
+def sle(prediction, label):
+    """The squared log error of one prediction against its label."""
+    return (math.log1p(prediction) - math.log1p(label)) ** 2
 
 
 def query(target, sql, params=()):

@@ -169,6 +169,19 @@ def by_version(pair_rows, coverage_rows):
     return {version: window_stats(*values) for version, values in sorted(sums.items()) if version is not None}
 
 
+class SegmentReferences:
+    """A backend join's add_reference: its conn, its add_reference_sql, and the process's set of
+    (model version, segment) references known complete."""
+
+    def add_reference(self, model_version, segment, sle, received, pairs):
+        """Add the label to its segment's reference unless it holds its first `pairs` already."""
+        if (model_version, segment) in self.complete:  # known complete: no statement at all
+            return
+        args = (model_version, segment, sle, received, pairs)
+        if self.conn.execute(self.add_reference_sql, args).rowcount == 0:
+            self.complete.add((model_version, segment))
+
+
 def join(tx, id_, calories, event_ts, received, segments=None):
     """Record one feedback, joined to the oldest open prediction event of its id (DESIGN.md).
 

@@ -83,10 +83,12 @@ class _Writing:
             raise self.store._failed(exc) from exc
 
 
-class _Join:
+class _Join(base.SegmentReferences):
     """The join's statements on one SQLite transaction."""
 
-    def __init__(self, conn, complete=frozenset()):
+    add_reference_sql = ADD_REFERENCE_SQL
+
+    def __init__(self, conn, complete):
         self.conn, self.complete = conn, complete
 
     def oldest_open(self, id_):
@@ -122,14 +124,6 @@ class _Join:
         shard = pseq % base.PAIRED_SHARDS
         self.conn.executemany(ADD_PAIR_SQL, [(s.model_version, champion_version, shard, s.sle, s.champion_sle,
                                               s.difference ** 2, s.ae, received) for s in shadows])
-
-    def add_reference(self, model_version, segment, sle, received, pairs):
-        """Add the label to its segment's reference unless it holds its first `pairs` already."""
-        if (model_version, segment) in self.complete:  # known complete: no statement at all
-            return
-        cursor = self.conn.execute(ADD_REFERENCE_SQL, (model_version, segment, sle, received, pairs))
-        if cursor.rowcount == 0:
-            self.complete.add((model_version, segment))
 
 
 class SQLiteStore(base.Store):

@@ -4,6 +4,7 @@
 import pytest
 
 from service import create_app
+from service.store import open_store
 
 
 @pytest.fixture
@@ -24,6 +25,14 @@ def app(config):
 def client(app):
     """Flask test client."""
     return app.test_client()
+
+
+@pytest.fixture
+def store(target, clock):
+    """A store at the test's target on the fake clock, closed afterwards."""
+    opened = open_store(target, 300.0, 3600.0, 5000, clock)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,7 +6,7 @@ import math
 import random
 
 import pytest
-from support import HANDOUT, query
+from support import HANDOUT, query, sle
 
 from service import config as service_config
 from service import metrics, segments
@@ -99,17 +99,6 @@ def test_settings():
         service_config.segment_settings({"SEGMENT_ALERT_RATIO": "1"})
     with pytest.raises(ConfigError, match="SEGMENT_REFERENCE_PAIRS"):
         service_config.segment_settings({"SEGMENT_REFERENCE_PAIRS": "0"})
-
-
-@pytest.fixture
-def store(target, clock):
-    opened = open_store(target, 300.0, 3600.0, 5000, clock)
-    yield opened
-    opened.close()
-
-
-def sle(prediction, label):
-    return (math.log1p(prediction) - math.log1p(label)) ** 2
 
 
 def test_a_versions_reference_is_its_first_labels_per_segment(store, clock, target):

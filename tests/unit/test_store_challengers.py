@@ -4,21 +4,10 @@ never counted as events, pruned with them."""
 import math
 
 import pytest
-from support import query
+from support import query, sle
 
 from service.store import StoreError, open_store
 from service.store.base import PairedStats, ShadowPair
-
-
-@pytest.fixture
-def store(target, clock):
-    opened = open_store(target, 300.0, 3600.0, 5000, clock)
-    yield opened
-    opened.close()
-
-
-def sle(prediction, label):
-    return (math.log1p(prediction) - math.log1p(label)) ** 2
 
 
 def test_a_label_joins_every_models_prediction_of_the_event(store, clock):
