@@ -115,7 +115,7 @@ def sle(prediction, label):
 def test_a_versions_reference_is_its_first_labels_per_segment(store, clock, target):
     few = segments.parse("Sex", SCHEMA, 3)
     labels = [100.0, 80.0, 120.0, 10.0, 500.0]  # the last two would change the reference
-    for id_, label in enumerate(labels):
+    for id_ in range(len(labels)):
         store.record_prediction(id_, 100.0, "v1", row(Sex="female"))
     store.record_prediction(99, 50.0, "v1", row(Sex="male"))
     store.record_prediction(98, 50.0, "v2", row(Sex="female"))
