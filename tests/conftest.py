@@ -93,6 +93,31 @@ def pg_url(postgres):
     return postgres.create_database(f"calories_t{next(_databases)}")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    """Where the store lives: a SQLite file, or a fresh PostgreSQL database (one store contract, every
+    test of it run over both backends: the unit tier's store suite and the system tier's long run)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fb.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def make_store(target, clock):
+    """Open a store at the test's target (again and again: persistence), closed afterwards."""
+    from service.store import open_store
+
+    opened = []
+
+    def make(window=300.0, retention=3600.0, busy_timeout_ms=5000, clock=clock):
+        opened.append(open_store(target, window, retention, busy_timeout_ms, clock))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
 def train(out, seed, n_estimators=60):
     """A small model (60 trees) with this seed into `out`; the handout is never written."""
     subprocess.run([sys.executable, "train.py", "--out-dir", str(out), "--n-estimators", str(n_estimators),

@@ -41,14 +41,14 @@ def push(store, rest, name, start, end):
     """Write every version's quality of [start, end) to its run; a report per version."""
     timestamp, step = int(end * 1000), int(end - start)
     report = {}
-    for version, stats in store.quality_by_version(start, end).items():
+    for trained_version, stats in store.quality_by_version(start, end).items():
         entry = {"pairs": stats.pairs, "rmsle": stats.rmsle, "mae": stats.mae}
-        run_id = run_of(rest, name, version)
+        run_id = run_of(rest, name, trained_version)
         entry["run_id"] = run_id
         entry["written"] = bool(run_id) and not already_written(rest, run_id, timestamp, step)
         if entry["written"]:
             values = zip(KEYS, (stats.rmsle, stats.mae, float(stats.pairs)), strict=True)
             rest.log_batch(run_id, metrics=[{"key": k, "value": v, "timestamp": timestamp, "step": step}
                                             for k, v in values])
-        report[version] = entry
+        report[trained_version] = entry
     return report

@@ -159,9 +159,9 @@ class Client:
         found = self.get("model-versions/search", filter=filter_string, max_results=200)
         return found.get("model_versions", [])
 
-    def download_uri(self, name, version):
-        """Where the version's artifacts are."""
-        return self.get("model-versions/get-download-uri", name=name, version=str(version))["artifact_uri"]
+    def download_uri(self, name, number):
+        """Where the artifacts of version `number` are."""
+        return self.get("model-versions/get-download-uri", name=name, version=str(number))["artifact_uri"]
 
 
 def tags(entity):

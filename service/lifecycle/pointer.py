@@ -38,7 +38,7 @@ def write_pointer(cache_dir, configured, uri, challengers=None, unset=()):
     cache = pathlib.Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     body = {"model_uri": configured or "", "version_uri": str(uri), "written_at": time.time(),
-            "challengers": {entry: str(version) for entry, version in (challengers or {}).items()},
+            "challengers": {entry: str(uri) for entry, uri in (challengers or {}).items()},
             "unset": sorted(unset)}
     tmp = cache / (POINTER + ".tmp")
     tmp.write_text(json.dumps(body) + "\n")

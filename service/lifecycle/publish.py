@@ -77,8 +77,8 @@ def run_record(metrics, data_sha256, manifest):
             [{"key": k, "value": v} for k, v in tags.items()])
 
 
-def existing_version(rest, name, sha):
-    """The registered version of this artifact, if it was published before."""
+def existing_entry(rest, name, sha):
+    """The MLflow entry of this artifact's registered version, if it was published before."""
     try:
         found = rest.search_versions(f"name='{name}' and tags.artifact_sha256='{sha}'")
     except mlflow_rest.NotFound:
@@ -125,15 +125,15 @@ def publish(args):
     metrics = read_metrics(args.model)
     verify_artifact(args.model, metrics)  # never publish bytes other than the ones training recorded
     rest = registry.client(args.settings)
-    version, created = existing_version(rest, args.name, metrics["artifact_sha256"]), False
-    if version is None:
+    version_entry, created = existing_entry(rest, args.name, metrics["artifact_sha256"]), False
+    if version_entry is None:
         experiment_id = rest.experiment_id(args.experiment)
         info = finished_run(rest, experiment_id, metrics["artifact_sha256"]) or log_run(
             rest, experiment_id, args, metrics)
-        version, created = register(rest, args.name, info, metrics), True
+        version_entry, created = register(rest, args.name, info, metrics), True
+    number = int(version_entry["version"])
     if args.alias:
-        rest.post("registered-models/alias", name=args.name, alias=args.alias, version=version["version"])
-    number = int(version["version"])
+        rest.set_alias(args.name, args.alias, number)
     return {"name": args.name, "version": number, "uri": f"models:/{args.name}/{number}",
-            "run_id": version["run_id"], "model_version": metrics["model_version"], "created": created,
+            "run_id": version_entry["run_id"], "model_version": metrics["model_version"], "created": created,
             "alias": args.alias}

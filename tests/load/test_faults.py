@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import requests
 from support import RECORD, Gunicorn, missing, sample, sqlite
 
+from loopback import process
 from service import store_health
 
 IS_ROOT = os.geteuid() == 0
@@ -73,12 +75,8 @@ def store_rows(db, sql):
         return conn.execute(sql).fetchall()
 
 
-def wait_until(check, what, timeout=30):
-    """Poll check() until it holds: the condition a step needs, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+# A step waits for the condition it needs, never a fixed sleep: polled every 20 ms, for up to 30 s.
+wait_until = functools.partial(process.wait_until, timeout=30, interval=0.02)
 
 
 def wait_for_respawn(server, victim, workers):
@@ -199,7 +197,8 @@ def assert_degraded(server):
 
 def assert_recovered(server):
     """The cause is gone: the next requests are stored, and the refused feedback never was."""
-    wait_until(lambda: requests.get(server.url + "/readyz", timeout=10).json()["store"]["up"], "recovery", 10)
+    wait_until(lambda: requests.get(server.url + "/readyz", timeout=10).json()["store"]["up"], "recovery",
+               timeout=10)
     requests.post(server.url + "/predict", json=record(2), timeout=10).raise_for_status()
     r = requests.post(server.url + "/feedback", json={"id": 2, "Calories": 10}, timeout=10)
     assert r.status_code == 200 and r.json()["outcome"] == "matched", (r.text, server.log.read_text()[-3000:])

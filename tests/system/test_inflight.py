@@ -4,10 +4,11 @@ import json
 import os
 import signal
 import socket
-import time
 
 import requests
 from support import RECORD, Gunicorn, parse_metrics, sample
+
+from loopback.process import wait_until
 
 
 def hold(url, path="/predict"):
@@ -26,15 +27,6 @@ def inflight(server):
     return sample(parse_metrics(text), "app_inflight_requests")
 
 
-def wait_for(check, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_counts_held_requests_across_workers_and_forgets_dead_ones(tmp_path, model_path):
     with Gunicorn(tmp_path, model_path, workers=3) as server:
         assert inflight(server) == 0.0  # probes and the scrape itself are excluded
@@ -42,16 +34,16 @@ def test_counts_held_requests_across_workers_and_forgets_dead_ones(tmp_path, mod
         first, rest_first = hold(server.url)
         second, rest_second = hold(server.url)
         # Two workers hold a request each; the third answers the scrape with their sum.
-        assert wait_for(lambda: inflight(server) == 2.0), inflight(server)
+        wait_until(lambda: inflight(server) == 2.0, "app_inflight_requests 2", timeout=10, interval=0.05)
         first.sendall(rest_first)
         assert first.recv(65536).startswith(b"HTTP/1.1 200")
         first.close()
-        assert wait_for(lambda: inflight(server) == 1.0), inflight(server)
+        wait_until(lambda: inflight(server) == 1.0, "app_inflight_requests 1", timeout=10, interval=0.05)
         # The worker still holding one dies: its live share goes with it (livesum), no stale 1.
         busy = [pid for pid in server.worker_pids() if _holds_connection(pid, second)]
         assert len(busy) == 1
         os.kill(busy[0], signal.SIGKILL)
-        assert wait_for(lambda: inflight(server) == 0.0), inflight(server)
+        wait_until(lambda: inflight(server) == 0.0, "app_inflight_requests 0", timeout=10, interval=0.05)
         second.close()
         del rest_second
         # A refused request (422) is counted out as well as an answered one.

@@ -34,11 +34,3 @@ def store(target, clock):
     yield opened
     opened.close()
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    """Where the store lives: a SQLite file, or a fresh PostgreSQL database (one store contract, every
-    test of it run over both backends)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "fb.db")
-    return request.getfixturevalue("pg_url")

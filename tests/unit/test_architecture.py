@@ -16,7 +16,7 @@ LAYERS = (
     ("request path", ("service",)),  # the factory and every module not named above
     ("cli", ("service.cli",)),
 )
-OUTSIDE = ("simulator", "bench", "tests", "loopback", "scaleout", "deploy")
+OUTSIDE = ("simulator", "bench", "tests", "loopback", "deploy")
 
 
 def module_name(path):

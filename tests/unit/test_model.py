@@ -1,15 +1,12 @@
 """Model loading: integrity, errors, fast path parity with the handout pipeline."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from support import HANDOUT, PUBLIC_CSV, ROOT, SAMPLE, missing
+from support import HANDOUT, PUBLIC_CSV, SAMPLE, missing
 
 from service.model import FastPath, ModelLoadError, ModelService
 
@@ -96,18 +93,3 @@ def test_fast_path_falls_back_when_parity_fails(model_path, monkeypatch, caplog)
     svc = loaded(model_path)
     assert svc.fast is None and "fast path disagrees" in caplog.text
     assert svc.info()["inference"] == "pipeline"
-
-
-def test_loading_writes_nothing_into_the_handout(model_dir, tmp_path):
-    handout = tmp_path / "handout"
-    shutil.copytree(HANDOUT, handout, ignore=shutil.ignore_patterns("__pycache__", "model.joblib",
-                                                                    "metrics.json"))
-    before = sorted(p.relative_to(handout) for p in handout.rglob("*"))
-    code = ("import pathlib, sys; from service.model import ModelService; "
-            "s = ModelService(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])); s.load(); "
-            "print(s.inference)")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    out = subprocess.run([sys.executable, "-c", code, str(model_dir / "model.joblib"), str(handout)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "booster"
-    assert sorted(p.relative_to(handout) for p in handout.rglob("*")) == before

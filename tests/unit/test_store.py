@@ -23,20 +23,6 @@ DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture
-def make_store(target, clock):
-    """Open a store at the test's target (again and again: persistence), closed afterwards."""
-    opened = []
-
-    def make(window=300.0, retention=3600.0, busy_timeout_ms=5000, clock=clock):
-        opened.append(open_store(target, window, retention, busy_timeout_ms, clock))
-        return opened[-1]
-
-    yield make
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
 def store(make_store):
     return make_store()
 
@@ -290,28 +276,6 @@ def test_migration_is_one_process_at_a_time(make_store, target):
         store.window_stats()
     assert store.window_stats().predictions == 4  # once the other is done, it migrates and reads
     assert schema_version(target) == len(sqlite_store.MIGRATIONS)
-
-
-def test_store_stops_growing_with_retention(make_store, target, clock):
-    store = make_store(window=300.0, retention=600.0)
-    sizes, rows = [], []
-    next_id = 0
-    for _step in range(60):  # an hour, a minute at a time
-        for _ in range(100):
-            store.record_prediction(next_id, 50.0, "v1")
-            next_id += 1
-        for id_ in range(next_id - 100, next_id, 2):
-            store.record_feedback(id_, 55.0)
-        clock.advance(60)
-        store.prune()
-        if not is_pg(target):
-            sizes.append(store.size_bytes())
-        rows.append(query(target, "SELECT (SELECT count(*) FROM predictions) + "
-                                  "(SELECT count(*) FROM feedback)")[0][0])
-    # Retention keeps 10 minutes: 10 steps of 150 rows (prediction + feedback), whatever the run length.
-    assert rows[-1] == rows[30] == 1500
-    if sizes:
-        assert max(sizes[30:]) <= 1.1 * max(sizes[15:25])
 
 
 @contextlib.contextmanager
