@@ -254,7 +254,8 @@ TARGETS_ELSEWHERE = {
     "test-fast": "tests/tiers.py (the unit tier, which make test runs)",
     "install": "tests/system/test_make.py (every make target the docs run depends on it)",
     "soak": "tests/load/test_faults.py::test_soak (25 s in every run; make soak is the 10-minute run)",
-    "mutation": "pyproject.toml (mutmut's configuration: not in CI, the docs say so)",
+    "mutation": ("tests/unit/test_mutation_config.py::test_the_test_selection_collects_every_id_it_names "
+                 "(its configuration; the run itself is not in CI, the docs say so)"),
     "bench": "tests/load/test_bench.py::test_bench_runs_and_reports_every_figure",
     "stress": "tests/load/test_stress.py::test_make_stress_against_one_instance",
     "image": "tests/deploy/test_container.py::test_serves_from_the_host_with_a_read_only_root",
