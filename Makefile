@@ -142,8 +142,11 @@ image:  ## build the serving image (Dockerfile) as $(IMAGE); BUILDFLAGS="--build
 image-size: $(STAMP)  ## the image's budget: per-layer sizes, cold and code-only rebuilds, start, memory, stop
 	DOCKER_BUILDKIT=1 $(BIN)/python -m loopback.image_size --image $(IMAGE) $(IMAGEFLAGS) -- $(BUILDFLAGS)
 
+# The scope is pyproject.toml's [tool.mutmut]: the SQLite and PostgreSQL stores, metrics, multiproc,
+# startup, secrets, the quick loader and the export; the SQL text's mutants are hand-written
+# (tests/unit/test_store.py::test_each_boundary_mutant_of_the_sql_fails_its_check).
 MUTATION_SECONDS ?= 1200
-mutation: $(STAMP)  ## mutmut over the store, metrics and multiproc modules with the fast tests (not in CI); lists survivors
+mutation: $(STAMP)  ## mutmut over [tool.mutmut]'s modules with their fast tests (not in CI); lists survivors
 	timeout --signal=INT $(MUTATION_SECONDS) $(BIN)/mutmut run --max-children 2 || test $$? -eq 124
 	$(BIN)/mutmut results
 

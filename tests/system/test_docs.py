@@ -61,9 +61,12 @@ DATA_INFO = {"json", "yaml", "yml", "promql", "python", "ini", "toml", "dockerfi
 COMMAND_INFO = {"", "text", "sh", "bash", "shell", "console"}
 KINDS = ("run", "not run here", "output", "synopsis")
 PATH = "/usr/local/bin:/usr/bin:/bin"
-# The whole docs test, wall time on an idle 2-core machine (enforced when the machine is idle:
-# a 1-minute load average at most its CPU count when the run starts).
+# The whole docs test's wall time, enforced on every run: CI runs it beside the unit and deploy
+# tiers on 2 CPUs, where it took 158 s (78 s at load 6 on its own): 240 s holds under that
+# contention, so it needs no exemption for a loaded machine.
 BUDGET_SECONDS = 240
+# Where the run writes what it ran (each command, its outcome and seconds) and what it did not.
+REPORT = ROOT / "reports" / "docs-test.txt"
 # The documented setting for each port the docs print (README, Configuration; the Makefile).
 DOC_PORTS = (8000, 5000, 9090)
 
@@ -254,7 +257,8 @@ TARGETS_ELSEWHERE = {
     "test-fast": "tests/tiers.py (the unit tier, which make test runs)",
     "install": "tests/system/test_make.py (every make target the docs run depends on it)",
     "soak": "tests/load/test_faults.py::test_soak (25 s in every run; make soak is the 10-minute run)",
-    "mutation": "pyproject.toml (mutmut's configuration: not in CI, the docs say so)",
+    "mutation": ("tests/unit/test_mutation_config.py::test_the_test_selection_collects_every_id_it_names "
+                 "(its configuration; the run itself is not in CI, the docs say so)"),
     "bench": "tests/load/test_bench.py::test_bench_runs_and_reports_every_figure",
     "stress": "tests/load/test_stress.py::test_make_stress_against_one_instance",
     "image": "tests/deploy/test_container.py::test_serves_from_the_host_with_a_read_only_root",
@@ -654,21 +658,25 @@ def test_documented_commands_run_as_printed(tmp_path):
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
 
-    print("\nresults:")
+    lines = ["commands run (outcome, seconds, where, command):"]
     for where, command, outcome, seconds, detail in results:
-        print(f"  {outcome:7} {seconds:6.1f} s  {where:32} {command}")
+        lines.append(f"  {outcome:7} {seconds:6.1f} s  {where:32} {command}")
         if outcome != "ok" or detail:
-            print("                " + detail.replace("\n", "\n                ")[:2000])
-    print("\nnot run by the docs test, and what covers each instead:")
+            lines.append("                " + detail.replace("\n", "\n                ")[:2000])
+    lines.append("\nnot run by the docs test, and what covers each instead:")
     for where, command, covers in not_run_list(found):
-        print(f"  {where:32} {bare(command)[:80]}\n      covered by: {'; '.join(map(str, covers))}")
+        lines.append(f"  {where:32} {bare(command)[:80]}\n      covered by: {'; '.join(map(str, covers))}")
     for target, cover in TARGETS_ELSEWHERE.items():
-        print(f"  {'(named in prose)':32} make {target}\n      covered by: {cover}")
-    enforced = load <= cpus
-    print(f"\ndocs test: {wall:.0f} s wall (budget {BUDGET_SECONDS} s on an idle machine; "
-          f"{'enforced' if enforced else f'not enforced: load {load:.1f} on {cpus} CPUs at the start'}), "
-          f"{cpu:.0f} s CPU of its children, {sum(r[2] == 'ok' for r in results)} ok, "
-          f"{sum(r[2] == 'FAIL' for r in results)} failed, {sum(r[2] == 'skipped' for r in results)} skipped")
+        lines.append(f"  {'(named in prose)':32} make {target}\n      covered by: {cover}")
+    counts = {outcome: sum(r[2] == outcome for r in results) for outcome in ("ok", "FAIL", "skipped")}
+    lines.append(f"\ndocs test: {wall:.0f} s wall (budget {BUDGET_SECONDS} s; load {load:.1f} on {cpus} CPUs "
+                 f"at the start), {cpu:.0f} s CPU of its children, {counts['ok']} ok, "
+                 f"{counts['FAIL']} failed, {counts['skipped']} skipped")
+    # Written on a pass too: pytest shows a passing test's output only on request (-s, -rP), so the
+    # tier's log (reports/tiers/) would hold the times only of a failed run.
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines) + f"\n(written to {REPORT.relative_to(ROOT)})")
 
     failed = [f"{w} {c}: {d}" for w, c, o, _, d in results if o == "FAIL"]
     skipped = [f"{w} {c}: {d}" for w, c, o, _, d in results if o == "skipped"]
@@ -676,4 +684,4 @@ def test_documented_commands_run_as_printed(tmp_path):
     assert failed == [], "\n\n".join(failed)
     if skipped and os.environ.get("CI"):
         pytest.fail("skipped in CI:\n" + "\n".join(skipped))
-    assert not enforced or wall <= BUDGET_SECONDS, f"docs test took {wall:.0f} s (budget {BUDGET_SECONDS} s)"
+    assert wall <= BUDGET_SECONDS, f"docs test took {wall:.0f} s (budget {BUDGET_SECONDS} s): {REPORT}"
