@@ -95,7 +95,10 @@ def test_ctrl_c_stops_and_reports_pending_feedback(server, tmp_path):
         [sys.executable, "-m", "simulator", "--url", server.url, "--data", str(SAMPLE), "--cycles", "5",
          "--burst-rps", "20", "--burst-duration", "10", "--feedback-delay", "30", "--report",
          str(report_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # As from a terminal: a suite started in the background (`cmd &`) ignores SIGINT, and a
+        # Python started with it ignored never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupted mid-run: once the service has answered some of its predictions (not after a sleep).
     before = sample(server.metrics(), "app_predictions_total")
     deadline = time.monotonic() + 60
