@@ -34,6 +34,7 @@ def create_app(overrides=None):
         quickload,
         schemas,
         segments,
+        served_quality,
         store,
         store_health,
     )
@@ -59,6 +60,7 @@ def create_app(overrides=None):
     app.extensions["predict_quickload"] = quickload.record_loader(spec)
     app.extensions["segments"] = segments.parse(app.config["QUALITY_SEGMENTS"], spec,
                                                 app.config["SEGMENT_REFERENCE_PAIRS"])
+    served_quality.init_app(app)
     metrics.init_app(app)
     for module in (predict, feedback, health, openapi):
         app.register_blueprint(module.bp)

@@ -22,7 +22,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from . import multiproc, slo
 from .lifecycle import compare
 from .lifecycle.verdict import VERDICTS
-from .model import drift
+from .model import drift, online
 from .store import OUTCOMES, StoreError
 from .store.base import window_stats
 
@@ -62,6 +62,19 @@ SLO_EVENTS = Counter("app_quality_slo_events_total", "Matched feedback by qualit
 # left out: they would multiply the series by up to 5, and the paired comparison judges them.
 SEGMENT_SLE = Summary("app_segment_squared_log_error", "(ln(1+yhat) - ln(1+y))^2 per matched feedback, by "
                       "segment of the joined event (the champion's).", ["model_version", "segment"])
+# Quality before the labels (docs/monitoring.md#estimated-error-before-labels): each champion
+# prediction's estimated squared log error as served (recalibrated); then, on its label, that estimate
+# beside the realized error, and whether the label fell inside the served interval.
+ESTIMATED_SLE = Summary("app_estimated_squared_log_error", "The loss estimator's recalibrated estimate of "
+                        "(ln(1+yhat) - ln(1+y))^2 per champion prediction.", ["model_version"])
+ESTIMATE_KINDS = ("estimated", "realized")
+ESTIMATE_JOINED = Summary("app_estimate_joined_squared_log_error", "Per matched feedback of a prediction "
+                          "served with an estimate: that estimate (estimated) and its squared log error "
+                          "(realized).",
+                          ["model_version", "kind"])
+INTERVAL_OUTCOMES = ("inside", "outside")
+INTERVAL_LABELS = Counter("app_interval_coverage_labels_total", "Matched feedback of predictions served with "
+                          "an interval, by whether the label fell inside it.", ["model_version", "outcome"])
 # Champion against each challenger on the same labels (a paired comparison): the count of pairs,
 # each side's sum of squared log errors (their difference is the sum of the per-pair differences,
 # kept as two counters because a counter never goes down), and the sum of squared differences.
@@ -107,10 +120,12 @@ for _operation in ("prediction", "feedback", "window"):
     STORE_ERRORS.labels(_operation)
 
 
-def observe_prediction(value):
-    """Count one answered prediction."""
+def observe_prediction(value, version=None, served=None):
+    """Count one answered prediction, and the estimate served with it if any."""
     PREDICTIONS.inc()
     PREDICTION_VALUE.observe(value)
+    if served is not None:
+        ESTIMATED_SLE.labels(version).observe(served.estimate)
 
 
 def observe_feedback(result, tolerance):
@@ -124,6 +139,10 @@ def observe_feedback(result, tolerance):
     _observe_errors(version, "champion", result.sle, result.ae, tolerance)
     if result.segment is not None:
         SEGMENT_SLE.labels(version, result.segment).observe(result.sle)
+    if result.estimate is not None:
+        ESTIMATE_JOINED.labels(version, "estimated").observe(result.estimate)
+        ESTIMATE_JOINED.labels(version, "realized").observe(result.sle)
+        INTERVAL_LABELS.labels(version, "inside" if result.inside else "outside").inc()
     for shadow in result.shadows:
         _observe_errors(shadow.model_version, "challenger", shadow.sle, shadow.ae, tolerance)
         PAIRS.labels(shadow.model_version, version).inc()
@@ -151,6 +170,15 @@ def start_version(version, role="champion"):
         metric.labels(version, role)
     for outcome in slo.OUTCOMES:
         SLO_EVENTS.labels(version, outcome, role)
+
+
+def start_estimate(version):
+    """A version with a loss estimator: its estimate and interval coverage series exist at 0 at once."""
+    ESTIMATED_SLE.labels(version)
+    for kind in ESTIMATE_KINDS:
+        ESTIMATE_JOINED.labels(version, kind)
+    for outcome in INTERVAL_OUTCOMES:
+        INTERVAL_LABELS.labels(version, outcome)
 
 
 def start_segments(version, segments):
@@ -439,6 +467,35 @@ class SegmentReferenceCollector:
         yield pairs
 
 
+class EstimateCollector:
+    """Whether the loaded champion has a loss estimator, and its online calibration from the store."""
+
+    def __init__(self, store, model, rate, prior_labels):
+        self.store, self.model, self.rate, self.prior_labels = store, model, rate, prior_labels
+
+    def collect(self):
+        """app_loss_estimator_loaded, and with an estimator its nominal interval coverage, current
+        conformal quantile and recalibration factor (store-wide: the same on every instance)."""
+        version, loss = self.model.trained_version, self.model.loss
+        yield _gauge("app_loss_estimator_loaded", "1 when the loaded champion has a loss estimator and an "
+                     "interval calibration, 0 when its artifact has none (no estimate exists).",
+                     float(loss is not None), {"model_version": version})
+        if loss is None:
+            return
+        calibration = read_store("online calibration", lambda: self.store.calibration(version))
+        yield _gauge("app_interval_nominal_coverage", "The interval's nominal coverage.", loss.nominal,
+                     {"model_version": version})
+        if calibration is None:
+            return
+        current = online.state(loss, calibration, self.rate, self.prior_labels)
+        yield _gauge("app_interval_quantile", "The interval's conformal quantile now (log space; adapted "
+                     "online from the labels, starting from the held-out one).", current.quantile,
+                     {"model_version": version})
+        yield _gauge("app_estimate_recalibration_factor", "Factor on the loss estimator's raw estimate: "
+                     "realized over estimated on the joined labels, shrunk to 1 while few.", current.factor,
+                     {"model_version": version})
+
+
 class _Chain:
     """Collects from several registries as one (single-process mode)."""
 
@@ -482,6 +539,8 @@ def init_app(app):
     segments = app.extensions.get("segments")
     if model.ready:
         start_version(model.trained_version)
+        if model.loss is not None:
+            start_estimate(model.trained_version)
         if segments:
             start_segments(model.trained_version, segments)
         if challengers:
@@ -497,6 +556,10 @@ def init_app(app):
     app.extensions["metrics_registry"].register(SettingsCollector(app.config))
     app.extensions["metrics_registry"].register(
         LabelHealthCollector(app.extensions["store"], app.config["EXPECTED_LABEL_DELAY_SECONDS"]))
+    if model.ready:
+        app.extensions["metrics_registry"].register(EstimateCollector(
+            app.extensions["store"], model, app.config["INTERVAL_ADAPT_RATE"],
+            app.config["ESTIMATE_PRIOR_LABELS"]))
     if segments and model.ready:
         app.extensions["metrics_registry"].register(
             SegmentReferenceCollector(app.extensions["store"], model.trained_version, segments))

@@ -77,6 +77,28 @@ def _error(code, description, **extra):
     return _answer(f"`{code}`: {description}", "Error", **extra)
 
 
+INTERVAL_PARAMETER = {
+    "name": "interval", "in": "query", "required": False, "schema": {"enum": ["true", "false", "1", "0"]},
+    "description": "`true` (or `1`): the answer adds the prediction's interval and estimated squared log "
+                   "error (PredictResponseWithInterval). Absent, `false` or `0`: today's answer, byte for "
+                   "byte. Any other value: 422 with `details.interval`. Both are computed and stored for "
+                   "every prediction either way; asking only shows them."}
+INTERVAL = _object(
+    low={"type": "number", "minimum": 0, "description": "kcal"},
+    high={"type": "number", "description": "kcal"},
+    nominal_coverage={"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                      "description": "the share of labels the interval is calibrated to hold"})
+WITH_INTERVAL = _object(
+    id={"type": "integer", "description": "the request's id, as an integer"},
+    Calories={"type": "number", "description": "predicted kcal, exactly as stored"},
+    interval={"description": "the prediction interval, in log space around the prediction and adapted "
+                             "online to the labels; null when the model has no loss estimator",
+              "oneOf": [{"type": "null"}, INTERVAL]},
+    estimated_squared_log_error={"type": ["number", "null"], "minimum": 0,
+                                 "description": "the expected (ln(1+Calories) - ln(1+label))^2, recalibrated "
+                                                "online; null when the model has no loss estimator"})
+
+
 def _refusals(max_body, invalid):
     """The error answers /predict and /feedback share; `invalid` says what 422 covers."""
     return {
@@ -143,6 +165,7 @@ def _add_components(spec, predict_schema, outcomes_by_status, config):
     """Request, response and probe schemas; a bearer scheme for each configured token."""
     spec.components.schema("PredictRequest", schema=predict_schema)
     spec.components.schema("PredictResponse", schema=schemas.PredictResponseSchema)
+    spec.components.schema("PredictResponseWithInterval", WITH_INTERVAL)
     spec.components.schema("FeedbackRequest", schema=schemas.FEEDBACK_SCHEMA)
     for status, outcomes in outcomes_by_status.items():
         name = f"FeedbackResponse{status}"
@@ -163,12 +186,17 @@ def build_spec(predict_schema, config):
                    plugins=[MarshmallowPlugin()], info=info)
     feedback_answers, outcomes_by_status = _feedback_answers()
     _add_components(spec, predict_schema, outcomes_by_status, config)
-    spec.path("/predict", operations={"post": _post(
+    predict = _post(
         "predict", "Predict Calories for one record", "PredictRequest", PREDICT_EXAMPLE,
-        {"200": _answer("the prediction", "PredictResponse"),
+        {"200": _answer("the prediction (PredictResponse); with `?interval=true`, also its interval and "
+                        "estimated error (PredictResponseWithInterval)",
+                        {"anyOf": [{"$ref": "#/components/schemas/PredictResponse"},
+                                   {"$ref": "#/components/schemas/PredictResponseWithInterval"}]}),
          "503": _unavailable((errors.NotReady.code, "no model is loaded (GET /readyz says why)"),
                              OVERLOADED)},
-        config, "PREDICT_TOKEN", "the body violates the schema")})
+        config, "PREDICT_TOKEN", "the body violates the schema, or `interval` is none of its values")
+    predict["parameters"] = [INTERVAL_PARAMETER]
+    spec.path("/predict", operations={"post": predict})
     spec.path("/feedback", operations={"post": _post(
         "feedback", "Delayed ground truth for a predicted id", "FeedbackRequest", FEEDBACK_EXAMPLE,
         feedback_answers, config, "FEEDBACK_TOKEN",

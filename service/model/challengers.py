@@ -93,7 +93,7 @@ def _load_isolated(source, options):
     """
     saved_module, saved_path = sys.modules.get("features"), list(sys.path)
     try:
-        service = ModelService.from_source(source, **options)
+        service = ModelService.from_source(source, quality=False, **options)  # the champion's only
         service.load()
         return service
     finally:

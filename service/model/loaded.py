@@ -8,7 +8,8 @@ import sys
 import numpy as np
 
 from ..errors import ModelLoadError
-from . import compiled, drift
+from . import compiled, drift, quality_files
+from .estimate import LossEstimator
 from .fastpath import fast_path_for
 from .trust import import_features, read_metrics, verify_artifact, warn_on_version_drift
 
@@ -21,7 +22,7 @@ class ModelService:
 
     def __init__(self, model_path, handout_dir, threads=1, fast_path=True, compiled_dir=None, *,
                  sample_path=None, pinned_sha256=None, uri=None,
-                 compiled_readonly=False, fetch=None):
+                 compiled_readonly=False, fetch=None, quality=True):
         # handout_dir: where the model's features.py and schema.json are (a registry version's folder).
         self.model_path, self.handout_dir = pathlib.Path(model_path), pathlib.Path(handout_dir)
         self.threads, self.want_fast_path = threads, fast_path
@@ -34,6 +35,10 @@ class ModelService:
         self.fetch = fetch or (lambda: None)
         self.estimator = self.fast = self.features = None
         self.metrics, self.drift_bins = {}, {}
+        # quality: load the loss estimator and interval calibration beside the artifact, if any
+        # (the champion; challengers get neither).
+        self.want_quality, self.loss = quality, None
+        self._checked_raw = None  # the raw rows the row path was checked on (the estimator's too)
 
     @classmethod
     def from_source(cls, source, **options):
@@ -82,6 +87,25 @@ class ModelService:
                                                readonly=self.compiled_readonly)
         if self.fast is not None:
             self._check_parity(sample, expected)
+        self.loss = self._load_loss_estimator() if self.want_quality else None
+
+    def _load_loss_estimator(self):
+        """The LossEstimator of the quality files beside the artifact; None (logged) when there are
+        none, a ModelLoadError when they are not this artifact's or were altered."""
+        folder = self.model_path.parent
+        if not (folder / quality_files.QUALITY_FILE).is_file():
+            log.info("no %s beside %s: no loss estimate and no interval (run calories fit-quality)",
+                     quality_files.QUALITY_FILE, self.model_path)
+            return None
+        loss = LossEstimator(quality_files.load(folder, self.metrics.get("artifact_sha256"),
+                                                self.features.feature_matrix))
+        if self.fast is None or self.fast.row_margin is None or self.compiled_dir is None:
+            return loss
+        trees = compiled.load(loss.quality.booster, self.compiled_dir, readonly=self.compiled_readonly)
+        reason = loss.enable_compiled(trees, self._checked_raw, self.fast.c_row_type)
+        if reason:
+            log.warning("loss estimator computed by XGBoost, not compiled trees: %s", reason)
+        return loss
 
     def _cap_threads(self):
         """Single-row inference gains nothing from threads; the cap keeps workers off each other."""
@@ -123,7 +147,8 @@ class ModelService:
         checked on the sample and on rows spread over schema.json's whole ranges."""
         if self.fast.compiled is None:
             return
-        reason = self.fast.enable_rows(np.vstack([sample_raw, self._range_rows()]))
+        self._checked_raw = np.vstack([sample_raw, self._range_rows()])
+        reason = self.fast.enable_rows(self._checked_raw)
         if reason:
             log.warning("per-row features computed by numpy, not the compiled row path: %s", reason)
 
@@ -146,6 +171,18 @@ class ModelService:
         import pandas as pd
         frame = pd.DataFrame([record], columns=self.features.RAW_COLUMNS)
         return float(np.asarray(self.estimator.predict(frame)).ravel()[0])
+
+    def predict_with_loss(self, record):
+        """(predicted Calories, the loss estimator's raw estimate or None without one)."""
+        loss, fast = self.loss, self.fast
+        if loss is None:
+            return self.predict_one(record), None
+        if loss.row is not None:  # both by compiled row paths on one raw row (the hot path)
+            c_row = fast.c_row(record)
+            return fast.predict_c_row(c_row), loss.estimate_row(c_row)
+        raw = np.array([[self.features.SEX_CODES[record["Sex"]],
+                         *map(record.__getitem__, self.features.RAW_COLUMNS[1:])]], dtype=np.float32)
+        return self.predict_one(record), float(loss.estimate_raw(raw)[0])
 
     def info(self):
         """Labels of app_model_info."""

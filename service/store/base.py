@@ -10,6 +10,13 @@ OUTCOMES = ("matched", "duplicate", "unmatched")
 FEATURE_COLUMNS = ("sex", "age", "height", "weight", "duration", "heart_rate", "body_temp")
 RECORD_FIELDS = ("Sex", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp")
 NO_FEATURES = (None,) * len(FEATURE_COLUMNS)
+# What the champion served beside its prediction (issue 21): the loss estimator's raw expected squared
+# log error, the recalibrated estimate it served, and the interval's ends in kcal. NULL without them.
+QUALITY_COLUMNS = ("loss_estimate", "estimate", "interval_lo", "interval_hi")
+NO_QUALITY = (None,) * len(QUALITY_COLUMNS)
+# Each version's online calibration, summed over its shards (quality_calibration).
+CALIBRATION_SQL = ("SELECT sum(labels), sum(outside), sum(loss_estimate), sum(estimate), sum(realized) "
+                   "FROM quality_calibration WHERE model_version = ?")
 # What export_batch returns per matched pair, and the SQL that reads it (placeholders per backend).
 EXPORT_COLUMNS = ("seq", "id", *FEATURE_COLUMNS, "calories", "prediction", "model_version", "ts", "lag")
 EXPORT_SQL = (
@@ -70,6 +77,8 @@ class FeedbackResult:
     model_version: str | None = None  # the version of the prediction event it joined
     shadows: tuple = ()  # ShadowPair per challenger that scored the event
     segment: str | None = None  # the joined event's segment (service/segments.py), when configured
+    estimate: float | None = None  # the estimate served with the joined prediction, when it had one
+    inside: bool | None = None  # whether the label fell inside the interval served with it
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,23 @@ def paired(rows):
     squares, ae) rows."""
     return {(challenger, champion): PairedStats(int(n), *(float(v or 0.0) for v in sums))
             for challenger, champion, n, *sums in rows if n}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A version's joined labels that had an estimate and an interval, summed since its first."""
+
+    labels: int = 0
+    outside: int = 0            # of those, labels outside the served interval
+    loss_estimate: float = 0.0  # sum of the raw estimates (the loss estimator's own output)
+    estimate: float = 0.0       # sum of the served (recalibrated) estimates
+    realized: float = 0.0       # sum of the realized squared log errors
+
+
+def calibration(row):
+    """Calibration from the backends' sums (all NULL when the version has none)."""
+    labels, outside, *sums = row
+    return Calibration(int(labels or 0), int(outside or 0), *(float(v or 0.0) for v in sums))
 
 
 @dataclass(frozen=True)
@@ -186,12 +212,14 @@ def join(tx, id_, calories, event_ts, received, segments=None):
     """Record one feedback, joined to the oldest open prediction event of its id (DESIGN.md).
 
     `tx` is a backend's transaction, already holding whatever serialises joins of this id:
-    oldest_open(id) -> (seq, prediction, ts, model_version, *features) | None, seen(id) -> bool,
+    oldest_open(id) -> (seq, prediction, ts, model_version, *quality, *features) | None, seen(id) -> bool,
     insert_feedback(id, calories, event_ts, received, outcome, pseq, prediction, result) -> seq
     (result.model_version is the joined event's), close_event(pseq, fseq), shadows(pseq) ->
     [(challenger_version, prediction)], close_shadows(pseq, received, champion_version, shadows),
     add_reference(model_version, segment, sle, received, pairs) (the segment's reference takes the
-    version's first `pairs` labels). `segments`: the configured Segments, or None.
+    version's first `pairs` labels), add_calibration(model_version, shard, outside, loss_estimate,
+    estimate, sle) (the version's running sums in quality_calibration). `segments`: the configured
+    Segments, or None.
     """
     if event_ts is None:
         event_ts = received
@@ -203,7 +231,8 @@ def join(tx, id_, calories, event_ts, received, segments=None):
         result = FeedbackResult("duplicate" if tx.seen(id_) else "unmatched")
         tx.insert_feedback(id_, calories, event_ts, received, result.outcome, None, None, result)
         return result
-    pseq, prediction, predicted_at, model_version, *features = row
+    pseq, prediction, predicted_at, model_version, *rest = row
+    (raw, estimate, lo, hi), features = rest[:len(QUALITY_COLUMNS)], rest[len(QUALITY_COLUMNS):]
     label = math.log1p(calories)
     sle = (math.log1p(prediction) - label) ** 2
     shadows = tuple(ShadowPair(version, (math.log1p(value) - label) ** 2, abs(value - calories), sle)
@@ -211,13 +240,16 @@ def join(tx, id_, calories, event_ts, received, segments=None):
     segment = segments.of(features) if segments is not None and model_version is not None else None
     result = FeedbackResult("matched", lag=max(0.0, event_ts - predicted_at), sle=sle,
                             ae=abs(prediction - calories), model_version=model_version, shadows=shadows,
-                            segment=segment)
+                            segment=segment, estimate=estimate,
+                            inside=None if estimate is None else lo <= calories <= hi)
     fseq = tx.insert_feedback(id_, calories, event_ts, received, "matched", pseq, prediction, result)
     tx.close_event(pseq, fseq)
     if shadows:
         tx.close_shadows(pseq, received, model_version, shadows)
     if segment is not None:
         tx.add_reference(model_version, segment, sle, received, segments.reference_pairs)
+    if estimate is not None:
+        tx.add_calibration(model_version, pseq % PAIRED_SHARDS, not result.inside, raw, estimate, sle)
     return result
 
 
@@ -240,9 +272,10 @@ class Store:
     def __init__(self, window, retention):
         self.window, self.retention = window, retention
 
-    def record_prediction(self, id_, prediction, model_version, features=None, shadows=()):
+    def record_prediction(self, id_, prediction, model_version, features=None, shadows=(), quality=None):
         """Record one answered prediction event; features: the record's values in RECORD_FIELDS order;
-        shadows: (challenger_version, prediction) pairs stored with it, in the same transaction."""
+        shadows: (challenger_version, prediction) pairs stored with it, in the same transaction;
+        quality: what was served beside it, in QUALITY_COLUMNS order."""
         raise NotImplementedError
 
     def record_feedback(self, id_, calories, event_ts=None, segments=None):
@@ -254,6 +287,10 @@ class Store:
         """{segment: (pairs, sle_sum)} of a version's segment references (its first labels per segment)."""
         return {segment: (int(pairs), float(sle)) for segment, pairs, sle in self._fetch_all(
             SEGMENT_REFERENCE_SQL, (model_version,))}
+
+    def calibration(self, model_version):
+        """The version's Calibration: its joined labels with an estimate and interval, since the first."""
+        return calibration(self._fetch_all(CALIBRATION_SQL, (model_version,))[0])
 
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""

@@ -44,6 +44,12 @@ ADD_PAIR_SQL = ("INSERT INTO paired_totals AS t (challenger_version, champion_ve
 ADD_REFERENCE_SQL = ("INSERT INTO segment_reference AS r (model_version, segment, pairs, sle, "
                      "first_received) VALUES (%s, %s, 1, %s, %s) ON CONFLICT (model_version, segment) "
                      "DO UPDATE SET pairs = r.pairs + 1, sle = r.sle + excluded.sle WHERE r.pairs < %s")
+ADD_CALIBRATION_SQL = ("INSERT INTO quality_calibration AS c (model_version, shard, labels, outside, "
+                       "loss_estimate, estimate, realized) VALUES (%s, %s, 1, %s, %s, %s, %s) "
+                       "ON CONFLICT (model_version, shard) DO UPDATE SET labels = c.labels + 1, "
+                       "outside = c.outside + excluded.outside, "
+                       "loss_estimate = c.loss_estimate + excluded.loss_estimate, "
+                       "estimate = c.estimate + excluded.estimate, realized = c.realized + excluded.realized")
 
 
 def connection_params(url, busy_timeout_ms, scrub):
@@ -95,7 +101,8 @@ class _Join(base.SegmentReferences):
 
     def oldest_open(self, id_):
         return self.conn.execute(
-            f"SELECT seq, prediction, ts, model_version, {', '.join(base.FEATURE_COLUMNS)} FROM predictions "
+            f"SELECT seq, prediction, ts, model_version, {', '.join(base.QUALITY_COLUMNS)}, "
+            f"{', '.join(base.FEATURE_COLUMNS)} FROM predictions "
             "WHERE id = %s AND feedback_seq IS NULL ORDER BY seq LIMIT 1", (id_,)).fetchone()
 
     def seen(self, id_):
@@ -113,6 +120,10 @@ class _Join(base.SegmentReferences):
 
     def close_event(self, pseq, fseq):
         self.conn.execute("UPDATE predictions SET feedback_seq = %s WHERE seq = %s", (fseq, pseq))
+
+    def add_calibration(self, model_version, shard, outside, loss_estimate, estimate, sle):
+        args = (model_version, shard, int(outside), loss_estimate, estimate, sle)
+        self.conn.execute(ADD_CALIBRATION_SQL, args)
 
     def shadows(self, pseq):
         return self.conn.execute("SELECT model_version, prediction FROM shadow_predictions "
@@ -146,8 +157,8 @@ class PostgresStore(base.Store):
         self._noted = set()  # model versions whose first-seen row this process has written
         self._complete = set()  # (model version, segment) whose reference is complete
         now = "%(now)s" if clock else SERVER_NOW
-        columns = ", ".join(base.FEATURE_COLUMNS)
-        placeholders = ", ".join(f"%({c})s" for c in base.FEATURE_COLUMNS)
+        columns = ", ".join((*base.FEATURE_COLUMNS, *base.QUALITY_COLUMNS))
+        placeholders = ", ".join(f"%({c})s" for c in (*base.FEATURE_COLUMNS, *base.QUALITY_COLUMNS))
         self._sql = {
             "prediction": f"INSERT INTO predictions (id, prediction, model_version, ts, {columns}) "
                           f"VALUES (%(id)s, %(prediction)s, %(version)s, {now}, {placeholders})",
@@ -283,10 +294,11 @@ class PostgresStore(base.Store):
             local.closer()  # never in a forked child: closing would end the parent's session
         local.conn = None
 
-    def record_prediction(self, id_, prediction, model_version, features=None, shadows=()):
+    def record_prediction(self, id_, prediction, model_version, features=None, shadows=(), quality=None):
         """Record one answered prediction event, with its challengers' predictions if any (one
         autocommit statement, asynchronous commit)."""
         values = dict(zip(base.FEATURE_COLUMNS, features or base.NO_FEATURES, strict=True))
+        values.update(zip(base.QUALITY_COLUMNS, quality or base.NO_QUALITY, strict=True))
         args = self._args(id=id_, prediction=prediction, version=model_version, **values)
         if shadows:
             args["shadow_versions"], args["shadow_values"] = (list(c) for c in zip(*shadows, strict=True))

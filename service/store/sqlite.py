@@ -32,9 +32,10 @@ LAGGED_COVERAGE_SQL = "SELECT count(*), count(feedback_seq) FROM predictions WHE
 LAST_MATCHED_SQL = "SELECT max(received_ts) FROM feedback WHERE outcome = 'matched'"
 FIRST_SEEN_SQL = "SELECT model_version, first_seen FROM model_versions ORDER BY first_seen DESC LIMIT ?"
 NOTE_VERSION_SQL = "INSERT OR IGNORE INTO model_versions (model_version, first_seen) VALUES (?, ?)"
+_EVENT_COLUMNS = (*base.FEATURE_COLUMNS, *base.QUALITY_COLUMNS)
 INSERT_PREDICTION_SQL = ("INSERT INTO predictions (id, prediction, model_version, ts, "
-                         f"{', '.join(base.FEATURE_COLUMNS)}) "
-                         f"VALUES ({', '.join('?' * (4 + len(base.FEATURE_COLUMNS)))})")
+                         f"{', '.join(_EVENT_COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * (4 + len(_EVENT_COLUMNS)))})")
 INSERT_SHADOW_SQL = ("INSERT INTO shadow_predictions (prediction_seq, model_version, prediction) "
                      "VALUES (?, ?, ?)")
 # Paired quality per challenger and champion: a range read of the partial covering index.
@@ -50,6 +51,12 @@ ADD_PAIR_SQL = ("INSERT INTO paired_totals (challenger_version, champion_version
 ADD_REFERENCE_SQL = ("INSERT INTO segment_reference (model_version, segment, pairs, sle, first_received) "
                      "VALUES (?, ?, 1, ?, ?) ON CONFLICT (model_version, segment) DO UPDATE SET "
                      "pairs = pairs + 1, sle = sle + excluded.sle WHERE pairs < ?")
+ADD_CALIBRATION_SQL = ("INSERT INTO quality_calibration (model_version, shard, labels, outside, "
+                       "loss_estimate, estimate, realized) VALUES (?, ?, 1, ?, ?, ?, ?) "
+                       "ON CONFLICT (model_version, shard) "
+                       "DO UPDATE SET labels = labels + 1, outside = outside + excluded.outside, "
+                       "loss_estimate = loss_estimate + excluded.loss_estimate, "
+                       "estimate = estimate + excluded.estimate, realized = realized + excluded.realized")
 # ON CONFLICT DO NOTHING: a promotion already closed (UNIQUE closes) inserts nothing.
 INSERT_CHANGE_SQL = (f"INSERT INTO model_changes ({', '.join(base.CHANGE_COLUMNS[1:])}) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (closes) DO NOTHING")
@@ -93,7 +100,8 @@ class _Join(base.SegmentReferences):
 
     def oldest_open(self, id_):
         return self.conn.execute(
-            f"SELECT seq, prediction, ts, model_version, {', '.join(base.FEATURE_COLUMNS)} FROM predictions "
+            f"SELECT seq, prediction, ts, model_version, {', '.join(base.QUALITY_COLUMNS)}, "
+            f"{', '.join(base.FEATURE_COLUMNS)} FROM predictions "
             "WHERE id = ? AND feedback_seq IS NULL ORDER BY seq LIMIT 1", (id_,)).fetchone()
 
     def seen(self, id_):
@@ -110,6 +118,10 @@ class _Join(base.SegmentReferences):
 
     def close_event(self, pseq, fseq):
         self.conn.execute("UPDATE predictions SET feedback_seq = ? WHERE seq = ?", (fseq, pseq))
+
+    def add_calibration(self, model_version, shard, outside, loss_estimate, estimate, sle):
+        args = (model_version, shard, int(outside), loss_estimate, estimate, sle)
+        self.conn.execute(ADD_CALIBRATION_SQL, args)
 
     def shadows(self, pseq):
         return self.conn.execute("SELECT model_version, prediction FROM shadow_predictions "
@@ -271,11 +283,12 @@ class SQLiteStore(base.Store):
                         conn.execute("PRAGMA synchronous = NORMAL")
             return result
 
-    def record_prediction(self, id_, prediction, model_version, features=None, shadows=()):
+    def record_prediction(self, id_, prediction, model_version, features=None, shadows=(), quality=None):
         """Record one answered prediction event (its own autocommit transaction, or one with its
         challengers' predictions)."""
         ts = self.clock()
-        row = (id_, prediction, model_version, ts, *(features or base.NO_FEATURES))
+        row = (id_, prediction, model_version, ts, *(features or base.NO_FEATURES),
+               *(quality or base.NO_QUALITY))
 
         def insert(conn):
             if model_version not in self._noted:  # once per process and version: its first-seen time

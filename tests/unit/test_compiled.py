@@ -128,7 +128,7 @@ def test_the_row_path_equals_xgboost_bit_for_bit(service, csv):
     records = pd.read_csv(csv)[fast.columns].to_dict("records")
     margins = []
     for record in records:  # the one C call per request: features and trees
-        margins.append(fast.row_margin(fast._raw_row(*fast._raw_values(record))))
+        margins.append(fast.row_margin(fast.c_row(record)))
     expected = fast.booster.inplace_predict(features_of(service, csv))
     np.testing.assert_array_equal(np.array(margins, dtype=np.float32), expected)
     # What the service answers: the pipeline's inverse (expm1 in float32) of exactly that margin.

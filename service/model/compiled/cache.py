@@ -19,8 +19,9 @@ from .codegen import c_source, supported
 from .loader import CompiledTrees
 
 log = logging.getLogger(__name__)
-# Libraries kept in the cache: the current model and a few before it (rollbacks start fast).
-KEEP_LIBRARIES = 3
+# Libraries kept in the cache: the champion, its loss estimator, up to 4 challengers, and as many
+# before them (a rollback starts fast). ~250 KB each.
+KEEP_LIBRARIES = 12
 CFLAGS = ["-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"]  # exact IEEE float32
 
 
