@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import sqlite3
 
 import pytest
@@ -23,6 +24,14 @@ PUBLIC_CSV = pathlib.Path(
     os.environ.get("CALORIES_PUBLIC_CSV", ROOT.parent / "shared" / "data" / "calories_public.csv"))
 RECORD = {"id": 7, "Sex": "male", "Age": 68, "Height": 190.0, "Weight": 94.0, "Duration": 29,
           "Heart_Rate": 105.0, "Body_Temp": 40.8}
+
+
+def copy_model(model_dir, to):
+    """A model's artifact and metrics, with the handout's features.py beside them (a folder to fit in)."""
+    to.mkdir()
+    for path in (model_dir / "model.joblib", model_dir / "metrics.json", HANDOUT / "features.py"):
+        shutil.copy2(path, to / path.name)
+    return to
 
 
 def missing(what, hint):

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from support import HANDOUT, SAMPLE, missing
+from support import HANDOUT, SAMPLE, copy_model, missing
 
 from service.cli import fit_quality
 from service.errors import ModelLoadError
@@ -17,14 +17,6 @@ from service.model.compiled import codegen
 from service.model.trust import file_sha256
 
 SLICE = 600  # holdout rows fitted on: 300 estimator, 150 calibration, 150 test
-
-
-def copy_model(model_dir, to):
-    """The session model's artifact and metrics, with the handout's features.py beside them."""
-    to.mkdir()
-    for path in (model_dir / "model.joblib", model_dir / "metrics.json", HANDOUT / "features.py"):
-        shutil.copy2(path, to / path.name)
-    return to
 
 
 @pytest.fixture(scope="module")
