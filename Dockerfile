@@ -32,14 +32,19 @@ COPY ["handout_from DS_agent", "/app/handout/"]
 ARG MODEL_DIR=deploy/container/no-model
 COPY ${MODEL_DIR}/ /tmp/model/
 RUN if [ -f /tmp/model/model.joblib ]; then \
-        mkdir -p model && cp /tmp/model/model.joblib /tmp/model/metrics.json model/; \
+        mkdir -p model && cp /tmp/model/model.joblib /tmp/model/metrics.json model/ \
+        && for f in quality.json loss_estimator.ubj; do \
+            if [ -f "/tmp/model/$f" ]; then cp "/tmp/model/$f" model/; fi; done; \
     else \
         python handout/train.py --out-dir /app/model; \
     fi
 
-# The model's compiled trees, checked against the pipeline; the runtime only loads them (read-only).
-# A code change reruns this step, but gcc writes the same bytes, so the runtime's layer is reused.
+# The model's loss estimator and interval calibration, fitted on its holdout unless MODEL_DIR
+# brought them; then its compiled trees and the estimator's, checked against the pipeline and
+# XGBoost; the runtime only loads them (read-only). A code change reruns these steps, but they
+# write the same bytes, so the runtime's layers are reused.
 COPY service/ service/
+RUN test -f model/quality.json || calories fit-quality --model-dir model --handout handout
 RUN calories build-compiled --model model/model.joblib --handout handout --out compiled \
     && rm compiled/.build.lock
 

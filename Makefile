@@ -72,14 +72,16 @@ lock:  ## re-pin constraints.txt: the newest versions requirements*.txt allow, r
 data: $(STAMP)  ## regenerate the handout's deterministic data sample
 	cd "$(HANDOUT)" && ../$(BIN)/python -B generate_data.py
 
-train: $(STAMP)  ## train model.joblib + metrics.json into the handout
+train: $(STAMP)  ## train model.joblib + metrics.json into the handout, then fit its loss estimator and intervals
 	cd "$(HANDOUT)" && ../$(BIN)/python -B train.py
+	$(BIN)/calories fit-quality --model-dir "$(HANDOUT)" --handout "$(HANDOUT)"
 
-model: $(STAMP)  ## train only if the artifact is missing (never over a MODEL_PATH elsewhere)
-	@if test -f "$(MODEL_PATH)"; then :; \
-	elif test "$$(realpath -m "$(MODEL_PATH)")" = "$$(realpath -m "$(HANDOUT)/model.joblib")"; then \
-		$(MAKE) --no-print-directory train; \
-	else echo "MODEL_PATH=$(MODEL_PATH): no such file (make train writes $(HANDOUT)/model.joblib)" >&2; exit 1; fi
+model: $(STAMP)  ## train only if the artifact is missing, fit its quality files if they are (never over a MODEL_PATH elsewhere)
+	@if test "$$(realpath -m "$(MODEL_PATH)")" != "$$(realpath -m "$(HANDOUT)/model.joblib")"; then \
+		test -f "$(MODEL_PATH)" || { echo "MODEL_PATH=$(MODEL_PATH): no such file (make train writes $(HANDOUT)/model.joblib)" >&2; exit 1; }; \
+	elif ! test -f "$(MODEL_PATH)"; then $(MAKE) --no-print-directory train; \
+	elif ! test -f "$(HANDOUT)/quality.json"; then \
+		$(BIN)/calories fit-quality --model-dir "$(HANDOUT)" --handout "$(HANDOUT)"; fi
 
 challenger: $(STAMP)  ## a challenger folder in var/challenger: the handout's training with another seed (CHALLENGERFLAGS)
 	mkdir -p var/challenger

@@ -1,7 +1,8 @@
 """Publishing: the handout's trained model into MLflow, as a registered model version.
 
 One run per artifact (its parameters and holdout metrics from metrics.json; as artifacts the model,
-metrics.json, schema.json, features.py, a parity sample, the compiled tree library and files.json;
+metrics.json, schema.json, features.py, a parity sample, the compiled tree library, the loss
+estimator and interval calibration when fitted, and files.json;
 the data sample's, the artifact's sha256 and the model_version as tags), then a version of the
 registered model. The same artifact published twice finds its version instead of adding one.
 """
@@ -12,7 +13,7 @@ import pathlib
 import tempfile
 import time
 
-from ..model import ModelService
+from ..model import ModelService, quality_files
 from ..model.trust import file_sha256, read_metrics, verify_artifact
 from . import mlflow_rest, registry
 
@@ -46,6 +47,11 @@ def staged_files(args, metrics, tmp):
     files = {"model.joblib": args.model, "metrics.json": args.model.with_name("metrics.json"),
              "schema.json": args.handout / "schema.json", "features.py": args.handout / "features.py",
              registry.PARITY_SAMPLE: parity_sample(args.handout, tmp / registry.PARITY_SAMPLE)}
+    # The loss estimator and interval calibration fitted beside the artifact (calories fit-quality):
+    # the version carries them, under the manifest's digests; without them it serves no estimate.
+    for name in (quality_files.QUALITY_FILE, quality_files.ESTIMATOR_FILE):
+        if args.model.with_name(name).is_file():
+            files[name] = args.model.with_name(name)
     manifest = {"model_version": metrics["model_version"], "artifact_sha256": metrics["artifact_sha256"]}
     library = None if args.no_compiled else compiled_library(
         args.model, args.handout, files[registry.PARITY_SAMPLE], tmp / "compiled")

@@ -91,14 +91,20 @@ class ModelService:
 
     def _load_loss_estimator(self):
         """The LossEstimator of the quality files beside the artifact; None (logged) when there are
-        none, a ModelLoadError when they are not this artifact's or were altered."""
+        none, or when they are not this artifact's or were altered: the model still serves, without
+        an estimate or an interval (app_loss_estimator_loaded says 0), as an older artifact does."""
         folder = self.model_path.parent
         if not (folder / quality_files.QUALITY_FILE).is_file():
             log.info("no %s beside %s: no loss estimate and no interval (run calories fit-quality)",
                      quality_files.QUALITY_FILE, self.model_path)
             return None
-        loss = LossEstimator(quality_files.load(folder, self.metrics.get("artifact_sha256"),
-                                                self.features.feature_matrix))
+        try:
+            quality = quality_files.load(folder, self.metrics.get("artifact_sha256"),
+                                         self.features.feature_matrix)
+        except ModelLoadError as exc:
+            log.error("loss estimator refused, serving without estimates or intervals: %s", exc)
+            return None
+        loss = LossEstimator(quality)
         if self.fast is None or self.fast.row_margin is None or self.compiled_dir is None:
             return loss
         trees = compiled.load(loss.quality.booster, self.compiled_dir, readonly=self.compiled_readonly)

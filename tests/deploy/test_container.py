@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 from docker_support import BUILD_FLAGS, missing, say
-from support import HANDOUT, RECORD, ROOT, parse_metrics, sample
+from support import HANDOUT, RECORD, ROOT, parse_metrics, sample, total
 
 from loopback.container import Container
 from loopback.image_size import context_copy
@@ -96,6 +96,11 @@ def test_serves_from_the_host_with_a_read_only_root(served):
     assert sample(metrics, "app_predictions_total") == 1.0
     info = [labels for (name, labels) in metrics if name == "app_model_info"]
     assert len(info) == 1 and ("inference", "compiled") in info[0]
+    # The image fitted the model's loss estimator and interval calibration, and serves them.
+    assert total(metrics, "app_loss_estimator_loaded") == 1.0
+    shown = requests.post(f"{served.url}/predict?interval=true", json={**record, "id": 4243}, timeout=5)
+    shown = shown.json()
+    assert shown["interval"]["low"] < shown["Calories"] < shown["interval"]["high"]
     assert "Read-only file system" in served.exec("touch", "/app/x", check=False).stderr
 
 
@@ -193,7 +198,8 @@ def test_a_supplied_model_is_shipped_instead_of_a_trained_one(docker, image, mod
         docker.docker("rmi", "calories:supplied")
     supplied = json.loads((model_dir / "metrics.json").read_text())
     assert (inside["model_version"], inside["n_estimators"]) == (supplied["model_version"], 60)
-    assert re.fullmatch(r"trees-[0-9a-f]{20}\.so\n", library)  # compiled for it at build time
+    # Compiled for it at build time: its trees and its loss estimator's, fitted in the image.
+    assert re.fullmatch(r"(trees-[0-9a-f]{20}\.so\n){2}", library)
 
 
 def test_image_installs_exactly_the_locked_packages(docker, image):

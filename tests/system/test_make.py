@@ -67,6 +67,12 @@ def test_make_model_serves_the_model_path_of_the_environment(tree, model_path, t
         (handout / name).unlink(missing_ok=True)
     make(tree, "model", env={"MODEL_PATH": str(handout / "." / "model.joblib")})
     assert (handout / "model.joblib").exists() and (handout / "metrics.json").exists()
+    # With its loss estimator and interval calibration (issue 21), fitted again when they are missing.
+    fitted = json.loads((handout / "quality.json").read_text())["model"]["sha256"]
+    assert fitted == json.loads((handout / "metrics.json").read_text())["artifact_sha256"]
+    (handout / "quality.json").unlink()
+    make(tree, "model")
+    assert json.loads((handout / "quality.json").read_text())["model"]["sha256"] == fitted
 
 
 def test_make_train_then_evaluate(tree):

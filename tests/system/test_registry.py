@@ -129,3 +129,24 @@ def test_a_published_library_is_used_only_where_it_fits(tag, fits):
 def test_a_password_in_the_tracking_uri_never_reaches_an_error(tmp_path):
     model = app_for(tmp_path, "models:/calories/1", DEAD.replace("http://", "http://me:S3ntinel@")).extensions["model"]
     assert not model.ready and "S3ntinel" not in model.error and "me:***@" in model.error
+
+
+def test_the_loss_estimator_and_calibration_travel_with_the_version(mlflow_server, tmp_path):
+    # A model of its own (the same artifact published twice finds the first version), fitted.
+    from conftest import publish_model, train
+    from support import HANDOUT, copy_model
+
+    from service.model import lossfit, quality_files
+
+    folder = copy_model(train(tmp_path / "trained", seed=11).parent, tmp_path / "fitted")
+    lossfit.fit(folder, HANDOUT, limit=600, n_jobs=1)
+    report = publish_model(mlflow_server, folder / "model.joblib")
+    app = app_for(tmp_path, report["uri"], mlflow_server.url)
+    model = app.extensions["model"]
+    version = tmp_path / "models" / "calories" / str(report["version"])
+    manifest = registry.read_manifest(version)["files"]
+    for name in (quality_files.QUALITY_FILE, quality_files.ESTIMATOR_FILE):
+        assert manifest[name] == registry.file_sha256(folder / name)  # under the registry's digests
+    assert model.ready and model.loss is not None and model.loss.name == "compiled"
+    body = app.test_client().post("/predict?interval=true", json=RECORD).json
+    assert body["interval"]["low"] < body["Calories"] < body["interval"]["high"]

@@ -203,3 +203,17 @@ def test_the_openapi_document_states_the_query_and_both_answers(quality_client):
     assert {ref["$ref"].rsplit("/", 1)[1] for ref in schema["anyOf"]} == {
         "PredictResponse", "PredictResponseWithInterval"}
     assert "interval" in spec["components"]["schemas"]["PredictResponseWithInterval"]["required"]
+
+
+def test_quality_files_of_another_model_are_refused_and_the_model_still_serves(fitted, tmp_path, caplog):
+    import json
+    import shutil
+
+    folder = shutil.copytree(fitted, tmp_path / "copy", ignore=shutil.ignore_patterns("compiled"))
+    record = json.loads((folder / "quality.json").read_text())
+    record["model"]["sha256"] = "0" * 64
+    (folder / "quality.json").write_text(json.dumps(record))
+    service = ModelService(folder / "model.joblib", HANDOUT)
+    service.load()
+    assert service.ready and service.loss is None
+    assert "loss estimator refused" in caplog.text and "quality.json" in caplog.text
