@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import math
 import os
 import pathlib
 import platform
@@ -159,6 +160,7 @@ def breakdown(workdir, pg_url=None, n=3000):
              "flask_request_us": _timed(lambda: client.post("/predict", data=body,
                                                               content_type="application/json"), n // 3)}
     costs["features_us"] = costs["store_us"] - costs["store_without_features_us"]
+    costs.update(estimate_costs(app, model, store, features, n))
     # A challenger scores on the compiled trees like the champion: about model_us more, plus its row.
     costs["challenger_us"] = costs["model_us"] + costs["store_with_challenger_us"] - costs["store_us"]
     costs.update(feedback_costs(app, store, features, n))
@@ -253,6 +255,40 @@ def scrape(url, n=30):
     return {"p50_ms": statistics.median(times), "max_ms": max(times)}
 
 
+def estimate_costs(app, model, store, features, n):
+    """Issue 21's per-/predict microseconds: the estimator's C call, the interval, its summary, and the
+    four stored columns."""
+    from service import metrics
+
+    if model.loss is None:
+        return {"estimate_us": math.nan}
+    calibration = app.extensions["online_calibration"]
+    served = (0.004, 0.002, 90.0, 110.0)
+    with app.app_context():
+        costs = {"model_with_loss_us": _timed(lambda: model.predict_with_loss(RECORD), n),
+                 "interval_us": _timed(lambda: calibration.serve(model, 100.0, 0.004), n),
+                 "estimate_metric_us": _timed(lambda: metrics.ESTIMATED_SLE.labels("v").observe(0.002), n),
+                 "store_with_quality_us": _timed(
+                     lambda: store.record_prediction(1, 1.0, "v", features, quality=served), n)}
+    costs["loss_us"] = costs["model_with_loss_us"] - _timed(lambda: model.predict_one(RECORD), n)
+    costs["quality_columns_us"] = costs["store_with_quality_us"] - _timed(
+        lambda: store.record_prediction(1, 1.0, "v", features), n)
+    costs["estimate_us"] = (costs["loss_us"] + costs["interval_us"] + costs["estimate_metric_us"]
+                            + costs["quality_columns_us"])
+    return costs
+
+
+def model_without_quality(out):
+    """The served model's artifact and metrics alone: the service without estimates or intervals."""
+    from service import config
+
+    source = config.from_env()["MODEL_PATH"]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("model.joblib", "metrics.json"):
+        shutil.copy(source.with_name(name), out / name)
+    return out / "model.joblib"
+
+
 def run_load(args, work, pg_url):
     """Alternating rounds over every configuration, so drift in the machine hits all alike."""
     load = wrk if shutil.which("wrk") else python_load
@@ -266,6 +302,9 @@ def run_load(args, work, pg_url):
     # Everything on, plus one challenger scored on every request and stored with it (issue 25).
     servers["service_challenger"] = server("wsgi:app", work / "service-challenger",
                                            {"CHALLENGER_URIS": str(challenger_folder(work / "challenger"))})
+    # Everything on but the loss estimate and interval (the artifact without its quality files).
+    servers["service_no_estimate"] = server("wsgi:app", work / "service-no-estimate",
+                                            {"MODEL_PATH": str(model_without_quality(work / "bare-model"))})
     if pg_url:
         servers["service_postgresql"] = server("wsgi:app", work / "service-pg", {"FEEDBACK_DB": pg_url})
     scripts = {name: "predict.lua" for name in servers}
@@ -385,6 +424,8 @@ def summarize(results, mem, costs, scraped):
                      f"(rounds {min(with_one):.3f}-{max(with_one):.3f}; target >= 0.93), to the reference "
                      f"{to_reference:.3f} (target >= 0.5)  "
                      f"{'OK' if statistics.median(with_one) >= 0.93 and to_reference >= 0.5 else 'MISSED'}")
+    estimate_cost = paired_cost(results, "service", "service_no_estimate")
+    lines += estimate_lines(estimate_cost, costs)
     segment_cost = paired_cost(results, "mixed", "mixed_no_segments") if "mixed" in results else None
     if segment_cost:
         lines += segment_lines(segment_cost, costs)
@@ -422,7 +463,23 @@ def summarize(results, mem, costs, scraped):
                      f"{'OK' if figures['p50_ms'] <= 50 else 'MISSED'}")
     print("\n".join(lines))
     return {"median": med, "ratio": ratio, "ratios": ratios, "pss_total_mb": pss, "machine": machine,
-            "segment_cost": segment_cost}
+            "segment_cost": segment_cost, "estimate_cost": estimate_cost}
+
+
+def estimate_lines(cost, costs):
+    """Issue 21's cost: the A/B of /predict with and without the estimate and interval, and the µs."""
+    if cost["cost_high"] <= 0.05:
+        verdict = "OK"
+    else:
+        verdict = "NOT RESOLVED at 5 % (more --rounds?)" if cost["cost"] <= 0.05 else "MISSED"
+    return [f"estimate + interval on vs off (/predict): cost {cost['cost']:.1%} of throughput, 95 % interval "
+            f"{cost['cost_low']:.1%} to {cost['cost_high']:.1%} over {cost['chunks']} paired turns "
+            f"(target <= 5 %)  {verdict}",
+            f"per /predict, in-process, the estimate and interval add {costs['estimate_us']:.1f} us (the "
+            f"estimator {costs.get('loss_us', math.nan):.1f}, the interval "
+            f"{costs.get('interval_us', math.nan):.1f}, its summary "
+            f"{costs.get('estimate_metric_us', math.nan):.1f}, "
+            f"four stored columns {costs.get('quality_columns_us', math.nan):.1f})"]
 
 
 def segment_lines(cost, costs):

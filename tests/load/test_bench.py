@@ -1,19 +1,24 @@
 """make bench runs end to end (short form); figures are printed, never asserted as timings."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import psycopg
-from support import ROOT, Gunicorn
+from support import HANDOUT, ROOT, Gunicorn, copy_model
 
 from bench import run
+from service.model import lossfit
 from service.store import open_store
 
 
 def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  # postgres: PG present
     out = tmp_path / "bench.json"
+    # The session model with its loss estimator and interval calibration (issue 21's A/B needs them).
+    model_path = copy_model(model_path.parent, tmp_path / "fitted") / "model.joblib"
+    lossfit.fit(model_path.parent, HANDOUT, limit=600, n_jobs=1)
     env = {**os.environ, "MODEL_PATH": str(model_path),
            "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
     proc = subprocess.run([sys.executable, "-m", "bench", "--rounds", "1", "--duration", "2", "--chunk", "1",
@@ -26,7 +31,8 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
                    "store insert per /predict, PostgreSQL", "/metrics with the big store (postgresql)",
                    "one challenger on vs none: throughput ratio", "one challenger: about",
                    "quality by segment on vs off, predictions + labels", "per matched /feedback, in-process, "
-                   "quality by segment adds"):
+                   "quality by segment adds", "estimate + interval on vs off (/predict)",
+                   "the estimate and interval add"):
         assert figure in proc.stdout
     report = json.loads(out.read_text())
     assert report["ratio"] > 0 and report["pss_total_mb"] > 0
@@ -34,8 +40,8 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     # Each configuration's 2 s came in two 1-s turns, taken in turn with the other configurations'.
     assert {r["chunks"] for rounds in report["rounds"].values() for r in rounds} == {2}
     turns = [line.split(": ")[1].split()[::2] for line in proc.stdout.splitlines() if " turn " in line]
-    configurations = ["reference", "service", "service_lean", "service_challenger", "service_postgresql",
-                      "mixed", "mixed_no_segments"]
+    configurations = ["reference", "service", "service_lean", "service_challenger", "service_no_estimate",
+                      "service_postgresql", "mixed", "mixed_no_segments"]
     assert turns == 2 * [configurations], turns
     assert report["costs_us"]["inference"] == "compiled"
     assert set(report["rounds"]) == set(configurations)
@@ -43,6 +49,7 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     # The segments' A/B pairs each turn of one configuration with the other's: 2 turns.
     assert report["segment_cost"]["chunks"] == 2
     assert report["costs_us"]["segments_feedback_us"] > 0
+    assert report["estimate_cost"]["chunks"] == 2 and math.isfinite(report["costs_us"]["estimate_us"])
 
 
 def test_python_load_generator_fallback(tmp_path, model_path):
