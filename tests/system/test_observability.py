@@ -271,6 +271,89 @@ def dashboard_checks(server, report, trained):
         # No challenger in this run: the champion-vs-challengers row is empty (its values are
         # checked by deploy/prometheus/tests/challengers_test.yml and tests/system/test_challengers_live.py).
         **{expr: (lambda r: r == []) for expr in CHALLENGER_PANEL_QUERIES},
+        **estimate_panel_checks(exposed),
+    }
+
+
+def per_version(exposed, name, **labels):
+    """{model_version: the sum of every exposed series of `name` carrying these labels}."""
+    out = {}
+    for (n, series), value in exposed.items():
+        series = dict(series)
+        if n == name and labels.items() <= series.items():
+            out[series["model_version"]] = out.get(series["model_version"], 0) + value
+    return out
+
+
+def shown(result, *labels):
+    """{label values: value} of an instant-query result, leaving out NaN (0 / 0: nothing to draw)."""
+    values = {tuple(r["metric"].get(label) for label in labels): float(r["value"][1]) for r in result}
+    return {k[0] if len(k) == 1 else k: v for k, v in values.items() if not math.isnan(v)}
+
+
+def estimate_panel_checks(exposed):
+    """The quality-before-labels row: each version's figures as the service counted them in the run.
+
+    The run's model may have no loss estimator (its version then exposes no estimate, no interval and
+    app_loss_estimator_loaded 0): every panel is then empty but that gauge, and each check still holds."""
+    def approx(value):
+        return pytest.approx(value, rel=1e-9)
+
+    def gauges(name):
+        return {dict(series)["model_version"]: approx(v) for (n, series), v in exposed.items()
+                if n == name and not math.isnan(v)}
+
+    def rmsle(sums, counts):
+        return {v: approx(math.sqrt(sums[v] / n)) for v, n in counts.items() if n}
+
+    def at_least(counts):  # increase() extrapolates to the window's edges: never fewer than counted
+        return lambda r: shown(r, "model_version").keys() == counts.keys() and all(
+            shown(r, "model_version")[v] >= n for v, n in counts.items())
+
+    served = rmsle(per_version(exposed, "app_estimated_squared_log_error_sum"),
+                   per_version(exposed, "app_estimated_squared_log_error_count"))
+    joined = {kind: (per_version(exposed, "app_estimate_joined_squared_log_error_sum", kind=kind),
+                     per_version(exposed, "app_estimate_joined_squared_log_error_count", kind=kind))
+              for kind in ("estimated", "realized")}
+    joined_rmsle = {(v, kind): value for kind, (sums, counts) in joined.items()
+                    for v, value in rmsle(sums, counts).items()}
+    (estimated, _), (realized, labels) = joined["estimated"], joined["realized"]
+    ratio = {v: approx(math.sqrt(realized.get(v, 0) / estimated[v]))
+             for v, n in labels.items() if n and estimated.get(v)}
+    inside = per_version(exposed, "app_interval_coverage_labels_total", outcome="inside")
+    labelled = per_version(exposed, "app_interval_coverage_labels_total")
+    interval_coverage = {v: approx(inside.get(v, 0) / n) for v, n in labelled.items() if n}
+    nominal = {dict(series)["model_version"]: v for (n, series), v in exposed.items()
+               if n == "app_interval_nominal_coverage"}
+
+    def floor(result):  # nominal - 3 sqrt(p (1 - p) / n), n >= the labels counted: at most that far under
+        got = shown(result, "model_version")
+        return got.keys() == nominal.keys() & labelled.keys() and all(
+            got[v] == -math.inf if not labelled[v] else
+            0 < nominal[v] - got[v] <= 3 * math.sqrt(nominal[v] * (1 - nominal[v]) / labelled[v]) * (1 + 1e-9)
+            for v in got)
+
+    return {
+        "job_model_version:app_estimated_rmsle:5m": lambda r: shown(r, "model_version") == served,
+        "job_model_version:app_estimated_rmsle:1h": lambda r: shown(r, "model_version") == served,
+        "job_model_version_kind:app_estimate_joined_rmsle:1h":
+            lambda r: shown(r, "model_version", "kind") == joined_rmsle,
+        "job_model_version:app_estimate_rmsle_ratio:1h": lambda r: shown(r, "model_version") == ratio,
+        "job_model_version:app_estimate_rmsle_ratio:6h": lambda r: shown(r, "model_version") == ratio,
+        "job_model_version:app_estimate_joined_labels:increase1h": at_least(labels),
+        "job_model_version:app_estimate_joined_labels:increase6h": at_least(labels),
+        "job_model_version:app_interval_coverage:ratio1h":
+            lambda r: shown(r, "model_version") == interval_coverage,
+        "job_model_version:app_interval_coverage_labels:increase1h": at_least(labelled),
+        "job_model_version:app_interval_coverage_floor:1h": floor,
+        "job_model_version:app_interval_nominal_coverage:max":
+            lambda r: shown(r, "model_version") == gauges("app_interval_nominal_coverage"),
+        "job_model_version:app_interval_quantile:max":
+            lambda r: shown(r, "model_version") == gauges("app_interval_quantile"),
+        "job_model_version:app_estimate_recalibration_factor:max":
+            lambda r: shown(r, "model_version") == gauges("app_estimate_recalibration_factor"),
+        "job_model_version:app_loss_estimator_loaded:max":
+            lambda r: shown(r, "model_version") == gauges("app_loss_estimator_loaded"),
     }
 
 
