@@ -133,14 +133,21 @@ def test_a_password_in_the_tracking_uri_never_reaches_an_error(tmp_path):
 
 def test_the_loss_estimator_and_calibration_travel_with_the_version(mlflow_server, tmp_path):
     # A model of its own (the same artifact published twice finds the first version), fitted.
-    from conftest import publish_model, train
+    import subprocess
+
     from support import HANDOUT, copy_model
 
+    from service.cli.publish import parse_args
+    from service.lifecycle import publish
     from service.model import lossfit, quality_files
 
-    folder = copy_model(train(tmp_path / "trained", seed=11).parent, tmp_path / "fitted")
+    subprocess.run([sys.executable, "train.py", "--out-dir", str(tmp_path / "trained"),
+                    "--n-estimators", "60", "--seed", "11"], cwd=HANDOUT, check=True, capture_output=True)
+    folder = copy_model(tmp_path / "trained", tmp_path / "fitted")
     lossfit.fit(folder, HANDOUT, limit=600, n_jobs=1)
-    report = publish_model(mlflow_server, folder / "model.joblib")
+    args = parse_args(["--model", str(folder / "model.joblib")])
+    args.settings = {**args.settings, "MLFLOW_TRACKING_URI": mlflow_server.url}
+    report = publish.publish(args)
     app = app_for(tmp_path, report["uri"], mlflow_server.url)
     model = app.extensions["model"]
     version = tmp_path / "models" / "calories" / str(report["version"])
