@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import schemathesis_hooks
-from support import ROOT, Gunicorn, sample
+from support import HANDOUT, ROOT, Gunicorn, copy_model, sample
 
 SECONDS = 15  # per run; both runs together stay within about a minute (CI budget)
 TOKENS = {"PREDICT_TOKEN": "fuzz-predict-token", "FEEDBACK_TOKEN": "fuzz-feedback-token"}
@@ -50,14 +50,25 @@ def run_schemathesis(url, tmp_path, seed, env):
                           timeout=SECONDS * 4)
 
 
+@pytest.fixture(scope="module")
+def fitted(model_path, tmp_path_factory):
+    """The session model with its loss estimator and calibration: ?interval=true answers both shapes'
+    fields (an interval object, not null), so the generated requests check PredictResponseWithInterval."""
+    from service.model import lossfit
+
+    folder = copy_model(model_path.parent, tmp_path_factory.mktemp("fuzz") / "model")
+    lossfit.fit(folder, HANDOUT, limit=600, n_jobs=1)
+    return folder / "model.joblib"
+
+
 @pytest.mark.parametrize("env", [{}, TOKENS], ids=["open", "tokens"])
-def test_service_answers_as_its_description_says(tmp_path, model_path, env, capsys, request):
+def test_service_answers_as_its_description_says(tmp_path, fitted, env, capsys, request):
     seed = int(os.environ.get("FUZZ_SEED") or random.randrange(2**31))
     replay = f"replay: FUZZ_SEED={seed} pytest '{request.node.nodeid}'"
     with capsys.disabled():  # before the run: a hang, a crash or a timeout still names its seed
         print(f"\nschemathesis ({'tokens' if env else 'open'}): seed {seed} ({replay})")
     started = time.monotonic()
-    with Gunicorn(tmp_path, model_path, workers=2, env=env) as server:
+    with Gunicorn(tmp_path, fitted, workers=2, env=env) as server:
         result = run_schemathesis(server.url, tmp_path, seed, env)
         metrics = server.metrics()
     report = json.loads((tmp_path / "report.json").read_text())
