@@ -54,7 +54,7 @@ def predict():
 
 
 def asks_for_interval():
-    """Whether the query string asks for the interval (?interval=true); a 400 for any other value."""
+    """Whether the query string asks for the interval (?interval=true); a 422 for any other value."""
     raw = request.args.get("interval")
     if raw is None:
         return False

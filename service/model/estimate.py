@@ -4,6 +4,7 @@ their row path equals XGBoost's bit for bit, else by the booster."""
 import numpy as np
 
 from . import conformal
+from .fastpath import first_row_difference
 
 
 class LossEstimator:
@@ -38,9 +39,9 @@ class LossEstimator:
             return "the estimator's compiled library has no row path"
         raw = np.ascontiguousarray(raw, dtype=np.float32)
         expected = self.quality.booster.inplace_predict(self.quality.feature_matrix(raw)).astype(np.float32)
-        for i in range(len(raw)):  # the very call the service makes, row by row
-            if np.float32(trees.row(c_row_type(*raw[i].tolist()))) != expected[i]:
-                return f"its estimate differs from XGBoost's on row {i}"
+        differs = first_row_difference(trees.row, c_row_type, raw, expected)
+        if differs is not None:
+            return f"its estimate differs from XGBoost's on row {differs}"
         self.row = trees.row
         return None
 

@@ -7,6 +7,20 @@ import numpy as np
 from .compiled import RAW_WIDTH
 
 
+def raw_values(columns, sex_codes, record):
+    """A validated record's raw values in the feature function's column order, Sex coded."""
+    return [sex_codes[record["Sex"]], *map(record.__getitem__, columns[1:])]
+
+
+def first_row_difference(row, c_row_type, raw, expected):
+    """The first of these raw rows whose one-row C call differs from `expected` in any bit, or None: the
+    very call the service makes, row by row."""
+    for i in range(len(raw)):
+        if np.float32(row(c_row_type(*raw[i].tolist()))) != expected[i]:
+            return i
+    return None
+
+
 class FastPath:
     """The handout's feature function plus the trees (compiled, or the raw booster): no pandas."""
 
@@ -43,7 +57,7 @@ class FastPath:
 
     def _raw_values(self, record):
         """The record's raw values in column order, Sex coded."""
-        return [self.sex_codes[record["Sex"]], *map(record.__getitem__, self.columns[1:])]
+        return raw_values(self.columns, self.sex_codes, record)
 
     def predict_record(self, record):
         """Predicted Calories for one validated record, as a Python float."""
@@ -79,10 +93,9 @@ class FastPath:
         if differ:
             return f"its features differ from features.feature_matrix on {differ} of {len(raw)} rows"
         self.c_row_type = ctypes.c_float * len(self.columns)
-        margins = compiled.predict(expected)
-        for i in range(len(raw)):  # the very call the service makes, row by row
-            if np.float32(compiled.row(self.c_row_type(*raw[i].tolist()))) != margins[i]:
-                return f"its margin differs from the trees' on row {i}"
+        differs = first_row_difference(compiled.row, self.c_row_type, raw, compiled.predict(expected))
+        if differs is not None:
+            return f"its margin differs from the trees' on row {differs}"
         self.row_margin = compiled.row
         return None
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ModelLoadError
 from . import compiled, drift, quality_files
 from .estimate import LossEstimator
-from .fastpath import fast_path_for
+from .fastpath import fast_path_for, raw_values
 from .trust import import_features, read_metrics, verify_artifact, warn_on_version_drift
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,8 @@ class ModelService:
         if loss.row is not None:  # both by compiled row paths on one raw row (the hot path)
             c_row = fast.c_row(record)
             return fast.predict_c_row(c_row), loss.estimate_row(c_row)
-        raw = np.array([[self.features.SEX_CODES[record["Sex"]],
-                         *map(record.__getitem__, self.features.RAW_COLUMNS[1:])]], dtype=np.float32)
+        values = raw_values(self.features.RAW_COLUMNS, self.features.SEX_CODES, record)
+        raw = np.array([values], dtype=np.float32)
         return self.predict_one(record), float(loss.estimate_raw(raw)[0])
 
     def info(self):

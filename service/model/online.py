@@ -40,7 +40,6 @@ class State:
 
     quantile: float
     factor: float
-    labels: int
 
 
 def state(loss, calibration, rate, prior_labels):
@@ -48,4 +47,4 @@ def state(loss, calibration, rate, prior_labels):
     quantile = interval_quantile(loss.quantile, loss.nominal, calibration.labels, calibration.outside, rate)
     factor = recalibration_factor(calibration.labels, calibration.loss_estimate, calibration.realized,
                                   prior_labels)
-    return State(quantile, factor, calibration.labels)
+    return State(quantile, factor)

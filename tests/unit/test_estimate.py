@@ -217,3 +217,13 @@ def test_quality_files_of_another_model_are_refused_and_the_model_still_serves(f
     service.load()
     assert service.ready and service.loss is None
     assert "loss estimator refused" in caplog.text and "quality.json" in caplog.text
+
+
+def test_a_library_that_differs_from_the_estimator_is_not_used(fitted, tmp_path):
+    # The model's own trees stand in for a library that computes something else.
+    service = ModelService(fitted / "model.joblib", HANDOUT, compiled_dir=tmp_path / "cc")
+    service.load()
+    service.loss.row = None
+    fast = service.fast
+    reason = service.loss.enable_compiled(fast.compiled, service._checked_raw, fast.c_row_type)
+    assert reason.startswith("its estimate differs from XGBoost's on row ") and service.loss.row is None
