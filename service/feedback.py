@@ -8,7 +8,7 @@ from .errors import StoreUnavailable, ValidationFailed
 from .schemas import FEEDBACK_SCHEMA, load, read_json_object
 
 bp = Blueprint("feedback", __name__)
-bp.before_request(require_token("FEEDBACK_TOKEN"))
+require_token(bp, "FEEDBACK_TOKEN")
 STATUS = {"matched": 200, "duplicate": 200, "unmatched": 202}
 
 
