@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import functools
 import http.client
 import json
 import math
@@ -294,44 +295,61 @@ def run_load(args, work, pg_url):
     load = wrk if shutil.which("wrk") else python_load
     generator = f"wrk -t1 -c{args.connections}" if load is wrk else "python (wrk not found)"
     print(f"load generator: {generator}")
-    servers = {"reference": server("bench.reference:app", work / "reference"),
-               # Everything on: the SQLite store, drift counters, features stored with each event.
-               "service": server("wsgi:app", work / "service"),
-               "service_lean": server("wsgi:app", work / "service-lean",
-                                      {"DRIFT_METRICS": "0", "STORE_FEATURES": "0"})}
-    # Everything on, plus one challenger scored on every request and stored with it (issue 25).
-    servers["service_challenger"] = server("wsgi:app", work / "service-challenger",
-                                           {"CHALLENGER_URIS": str(challenger_folder(work / "challenger"))})
-    # Everything on but the loss estimate and interval (the artifact without its quality files).
-    servers["service_no_estimate"] = server("wsgi:app", work / "service-no-estimate",
-                                            {"MODEL_PATH": str(model_without_quality(work / "bare-model"))})
+    # Each configuration built only when it runs (--only), in the directory given (a round's, with
+    # --fresh); the challenger's model is trained once, the artifact without quality files made once.
+    challenger = functools.cache(lambda: challenger_folder(work / "challenger"))
+    bare = functools.cache(lambda: model_without_quality(work / "bare-model"))
+    specs = {"reference": lambda d: server("bench.reference:app", d / "reference"),
+             # Everything on: the SQLite store, drift counters, features stored with each event.
+             "service": lambda d: server("wsgi:app", d / "service"),
+             "service_lean": lambda d: server("wsgi:app", d / "service-lean",
+                                              {"DRIFT_METRICS": "0", "STORE_FEATURES": "0"}),
+             # Everything on, plus one challenger scored on every request and stored with it (issue 25).
+             "service_challenger": lambda d: server("wsgi:app", d / "service-challenger",
+                                                    {"CHALLENGER_URIS": str(challenger())}),
+             # Everything on but the loss estimate and interval (the artifact without its quality files).
+             "service_no_estimate": lambda d: server("wsgi:app", d / "service-no-estimate",
+                                                     {"MODEL_PATH": str(bare())})}
     if pg_url:
-        servers["service_postgresql"] = server("wsgi:app", work / "service-pg", {"FEEDBACK_DB": pg_url})
-    scripts = {name: "predict.lua" for name in servers}
+        specs["service_postgresql"] = lambda d: server("wsgi:app", d / "service-pg", {"FEEDBACK_DB": pg_url})
+    scripts = dict.fromkeys(specs, "predict.lua")
     if load is wrk:
         # Predictions and their labels (bench/mixed.lua): everything on, and without quality by
         # segment, the A/B of issue 22's cost on the path it adds to.
-        servers["mixed"] = server("wsgi:app", work / "mixed")
-        servers["mixed_no_segments"] = server("wsgi:app", work / "mixed-no-segments",
-                                              {"QUALITY_SEGMENTS": "off"})
+        specs["mixed"] = lambda d: server("wsgi:app", d / "mixed")
+        specs["mixed_no_segments"] = lambda d: server("wsgi:app", d / "mixed-no-segments",
+                                                      {"QUALITY_SEGMENTS": "off"})
         scripts.update(mixed="mixed.lua", mixed_no_segments="mixed.lua")
     else:
         print("the mixed predict + feedback A/B needs wrk: skipped")
-    results = {name: [] for name in servers}
+    unknown = set(args.only or ()) - set(specs)
+    if unknown:
+        raise SystemExit(f"--only: no configuration {', '.join(sorted(unknown))} (known: {', '.join(specs)})")
+    chosen = [name for name in specs if not args.only or name in args.only]
+    results = {name: [] for name in chosen}
+    seconds = max(1, min(args.chunk, args.duration))
+    chunks = max(1, args.duration // seconds)
     with contextlib.ExitStack() as stack:
-        for name, instance in servers.items():
-            stack.enter_context(contextlib.closing(instance))
-            instance.start(timeout=120, probe="/healthz")
-            run_one(load, instance.url, 2, args.connections, scripts[name])  # warm up
-        seconds = max(1, min(args.chunk, args.duration))
-        chunks = max(1, args.duration // seconds)
+        servers = None
         for r in range(args.rounds):
+            if servers is None or args.fresh:
+                # --fresh: new processes every round. Two identical instances differ by ~2 % in
+                # throughput for as long as they live (an A/A test: hash seeds, memory layout), so
+                # an A/B of a few per cent needs its rounds on instances started anew.
+                stack.close()
+                # Started in the other order every other round: in an A/A test of two identical
+                # instances, the one started first was 1.8 % slower over 60 paired turns.
+                order = chosen if r % 2 == 0 else chosen[::-1]
+                servers = start_servers(stack, {name: specs[name] for name in order},
+                                        work / f"round-{r + 1}" if args.fresh else work, load, scripts, args)
             # Each configuration's round is split in chunks taken in turn with the others', so a
-            # change in the shared machine's speed lasting a few seconds hits them all alike.
-            taken = {name: [] for name in servers}
+            # change in the shared machine's speed lasting a few seconds hits them all alike; the
+            # order reverses every turn, so none always follows the same other.
+            taken = {name: [] for name in chosen}
             for k in range(chunks):
-                for name, instance in servers.items():
-                    taken[name].append(run_one(load, instance.url, seconds, args.connections, scripts[name]))
+                for name in (chosen if k % 2 == 0 else chosen[::-1]):
+                    taken[name].append(run_one(load, servers[name].url, seconds, args.connections,
+                                               scripts[name]))
                 print(f"round {r + 1} turn {k + 1}/{chunks} ({seconds} s each, req/s): "
                       + "  ".join(f"{name} {parts[-1]['rps']:.0f}" for name, parts in taken.items()))
             for name, parts in taken.items():
@@ -340,10 +358,23 @@ def run_load(args, work, pg_url):
                 print(f"round {r + 1} {name:18} {figures['rps']:8.0f} req/s  "
                       f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
                       f"non-2xx {figures['errors']}")
-            ratio = results["service"][-1]["rps"] / results["reference"][-1]["rps"]
-            print(f"round {r + 1} ratio service/reference {ratio:.3f}")
-        mem = memory(pids(servers["service"]))
+            if {"service", "reference"} <= set(results):
+                ratio = results["service"][-1]["rps"] / results["reference"][-1]["rps"]
+                print(f"round {r + 1} ratio service/reference {ratio:.3f}")
+        mem = memory(pids(servers["service"])) if "service" in servers else []
     return results, mem
+
+
+def start_servers(stack, specs, work, load, scripts, args):
+    """Build and start each configuration's instance (closed with the stack), warmed up."""
+    servers = {}
+    for name, build in specs.items():
+        instance = servers[name] = build(work)
+        stack.enter_context(contextlib.closing(instance))
+        instance.start(timeout=120, probe="/healthz")
+        run_one(load, instance.url, 2, args.connections, scripts[name])  # warm up
+    print("started: " + ", ".join(f"{name} (pid {s.proc.pid})" for name, s in servers.items()), flush=True)
+    return servers
 
 
 def run_one(load, url, seconds, connections, script):
@@ -351,16 +382,23 @@ def run_one(load, url, seconds, connections, script):
     return load(url, seconds, connections, script) if load is wrk else load(url, seconds, connections)
 
 
-def paired_cost(results, with_it, without, resamples=4000):
+def paired_cost(results, with_it, without, resamples=4000, by_round=False):
     """The throughput cost of a feature from chunks taken in turn (1 - with/without per chunk): the
-    median, and a bootstrap 95 % interval of the median (a 3 % cost needs more than 5 rounds' worth)."""
-    ratios = [a / b for ra, rb in zip(results[with_it], results[without], strict=True)
-              for a, b in zip(ra["chunk_rps"], rb["chunk_rps"], strict=True)]
+    median, and a bootstrap 95 % interval of the median (a 3 % cost needs more than 5 rounds' worth).
+    by_round (--fresh): the bootstrap draws whole rounds, each on its own pair of instances, since
+    an instance's own bias (~2 %, the A/A test) is shared by all of its turns."""
+    rounds = [[a / b for a, b in zip(ra["chunk_rps"], rb["chunk_rps"], strict=True)]
+              for ra, rb in zip(results[with_it], results[without], strict=True)]
+    ratios = [x for one in rounds for x in one]
     rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    if by_round:
+        medians = sorted(statistics.median([x for one in rng.choices(rounds, k=len(rounds)) for x in one])
+                         for _ in range(resamples))
+    else:
+        medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
     low, high = medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-    return {"chunks": len(ratios), "cost": 1 - statistics.median(ratios), "cost_low": 1 - high,
-            "cost_high": 1 - low}
+    return {"chunks": len(ratios), "rounds": len(rounds), "by_round": by_round,
+            "cost": 1 - statistics.median(ratios), "cost_low": 1 - high, "cost_high": 1 - low}
 
 
 def challenger_folder(out):
@@ -399,7 +437,7 @@ def _ratios(results, name, base="reference"):
     return [a["rps"] / b["rps"] for a, b in zip(results[name], results[base], strict=True)]
 
 
-def summarize(results, mem, costs, scraped):
+def summarize(results, mem, costs, scraped, fresh=False):
     med = {k: {f: statistics.median(r[f] for r in v) for f in ("rps", "p50_ms", "p99_ms")}
            for k, v in results.items()}
     ratios = _ratios(results, "service")
@@ -424,9 +462,10 @@ def summarize(results, mem, costs, scraped):
                      f"(rounds {min(with_one):.3f}-{max(with_one):.3f}; target >= 0.93), to the reference "
                      f"{to_reference:.3f} (target >= 0.5)  "
                      f"{'OK' if statistics.median(with_one) >= 0.93 and to_reference >= 0.5 else 'MISSED'}")
-    estimate_cost = paired_cost(results, "service", "service_no_estimate")
+    estimate_cost = paired_cost(results, "service", "service_no_estimate", by_round=fresh)
     lines += estimate_lines(estimate_cost, costs)
-    segment_cost = paired_cost(results, "mixed", "mixed_no_segments") if "mixed" in results else None
+    segment_cost = (paired_cost(results, "mixed", "mixed_no_segments", by_round=fresh)
+                    if "mixed" in results else None)
     if segment_cost:
         lines += segment_lines(segment_cost, costs)
     lean = _ratios(results, "service", "service_lean")
@@ -464,6 +503,31 @@ def summarize(results, mem, costs, scraped):
     print("\n".join(lines))
     return {"median": med, "ratio": ratio, "ratios": ratios, "pss_total_mb": pss, "machine": machine,
             "segment_cost": segment_cost, "estimate_cost": estimate_cost}
+
+
+AB_PAIRS = {("service", "service_no_estimate"): ("estimate + interval on vs off (/predict)", 0.05),
+            ("mixed", "mixed_no_segments"): ("quality by segment on vs off, predictions + labels", 0.03),
+            ("service_challenger", "service"): ("one challenger on vs none (/predict)", 0.07)}
+
+
+def only_lines(results, fresh):
+    """--only: each A/B held by the configurations run, its paired cost against its budget."""
+    for (with_it, without), (what, budget) in AB_PAIRS.items():
+        if with_it in results and without in results:
+            cost = paired_cost(results, with_it, without, by_round=fresh)
+            verdict = ("OK" if cost["cost_high"] <= budget else
+                       "NOT RESOLVED (more --rounds?)" if cost["cost"] <= budget else "MISSED")
+            where = f" in {cost['rounds']} rounds of fresh instances" if fresh else ""
+            print(f"{what}: cost {cost['cost']:.1%} of throughput, 95 % interval {cost['cost_low']:.1%} "
+                  f"to {cost['cost_high']:.1%} over {cost['chunks']} paired turns{where} (budget "
+                  f"{budget:.0%})  {verdict}")
+    if {"service", "reference"} <= set(results):
+        cost = paired_cost(results, "service", "reference", by_round=fresh)
+        ratio, low, high = 1 - cost["cost"], 1 - cost["cost_high"], 1 - cost["cost_low"]
+        verdict = "OK" if low >= 0.5 else "MISSED" if high < 0.5 else "NOT RESOLVED"
+        print(f"ratio /predict : bare Flask: median {ratio:.3f}, 95 % interval {low:.3f} to {high:.3f} over "
+              f"{cost['chunks']} paired turns (floor 0.5)  {verdict}")
+    return 0
 
 
 def estimate_lines(cost, costs):
@@ -550,13 +614,23 @@ def main(argv=None):
     p.add_argument("--scrape-feedback", type=int, default=500_000)
     p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL store's figures")
     p.add_argument("--json", type=pathlib.Path, default=ROOT / "reports" / "bench.json")
+    p.add_argument("--fresh", action="store_true",
+                   help="new server processes every round: an A/B of a few per cent needs it (two "
+                        "identical instances differ by ~2 %% for as long as they live)")
+    p.add_argument("--only", type=lambda raw: [n for n in raw.split(",") if n],
+                   help="comma-separated configurations, e.g. mixed,mixed_no_segments: one A/B given "
+                        "every round (with --rounds 20, the turns to resolve a 3 %% cost); prints the "
+                        "paired costs of the A/Bs it holds and nothing else")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, postgres(not args.no_postgres) as pg_url:
+    wants_pg = not args.no_postgres and (not args.only or "service_postgresql" in args.only)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, postgres(wants_pg) as pg_url:
         work = pathlib.Path(tmp)
         results, mem = run_load(args, work, pg_url)
+        if args.only:
+            return only_lines(results, args.fresh)
         costs = breakdown(work, pg_url)
         scraped = run_scrape(args, work, pg_url) if args.scrape_predictions else {}
-    summary = summarize(results, mem, costs, scraped)
+    summary = summarize(results, mem, costs, scraped, args.fresh)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"rounds": results, "memory": mem, "costs_us": costs, "scrape": scraped, **summary}
     args.json.write_text(json.dumps(report, indent=2) + "\n")

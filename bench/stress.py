@@ -21,13 +21,18 @@ import time
 from loopback.gunicorn import Instance
 from loopback.nginx import Nginx, NginxError
 from loopback.postgres import PostgresError, throwaway
+from loopback.process import free_port
 from simulator.records import DataError, load
 
 from . import capacity, openloop
 from .run import _machine
-from .traffic import Sampler, Traffic, children, cpu_seconds
+from .traffic import Prober, Sampler, Traffic, children, cpu_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROBE_SECONDS = 0.1  # /healthz and /readyz of each probe listener, ten times a second
+# Issue 23's targets for a burst: served >= 90 % of capacity, shed answers fast, probes fast; the
+# admitted p99 may reach 2x the SLO from a 10x burst on.
+SERVED_SHARE, SHED_P99_MS, PROBE_P99_MS, RECOVERY_S = 0.9, 10.0, 100.0, 2.0
 SAMPLE = ROOT / "handout_from DS_agent" / "data_sample" / "train.csv"
 
 
@@ -35,6 +40,9 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m bench.stress", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="drive this service (base URL) instead of starting one")
+    p.add_argument("--probe-url", action="append", default=[],
+                   help="with --url: a probe listener to time /healthz and /readyz on during the run "
+                        "(repeatable; default: the --metrics-url ones)")
     p.add_argument("--metrics-url", action="append", default=[],
                    help="an instance to sample /metrics from during the run (repeatable; default: "
                         "the instances this tool starts)")
@@ -51,8 +59,11 @@ def parse(argv):
     p.add_argument("--step-rps", type=float, default=100.0)
     p.add_argument("--max-rps", type=float, default=4000.0)
     p.add_argument("--step-seconds", type=float, default=5.0, help="seconds per ramp step (default 5)")
-    p.add_argument("--bursts", default="2,5", help="burst factors x capacity; empty for none (default 2,5)")
-    p.add_argument("--burst-seconds", type=float, default=5.0)
+    p.add_argument("--bursts", default="5,10",
+                   help="burst factors x capacity; empty for none (default 5,10: issue 23's targets)")
+    p.add_argument("--burst-seconds", type=float, default=30.0)
+    p.add_argument("--burst-capacity", type=float,
+                   help="req/s the burst factors multiply, instead of the capacity the ramp found")
     p.add_argument("--burst-base", type=float, default=0.5, help="load around a burst, x capacity (0.5)")
     p.add_argument("--recovery-seconds", type=float, default=20.0)
     p.add_argument("--warmup-seconds", type=float, default=2.0, help="unreported warm-up (default 2)")
@@ -79,22 +90,26 @@ def cpus(spec):
 
 
 def start_service(args, stack, work):
-    """Start the target on the server CPUs (children inherit the affinity); its URL and instances'."""
+    """Start the target on the server CPUs (children inherit the affinity); its URL and the probe
+    listeners' (PROBE_BIND, as the Kubernetes manifests set it: probes and scrapes never wait in
+    the burst's backlog)."""
     env = {"ACCESS_LOG": os.environ.get("ACCESS_LOG", "-")}
     if args.target == "nginx":
         cluster = stack.enter_context(throwaway("calories-stress-pg-"))
         env["FEEDBACK_DB"] = cluster.create_database("calories_stress")
-    instances = []
+    instances, probes = [], []
     for i in range(args.instances if args.target == "nginx" else 1):
-        instance = Instance(work / f"instance-{i + 1}", args.workers, env)
+        probes.append(f"127.0.0.1:{free_port()}")
+        instance = Instance(work / f"instance-{i + 1}", args.workers, {**env, "PROBE_BIND": probes[-1]})
         stack.callback(instance.stop)
         instances.append(instance.start(timeout=180))
     urls = [i.url for i in instances]
+    probes = [f"http://{p}" for p in probes]
     if args.target == "nginx":
         nginx = Nginx(work / "nginx", [u.split("//")[1] for u in urls])
         stack.callback(nginx.stop)
-        return nginx.start().url, urls
-    return urls[0], urls
+        return nginx.start().url, probes
+    return urls[0], probes
 
 
 def ramp_rates(args):
@@ -149,7 +164,7 @@ def step_line(step):
             f"{'' if step['offered'] else '  NOT OFFERED'}{signals}")
 
 
-def bursts(args, exe, url, traffic, sampler, cap):
+def bursts(args, exe, url, traffic, sampler, prober, cap):
     """Each burst: base load, k x capacity for --burst-seconds, base load again to recover."""
     out = []
     for factor in [float(f) for f in args.bursts.split(",") if f.strip()]:
@@ -165,10 +180,33 @@ def bursts(args, exe, url, traffic, sampler, cap):
                    **capacity.burst_figures(results, lead, args.burst_seconds, args.slo_ms),
                    "outcomes": capacity.outcomes(burst, args.burst_seconds),
                    # What the instances' own metrics said meanwhile: what an autoscaler would see.
-                   "server_during": sampler.between(started + lead, started + lead + args.burst_seconds)}
+                   "server_during": sampler.between(started + lead, started + lead + args.burst_seconds),
+                   "probes_during": prober.between(started + lead, started + lead + args.burst_seconds)}
+        figures["targets"] = burst_targets(figures, cap, args.slo_ms)
         out.append(figures)
         print(burst_line(figures, args), flush=True)
     return out
+
+
+def burst_targets(b, cap, slo_ms):
+    """Each of issue 23's targets for this burst: (the figure, the bound, met)."""
+    o, probes = b["outcomes"], b["probes_during"] or {}
+    admitted_bound = slo_ms * (2 if b["factor"] >= 10 else 1)
+    admitted = o["admitted_p99_ms"]
+    checks = {"client timeouts": (o["timed_out"], 0, o["timed_out"] == 0),
+              "served/s": (o["served_rps"], round(SERVED_SHARE * cap, 1),
+                           o["served_rps"] >= SERVED_SHARE * cap),
+              "admitted p99 ms": (admitted, admitted_bound,
+                                  admitted is not None and admitted <= admitted_bound),
+              "shed p99 ms": (o["shed_p99_ms"], SHED_P99_MS,
+                              o["shed_p99_ms"] is None or o["shed_p99_ms"] <= SHED_P99_MS),
+              "recovery s": (b["recovered_after_s"], RECOVERY_S,
+                             b["recovered_after_s"] is not None and b["recovered_after_s"] <= RECOVERY_S)}
+    if probes:
+        p99 = probes["probe_p99_ms"]
+        checks["probe p99 ms"] = (p99, PROBE_P99_MS,
+                                  p99 is not None and p99 <= PROBE_P99_MS and probes["probes_failed"] == 0)
+    return {name: {"figure": f, "bound": bound, "met": met} for name, (f, bound, met) in checks.items()}
 
 
 def burst_line(b, args):
@@ -190,6 +228,14 @@ def burst_line(b, args):
         line += (f"\n  the instances meanwhile: {seen['server_rps']:g} req/s completed, in-flight "
                  f"{seen['inflight_mean']:g}, Little {seen['little_concurrency']:g}, scrape max "
                  f"{seen['scrape_max_ms']:g} ms, {seen['scrapes_failed']}/{seen['scrapes']} scrapes failed")
+    probes = b.get("probes_during")
+    if probes:
+        line += (f"\n  probes (/healthz, /readyz): {probes['probes']}, failed {probes['probes_failed']}, "
+                 f"p99 {_ms(probes['probe_p99_ms'])}, max {_ms(probes['probe_max_ms'])}")
+    if b.get("targets"):
+        line += "\n  targets: " + ", ".join(
+            f"{name} {t['figure']} (bound {t['bound']}) {'met' if t['met'] else 'MISSED'}"
+            for name, t in b["targets"].items())
     return line
 
 
@@ -214,12 +260,14 @@ def run(args, stack):
             os.sched_setaffinity(0, cpus(args.server_cpus))  # inherited by everything started now
         args.url, started = start_service(args, stack, work)
         args.metrics_url = args.metrics_url or started
+        args.probe_url = args.probe_url or started
     if several:
         os.sched_setaffinity(0, cpus(args.generator_cpus))
     machine = _machine()
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}; pinned {pinned or 'no'}", flush=True)
     traffic = Traffic(records, args.feedback_fraction, args.feedback_delay, poisson=args.poisson)
-    with Sampler(args.metrics_url, interval=args.sample_seconds) as sampler:
+    with Sampler(args.metrics_url, interval=args.sample_seconds) as sampler, \
+            Prober(args.probe_url or args.metrics_url, interval=PROBE_SECONDS) as prober:
         if args.warmup_seconds > 0:
             warmup = [(min(50.0, ramp_rates(args)[0]), args.warmup_seconds)]
             phase(args, exe, args.url, traffic, sampler, warmup)
@@ -227,8 +275,9 @@ def run(args, stack):
         verdict = capacity.knee(steps)
         print(f"knee: {verdict['knee_rps']} req/s, capacity: {verdict['capacity_rps']} req/s at p99 <= "
               f"{args.slo_ms:g} ms" + (f" ({verdict['refused']})" if verdict["refused"] else ""), flush=True)
-        burst_list = bursts(args, exe, args.url, traffic, sampler, verdict["capacity_rps"]) \
-            if verdict["capacity_rps"] and args.bursts.strip() else []
+        cap = args.burst_capacity or verdict["capacity_rps"]
+        burst_list = bursts(args, exe, args.url, traffic, sampler, prober, cap) \
+            if cap and args.bursts.strip() else []
     return {"url": args.url, "target": target,
             "machine": machine, "load_average_end": os.getloadavg(), "pinned": pinned,
             "slo_ms": args.slo_ms, "arrivals": "poisson" if args.poisson else "uniform",

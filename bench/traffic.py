@@ -14,6 +14,7 @@ import typing
 
 import requests
 
+from .capacity import quantile
 from .openloop import Shot
 
 
@@ -156,6 +157,51 @@ class Sampler:
         return {"inflight_mean": round(inflight, 3), "little_concurrency": round(little, 3),
                 "server_rps": round(rate, 1), "scrape_max_ms": round(max(latency, default=0) * 1000, 1),
                 "scrapes_failed": sum(s.signals is None for s in window), "scrapes": len(window)}
+
+
+class Prober:
+    """GETs /healthz and /readyz of each probe listener every `interval` s in a thread, as a
+    kubelet would (more often, so a burst's p99 rests on hundreds of probes, not three)."""
+
+    PATHS = ("/healthz", "/readyz")
+
+    def __init__(self, urls, interval=0.1, timeout=2.0):
+        self.urls, self.interval, self.timeout = list(urls), interval, timeout
+        self.samples = []  # (sent, latency s or None when it failed or answered non-200)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        if self.urls:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(self.timeout * len(self.urls) * len(self.PATHS) + 1)
+
+    def _loop(self):
+        session = requests.Session()
+        while not self.stop.wait(self.interval):
+            for url in self.urls:
+                for path in self.PATHS:
+                    sent = time.monotonic()
+                    try:
+                        ok = session.get(url + path, timeout=self.timeout).status_code == 200
+                    except requests.RequestException:
+                        ok = False
+                    self.samples.append((sent, time.monotonic() - sent if ok else None))
+
+    def between(self, start, end):
+        """The probes sent in [start, end): how many, how many failed, their p99 and max (ms)."""
+        window = [latency for sent, latency in self.samples if start <= sent < end]
+        good = [latency * 1000 for latency in window if latency is not None]
+        if not window:
+            return None
+        return {"probes": len(window), "probes_failed": len(window) - len(good),
+                "probe_p99_ms": round(quantile(good, 0.99), 1) if good else None,
+                "probe_max_ms": round(max(good), 1) if good else None}
 
 
 def children(pid):

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,26 @@ def test_bench_runs_and_reports_every_figure(tmp_path, model_path, postgres):  #
     assert report["segment_cost"]["chunks"] == 2
     assert report["costs_us"]["segments_feedback_us"] > 0
     assert report["estimate_cost"]["chunks"] == 2 and math.isfinite(report["costs_us"]["estimate_us"])
+
+
+def test_one_ab_on_fresh_instances_each_round(tmp_path, model_path):
+    # --only runs the two configurations of one A/B and nothing else; --fresh starts them anew every
+    # round (an instance's own ~2 % bias would otherwise weigh on every turn of the A/B).
+    env = {**os.environ, "MODEL_PATH": str(model_path),
+           "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--only", "mixed,mixed_no_segments", "--fresh",
+                           "--rounds", "2", "--duration", "2", "--chunk", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    started = [dict(re.findall(r"(\w+) \(pid (\d+)\)", line)) for line in proc.stdout.splitlines()
+               if line.startswith("started: ")]
+    assert [set(s) for s in started] == [{"mixed", "mixed_no_segments"}] * 2
+    assert not set(started[0].values()) & set(started[1].values())  # new processes in round 2
+    assert re.search(r"quality by segment on vs off, predictions \+ labels: cost -?[\d.]+% of throughput, "
+                     r"95 % interval .* over 4 paired turns in 2 rounds of fresh instances", proc.stdout)
+    assert "ratio predict/reference" not in proc.stdout and "service " not in proc.stdout
+    turns = [line.split(": ")[1].split()[::2] for line in proc.stdout.splitlines() if " turn " in line]
+    assert turns == 4 * [["mixed", "mixed_no_segments"]]
 
 
 def test_python_load_generator_fallback(tmp_path, model_path):

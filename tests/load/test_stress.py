@@ -141,9 +141,18 @@ def test_no_knee_is_claimed_above_a_rate_the_generator_could_not_offer():
 
 def test_make_stress_against_one_instance(tmp_path, model_path):
     env = {"MODEL_PATH": str(model_path), "COMPILED_MODEL_DIR": str(model_path.parent / "compiled")}
-    report, out = stress(tmp_path, "--rates", "50,100", "--step-seconds", "1.5", "--bursts", "",
+    report, out = stress(tmp_path, "--rates", "50,100", "--step-seconds", "1.5", "--bursts", "2",
+                         "--burst-capacity", "100", "--burst-seconds", "1.5", "--recovery-seconds", "2",
                          "--warmup-seconds", "1", "--sample-seconds", "0.25", env=env)
     assert report["target"] == "instance" and report["pinned"] == {"server": [0], "generator": [1]}
+    # The instance has a probe listener, as the manifests give it: /healthz and /readyz timed there
+    # ten times a second through the burst, and each of the issue's targets judged.
+    burst = report["bursts"][0]
+    assert burst["probes_during"]["probes"] >= 20 and burst["probes_during"]["probes_failed"] == 0
+    assert 0 < burst["probes_during"]["probe_p99_ms"] <= burst["probes_during"]["probe_max_ms"]
+    assert set(burst["targets"]) == {"client timeouts", "served/s", "admitted p99 ms", "shed p99 ms",
+                                     "recovery s", "probe p99 ms"}
+    assert "probes (/healthz, /readyz): " in out and "targets: client timeouts" in out
     assert "machine: " in out and report["machine"]
     for step in report["ramp"]:
         assert step["success"] == 1.0 and step["offered"]
@@ -163,6 +172,24 @@ def test_make_stress_against_nginx_and_two_instances(tmp_path, model_path, postg
         assert step["success"] == 1.0 and step["offered"]
         # Both instances are scraped; the balancer's rate is their sum.
         assert step["server"]["server_rps"] > 0.5 * step["offered_rps"]
+
+
+def test_burst_targets_judge_each_figure_against_the_issues_bound():
+    burst = {"factor": 5.0, "recovered_after_s": 1.0,
+             "outcomes": {"timed_out": 0, "served_rps": 280.0, "admitted_p99_ms": 45.0, "shed_p99_ms": 3.0},
+             "probes_during": {"probes": 600, "probes_failed": 0, "probe_p99_ms": 12.0, "probe_max_ms": 30.0}}
+    met = stress_tool.burst_targets(burst, 300.0, 50.0)
+    assert all(t["met"] for t in met.values()) and met["served/s"]["bound"] == 270.0
+    missed = {**burst, "recovered_after_s": None,
+              "outcomes": {"timed_out": 1, "served_rps": 260.0, "admitted_p99_ms": 55.0, "shed_p99_ms": 11.0},
+              "probes_during": {**burst["probes_during"], "probes_failed": 1}}
+    assert not any(t["met"] for t in stress_tool.burst_targets(missed, 300.0, 50.0).values())
+    # At 10x the admitted p99 may reach twice the SLO; nothing else is relaxed.
+    ten = stress_tool.burst_targets({**burst, "factor": 10.0,
+                                     "outcomes": {**burst["outcomes"], "admitted_p99_ms": 95.0}}, 300.0, 50.0)
+    assert ten["admitted p99 ms"] == {"figure": 95.0, "bound": 100.0, "met": True}
+    five = {**burst, "outcomes": {**burst["outcomes"], "admitted_p99_ms": 95.0}}
+    assert not stress_tool.burst_targets(five, 300.0, 50.0)["admitted p99 ms"]["met"]
 
 
 def test_engine_drops_a_shot_whose_predecessor_failed():
