@@ -22,8 +22,9 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 bind = [_server["bind"]] + ([_server["probe_bind"]] if _server["probe_bind"] else [])
 workers = _server["workers"]
 
-# Sync workers: the model is CPU-bound, one request per worker at a time.
-worker_class = "sync"
+# Sync workers: the model is CPU-bound, one request per worker at a time. This one refuses a request
+# that waited in the backlog past its budget before gunicorn parses it (service/worker.py).
+worker_class = "service.worker.SheddingWorker"
 timeout = _server["timeout"]
 graceful_timeout = 20  # SIGTERM lets in-flight requests finish within this
 keepalive = 2

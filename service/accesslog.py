@@ -31,6 +31,21 @@ class SheddingLogger(Logger):
             return
         super().access(resp, req, environ, request_time)
 
+    def shed(self, endpoint, addr, head):
+        """A request the worker refused before parsing it (service/worker.py), sampled the same way;
+        its line carries the request line as it arrived."""
+        now = time.monotonic()
+        if now < self._window_end:
+            self._unlogged[endpoint] = self._unlogged.get(endpoint, 0) + 1
+            return
+        self._summary()
+        self._window_end = now + SAMPLE_SECONDS
+        if self.access_log_enabled:
+            host = addr[0] if isinstance(addr, tuple) else str(addr)
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            self.access_log.info('%s - - %s "%s" 503 - (shed before parsing: waited past its budget)',
+                                 host, self.now(), line)
+
     def _summary(self):
         """One line for the shed requests of the second that ended (written with the next line)."""
         if self._unlogged and self.access_log_enabled:

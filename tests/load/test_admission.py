@@ -84,7 +84,8 @@ def queued_behind_busy_workers(server, workers, requests_, wait):
 def test_what_waited_past_its_budget_is_refused_at_once_and_feedback_last(tmp_path, model_path):
     # predict may wait 200 ms, feedback 4 x 200 = 800 ms; these wait ~450 ms. (Budgets well above
     # the ~50 ms a worker may wait for a CPU on a busy machine: the held requests must pass.)
-    with Gunicorn(tmp_path, model_path, workers=2, env={"ADMISSION_BUDGET_MS": "200"}) as server:
+    env = {"ADMISSION_BUDGET_MS": "200", "ACCESS_LOG": "-"}
+    with Gunicorn(tmp_path, model_path, workers=2, env=env) as server:
         assert requests.post(server.url + "/predict", json={**RECORD, "id": 1}, timeout=10).ok
         before = server.metrics()
         answers = queued_behind_busy_workers(server, 2, [
@@ -98,6 +99,10 @@ def test_what_waited_past_its_budget_is_refused_at_once_and_feedback_last(tmp_pa
         assert status == 503 and headers["Retry-After"] == "1"
         assert json.loads(body)["error"]["code"] == "overloaded"
     assert s3 == 200 and json.loads(b3)["outcome"] == "matched"
+    # Refused by the worker before gunicorn parsed them (service/worker.py): gunicorn's own answers
+    # carry its Server header, the worker's canned 503 does not; its access line says so.
+    assert "Server" not in h1 and "Server" not in h2
+    assert "(shed before parsing: waited past its budget)" in server.log_tail(None)
     delta = {e: sample(after, "app_requests_shed_total", endpoint=e, reason="queue_time")
              - sample(before, "app_requests_shed_total", endpoint=e, reason="queue_time")
              for e in ("predict", "feedback")}
@@ -165,3 +170,26 @@ def _unanswered(sock):
         return True
     finally:
         sock.setblocking(True)
+
+
+def test_behind_a_standing_queue_predictions_get_the_short_target_feedback_its_own(tmp_path, model_path):
+    # A 5 s budget (the tests' default) sheds nothing by age alone; 24 predictions and a feedback
+    # queued ~300 ms behind busy workers are a standing queue (service/worker.py: more than 16
+    # waiting), where a prediction may wait only TARGET_MS: those taken while more than 16 still
+    # wait are refused, the rest served; the feedback keeps its own budget and is served.
+    from service.worker import STANDING_QUEUE
+
+    with Gunicorn(tmp_path, model_path, workers=2) as server:
+        assert requests.post(server.url + "/predict", json={**RECORD, "id": 1}, timeout=10).ok
+        queued = [("/predict", predict_body(100 + i)) for i in range(24)]
+        label = ("/feedback", b'{"id": 1, "Calories": 231}')
+        answers = queued_behind_busy_workers(server, 2, [*queued, label], wait=0.3)
+        metrics = server.metrics()
+    statuses = [a[0] for a in answers]
+    assert statuses[-1] == 200 and json.loads(answers[-1][2])["outcome"] == "matched"
+    shed = statuses.count(503)
+    # Taken in order: each one refused while more than 16 wait behind it (two workers race by one).
+    assert 25 - STANDING_QUEUE - 2 <= shed <= 25 - STANDING_QUEUE, statuses
+    assert set(statuses) == {200, 503} and statuses[:shed - 1].count(503) == shed - 1
+    assert sample(metrics, "app_requests_shed_total", endpoint="predict", reason="queue_time") == shed
+    assert sample(metrics, "app_requests_shed_total", endpoint="feedback", reason="queue_time") == 0

@@ -29,7 +29,8 @@ def test_defaults(fresh_metrics_dir):
     cfg = print_config(env=fresh_metrics_dir)
     assert cfg["bind"] == "['127.0.0.1:8000']"
     assert int(cfg["workers"]) >= 2
-    assert (cfg["worker_class"], cfg["preload_app"], cfg["max_requests"]) == ("sync", "False", "0")
+    assert cfg["worker_class"] == "service.worker.SheddingWorker"  # gunicorn's sync worker, shedding early
+    assert (cfg["preload_app"], cfg["max_requests"]) == ("False", "0")
     assert cfg["control_socket_disable"] == "True"
 
 
