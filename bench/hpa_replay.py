@@ -52,17 +52,21 @@ def parse(argv):
                    help="SECONDS@RATE segments; RATE in req/s, or with x: times the capacity of "
                         "minReplicas pods (default 120@0.5x,300@5x,600@0.5x)")
     p.add_argument("--metric", choices=("completed", "offered"), default="completed",
-                   help="what the HPA's pods metric counts: requests each pod completed (the shipped "
-                        "rule; saturates at capacity) or offered to it, served + shed (default completed)")
-    p.add_argument("--capacity", type=float, default=300.0,
-                   help="req/s one pod serves within the SLO, as make stress measured (default 300)")
+                   help="what the HPA's pods metric counts: requests each pod completed (the rule before "
+                        "issue 23; saturates at capacity) or offered to it, served + shed (the shipped "
+                        "rule) (default completed)")
+    p.add_argument("--capacity", type=float, default=800.0,
+                   help="req/s one pod serves within the SLO, as make stress measured (default 800: "
+                        "1 CPU, everything on, 2026-12-06)")
     p.add_argument("--stress-report", type=pathlib.Path,
                    help="take --capacity from this make stress report (its verdict)")
     p.add_argument("--slo-ms", type=float, default=50.0, help="p99 objective (default 50)")
-    p.add_argument("--cpu-ms-per-request", type=float, default=2.9,
-                   help="CPU per served request (default 2.9, docs/operations.md)")
-    p.add_argument("--shed-cpu-ms", type=float, default=0.21,
-                   help="CPU per shed request (default 0.21: a bare 503 through gunicorn sync, issue 23)")
+    p.add_argument("--cpu-ms-per-request", type=float, default=1.1,
+                   help="CPU per served request (default 1.1: make stress, docs/operations.md)")
+    p.add_argument("--shed-cpu-ms", type=float, default=0.04,
+                   help="CPU per shed request (default 0.04: refused by the worker before parsing, "
+                        "what make stress's bursts left of the CPU over their refusals; 0.21 through "
+                        "gunicorn's parser)")
     p.add_argument("--schedule-seconds", type=float, default=2.0,
                    help="pod creation to container start: scheduling, image already on the node "
                         "(default 2; add the image pull on a node without it)")

@@ -154,7 +154,7 @@ def admission_settings(env=None):
         raise ConfigError(f"PROBE_BIND={probe!r}: must use another port than BIND")
     return {
         # How long a request may have waited in the listen backlog before it is refused (503), in
-        # ms; `off` admits everything. Provisional default, to be set from `make stress` figures.
+        # ms; `off` admits everything. 100: make stress gave the same bursts at 25 (docs/operations.md).
         "ADMISSION_BUDGET_MS": _get(env, "ADMISSION_BUDGET_MS", 100.0, _off_or_positive),
         "PROBE_BIND": probe,
     }
