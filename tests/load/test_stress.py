@@ -16,7 +16,7 @@ from support import ROOT, SAMPLE
 
 from bench import capacity, openloop
 from bench import stress as stress_tool
-from bench.traffic import Sampler, Traffic
+from bench.traffic import Prober, Sampler, Traffic
 from loopback.process import free_port
 from simulator.records import load
 
@@ -29,8 +29,10 @@ def wsgi_server(app, tmp_path, env=None):
     port = free_port()
     with open(tmp_path / f"{app}.log", "wb") as log:  # the child keeps its own descriptor
         pin = ["taskset", "-c", "0"] if len(os.sched_getaffinity(0)) > 1 else []  # the server's own CPU
-        proc = subprocess.Popen([*pin, sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
-                                 "--chdir", str(TESTS), f"stress_apps:{app}"],
+        # -k sync: the project's gunicorn.conf.py (read from the working directory) would bring its
+        # shedding worker; these apps measure the stress tool against plain queueing.
+        proc = subprocess.Popen([*pin, sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync",
+                                 "-b", f"127.0.0.1:{port}", "--chdir", str(TESTS), f"stress_apps:{app}"],
                                 env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -302,8 +304,8 @@ def burst(url, cap, *flags, sample_seconds=0.1):
     args = stress_tool.parse(["--url", url, "--bursts", "2", "--burst-seconds", "2", "--recovery-seconds",
                               "1", "--feedback-delay", "0.5", "--timeout", "2", *flags])
     traffic = Traffic(load(SAMPLE), args.feedback_fraction, args.feedback_delay)
-    with Sampler([url], interval=sample_seconds) as sampler:
-        return stress_tool.bursts(args, openloop.build(), url, traffic, sampler, cap)[0]
+    with Sampler([url], interval=sample_seconds) as sampler, Prober([]) as prober:
+        return stress_tool.bursts(args, openloop.build(), url, traffic, sampler, prober, cap)[0]
 
 
 def test_completed_rate_is_never_above_the_offered_one_when_scrapes_queue():
