@@ -505,9 +505,18 @@ def summarize(results, mem, costs, scraped, fresh=False):
             "segment_cost": segment_cost, "estimate_cost": estimate_cost}
 
 
-AB_PAIRS = {("service", "service_no_estimate"): ("estimate + interval on vs off (/predict)", 0.05),
-            ("mixed", "mixed_no_segments"): ("quality by segment on vs off, predictions + labels", 0.03),
-            ("service_challenger", "service"): ("one challenger on vs none (/predict)", 0.07)}
+ESTIMATE_BUDGET, SEGMENT_BUDGET, CHALLENGER_BUDGET = 0.05, 0.03, 0.07  # issues 21, 22 and 25
+AB_PAIRS = {("service", "service_no_estimate"): ("estimate + interval on vs off (/predict)", ESTIMATE_BUDGET),
+            ("mixed", "mixed_no_segments"): ("quality by segment on vs off, predictions + labels",
+                                             SEGMENT_BUDGET),
+            ("service_challenger", "service"): ("one challenger on vs none (/predict)", CHALLENGER_BUDGET)}
+
+
+def cost_verdict(cost, budget):
+    """OK when the whole interval is within the budget; not resolved when only the median is."""
+    if cost["cost_high"] <= budget:
+        return "OK"
+    return f"NOT RESOLVED at {budget * 100:g} % (more --rounds?)" if cost["cost"] <= budget else "MISSED"
 
 
 def only_lines(results, fresh):
@@ -515,8 +524,7 @@ def only_lines(results, fresh):
     for (with_it, without), (what, budget) in AB_PAIRS.items():
         if with_it in results and without in results:
             cost = paired_cost(results, with_it, without, by_round=fresh)
-            verdict = ("OK" if cost["cost_high"] <= budget else
-                       "NOT RESOLVED (more --rounds?)" if cost["cost"] <= budget else "MISSED")
+            verdict = cost_verdict(cost, budget)
             where = f" in {cost['rounds']} rounds of fresh instances" if fresh else ""
             print(f"{what}: cost {cost['cost']:.1%} of throughput, 95 % interval {cost['cost_low']:.1%} "
                   f"to {cost['cost_high']:.1%} over {cost['chunks']} paired turns{where} (budget "
@@ -532,10 +540,7 @@ def only_lines(results, fresh):
 
 def estimate_lines(cost, costs):
     """Issue 21's cost: the A/B of /predict with and without the estimate and interval, and the µs."""
-    if cost["cost_high"] <= 0.05:
-        verdict = "OK"
-    else:
-        verdict = "NOT RESOLVED at 5 % (more --rounds?)" if cost["cost"] <= 0.05 else "MISSED"
+    verdict = cost_verdict(cost, ESTIMATE_BUDGET)
     return [f"estimate + interval on vs off (/predict): cost {cost['cost']:.1%} of throughput, 95 % interval "
             f"{cost['cost_low']:.1%} to {cost['cost_high']:.1%} over {cost['chunks']} paired turns "
             f"(target <= 5 %)  {verdict}",
@@ -548,10 +553,7 @@ def estimate_lines(cost, costs):
 
 def segment_lines(cost, costs):
     """Issue 22's cost: the A/B on predictions with their labels, and the in-process microseconds."""
-    if cost["cost_high"] <= 0.03:
-        verdict = "OK"
-    else:
-        verdict = "NOT RESOLVED at 3 % (more --rounds?)" if cost["cost"] <= 0.03 else "MISSED"
+    verdict = cost_verdict(cost, SEGMENT_BUDGET)
     summary = costs["observe_feedback_segment_us"] - costs["observe_feedback_us"]
     added = costs["segments_feedback_us"]
     return [f"quality by segment on vs off, predictions + labels (bench/mixed.lua): cost {cost['cost']:.1%} "
