@@ -8,8 +8,10 @@ import struct
 from . import metrics
 from .errors import Overloaded
 
-# Linux's struct tcp_info: tcpi_last_data_recv (ms since the last data segment arrived) at byte 52.
+# Linux's struct tcp_info: tcpi_last_data_recv (ms since the last data segment arrived) at byte 52;
+# on a listening socket, tcpi_unacked (its accept queue's length) at byte 24.
 LAST_DATA_RECV = struct.Struct("<52xI")
+ACCEPT_QUEUE = struct.Struct("<24xI")
 ENDPOINTS = {"/predict": "predict", "/feedback": "feedback"}
 # Never shed, and the only paths the probe listener (PROBE_BIND) serves.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
@@ -21,6 +23,14 @@ SHED_KEY = "service.shed"  # in the WSGI environ of a shed request, for the acce
 DRAIN_CHUNK = 65536
 
 
+def _tcp_info(sock, field):
+    """One field of the socket's struct tcp_info, or None when it cannot tell (not TCP on Linux)."""
+    try:
+        return field.unpack(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, field.size))[0]
+    except (AttributeError, OSError, struct.error):
+        return None
+
+
 def queued_ms(sock):
     """How long ago the request's last byte arrived, in ms at the kernel's tick (4 ms at HZ=250);
     None when the socket cannot tell (not TCP on Linux).
@@ -28,11 +38,29 @@ def queued_ms(sock):
     A sync worker reads a connection as soon as it accepts it, so this is the time the request
     waited in the listen backlog: the queueing a worker cannot otherwise see.
     """
-    try:
-        return LAST_DATA_RECV.unpack(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
-                                                     LAST_DATA_RECV.size))[0]
-    except (AttributeError, OSError, struct.error):
-        return None
+    return _tcp_info(sock, LAST_DATA_RECV)
+
+
+def accept_queue(listener):
+    """Connections waiting in the listening socket's accept queue (Linux), or 0 when unknown."""
+    return _tcp_info(listener, ACCEPT_QUEUE) or 0
+
+
+def limits(budget_ms):
+    """Each endpoint's queueing budget in ms (feedback's FEEDBACK_FACTOR times predict's); None: off."""
+    return None if budget_ms is None else {"predict": budget_ms, "feedback": budget_ms * FEEDBACK_FACTOR}
+
+
+def port(address):
+    """The port of a host:port address (PROBE_BIND), as a string; None without an address."""
+    return address.rpartition(":")[2] if address else None
+
+
+def counters():
+    """The offered and shed counters' children per endpoint, resolved once: a labels() lookup per
+    request would cost more than the check."""
+    return ({e: metrics.OFFERED.labels(e) for e in metrics.SHED_ENDPOINTS},
+            {e: metrics.SHED.labels(e, "queue_time") for e in metrics.SHED_ENDPOINTS})
 
 
 def _error_body(code, message, **details):
@@ -65,11 +93,8 @@ class Admission:
 
     def __init__(self, app, budget_ms, probe_port=None, max_body=64 * 1024):
         self.app, self.probe_port, self.max_body = app, probe_port, max_body
-        self.limits = None if budget_ms is None else {
-            "predict": budget_ms, "feedback": budget_ms * FEEDBACK_FACTOR}
-        # Children resolved once: a labels() lookup per request would cost more than the check.
-        self.offered = {e: metrics.OFFERED.labels(e) for e in metrics.SHED_ENDPOINTS}
-        self.shed = {e: metrics.SHED.labels(e, "queue_time") for e in metrics.SHED_ENDPOINTS}
+        self.limits = limits(budget_ms)
+        self.offered, self.shed = counters()
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -106,6 +131,5 @@ class Admission:
 
 def init_app(app):
     """Put admission control in front of the app (before Flask builds a request)."""
-    probe = app.config.get("PROBE_BIND")
     app.wsgi_app = Admission(app.wsgi_app, app.config.get("ADMISSION_BUDGET_MS"),
-                             probe.rpartition(":")[2] if probe else None, app.config["MAX_CONTENT_LENGTH"])
+                             port(app.config.get("PROBE_BIND")), app.config["MAX_CONTENT_LENGTH"])

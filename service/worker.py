@@ -2,7 +2,6 @@
 
 import contextlib
 import socket
-import struct
 
 from gunicorn.workers.sync import SyncWorker
 
@@ -18,16 +17,6 @@ MAX_DRAIN = 64 * 1024 + 4096  # MAX_CONTENT_LENGTH and its headers: a bigger bod
 # for a CPU, not in a queue) never holds that many, so it never sheds at the tighter target.
 TARGET_MS = 5
 STANDING_QUEUE = 16
-ACCEPT_QUEUE = struct.Struct("<24xI")  # struct tcp_info's tcpi_unacked, at byte 24
-
-
-def accept_queue(listener):
-    """Connections waiting in the listening socket's accept queue (Linux), or 0 when unknown."""
-    try:
-        return ACCEPT_QUEUE.unpack(listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
-                                                       ACCEPT_QUEUE.size))[0]
-    except (AttributeError, OSError, struct.error):
-        return 0
 
 
 class SheddingWorker(SyncWorker):
@@ -40,25 +29,22 @@ class SheddingWorker(SyncWorker):
 
     def init_process(self):
         # Imported here, in the worker: the master imports the worker class and must hold no metric.
-        from . import admission, metrics
+        from . import admission
 
         settings = config.admission_settings()
-        budget, probe = settings["ADMISSION_BUDGET_MS"], settings["PROBE_BIND"]
-        self.limits = None if budget is None else {
-            endpoint: budget * (admission.FEEDBACK_FACTOR if endpoint == "feedback" else 1)
-            for endpoint in admission.ENDPOINTS.values()}
+        budget, probe = settings["ADMISSION_BUDGET_MS"], admission.port(settings["PROBE_BIND"])
+        self.limits = admission.limits(budget)
         # Behind a standing queue predictions get TARGET_MS; feedback (a label lost for good) keeps
         # its own budget, so the refused predictions make room for it.
         self.standing_limits = None if budget is None else {
             **self.limits, "predict": min(TARGET_MS, budget)}
-        self.probe_port = int(probe.rpartition(":")[2]) if probe else None
-        self.queued_ms = admission.queued_ms
+        self.probe_port = None if probe is None else int(probe)
+        self.queued_ms, self.accept_queue = admission.queued_ms, admission.accept_queue
         self.endpoints = {path.encode(): endpoint for path, endpoint in admission.ENDPOINTS.items()}
         self.answer = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
                        + b"".join(f"{k}: {v}\r\n".encode() for k, v in admission.OVERLOADED_HEADERS)
                        + b"\r\n" + admission.OVERLOADED)
-        self.offered = {e: metrics.OFFERED.labels(e) for e in metrics.SHED_ENDPOINTS}
-        self.shed = {e: metrics.SHED.labels(e, "queue_time") for e in metrics.SHED_ENDPOINTS}
+        self.offered, self.shed = admission.counters()
         self.floor = None if self.limits is None else min(self.standing_limits.values())
         super().init_process()
 
@@ -75,7 +61,7 @@ class SheddingWorker(SyncWorker):
         with contextlib.suppress(OSError):
             if listener.getsockname()[1] == self.probe_port:
                 return False
-        limits = self.standing_limits if accept_queue(listener) > STANDING_QUEUE else self.limits
+        limits = self.standing_limits if self.accept_queue(listener) > STANDING_QUEUE else self.limits
         if waited <= min(limits.values()):
             return False
         try:
