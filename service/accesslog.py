@@ -20,31 +20,31 @@ class SheddingLogger(Logger):
 
     def access(self, resp, req, environ, request_time):
         """Write the line, or count it when it is a shed request's and one was written this second."""
-        endpoint = environ.get(SHED_KEY)
+        if self._write_due(environ.get(SHED_KEY)):
+            super().access(resp, req, environ, request_time)
+
+    def shed(self, endpoint, addr, head):
+        """A request the worker refused before parsing it (service/worker.py), sampled the same way;
+        its line carries the request line as it arrived."""
+        if self._write_due(endpoint) and self.access_log_enabled:
+            host = addr[0] if isinstance(addr, tuple) else str(addr)
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            self.access_log.info('%s - - %s "%s" 503 - (shed before parsing: waited past its budget)',
+                                 host, self.now(), line)
+
+    def _write_due(self, endpoint):
+        """Whether this line is written: always unless it is a shed request's (endpoint not None)
+        and one was written within the second, in which case it is counted instead."""
         now = time.monotonic()
         if now >= self._window_end:
             self._summary()
             if endpoint is not None:
                 self._window_end = now + SAMPLE_SECONDS
-        elif endpoint is not None:
+            return True
+        if endpoint is not None:
             self._unlogged[endpoint] = self._unlogged.get(endpoint, 0) + 1
-            return
-        super().access(resp, req, environ, request_time)
-
-    def shed(self, endpoint, addr, head):
-        """A request the worker refused before parsing it (service/worker.py), sampled the same way;
-        its line carries the request line as it arrived."""
-        now = time.monotonic()
-        if now < self._window_end:
-            self._unlogged[endpoint] = self._unlogged.get(endpoint, 0) + 1
-            return
-        self._summary()
-        self._window_end = now + SAMPLE_SECONDS
-        if self.access_log_enabled:
-            host = addr[0] if isinstance(addr, tuple) else str(addr)
-            line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            self.access_log.info('%s - - %s "%s" 503 - (shed before parsing: waited past its budget)',
-                                 host, self.now(), line)
+            return False
+        return True
 
     def _summary(self):
         """One line for the shed requests of the second that ended (written with the next line)."""

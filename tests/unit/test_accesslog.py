@@ -60,3 +60,18 @@ def test_admitted_requests_each_keep_their_line(logged):
     access(logger, "shed")
     access(logger, "ok")
     assert len(path.read_text().splitlines()) == 5
+
+
+def test_refusals_of_the_worker_share_the_sampling_with_the_middlewares(logged):
+    logger, clock, path = logged
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n"
+    logger.shed("predict", ("127.0.0.1", 5000), head)  # refused by service/worker.py before parsing
+    access(logger, "shed", "/feedback")                 # refused by the middleware within that second
+    logger.shed("predict", ("127.0.0.1", 5001), head)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("127.0.0.1 - - [")
+    assert '"POST /predict HTTP/1.1" 503 - (shed before parsing: waited past its budget)' in lines[0]
+    clock.now += accesslog.SAMPLE_SECONDS
+    access(logger, "ok")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and "feedback 1, predict 1" in lines[1] and " 200 " in lines[2]
