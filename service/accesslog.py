@@ -29,7 +29,7 @@ class SheddingLogger(Logger):
         if self._write_due(endpoint) and self.access_log_enabled:
             host = addr[0] if isinstance(addr, tuple) else str(addr)
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            self.access_log.info('%s - - %s "%s" 503 - (shed before parsing: waited past its budget)',
+            self.access_log.info('%s - - %s "%s" 503 - (shed before parsing: over its queueing budget)',
                                  host, self.now(), line)
 
     def _write_due(self, endpoint):

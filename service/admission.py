@@ -21,6 +21,16 @@ FEEDBACK_FACTOR = 4
 RETRY_AFTER_S = 1
 SHED_KEY = "service.shed"  # in the WSGI environ of a shed request, for the access log
 DRAIN_CHUNK = 65536
+# Set by service/worker.py's SheddingWorker, which judges every connection before gunicorn parses
+# it: the middleware then only counts offered load, and a request admitted into the worker's queue
+# is never judged a second time by a clock that cannot see the worker's standing-queue target.
+_worker_judges = False
+
+
+def judged_by_worker():
+    """The worker judges admission (call before the app is loaded): the middleware counts only."""
+    global _worker_judges
+    _worker_judges = True
 
 
 def _tcp_info(sock, field):
@@ -93,7 +103,7 @@ class Admission:
 
     def __init__(self, app, budget_ms, probe_port=None, max_body=64 * 1024):
         self.app, self.probe_port, self.max_body = app, probe_port, max_body
-        self.limits = limits(budget_ms)
+        self.limits = None if _worker_judges else limits(budget_ms)
         self.offered, self.shed = counters()
 
     def __call__(self, environ, start_response):

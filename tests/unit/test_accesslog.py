@@ -70,7 +70,7 @@ def test_refusals_of_the_worker_share_the_sampling_with_the_middlewares(logged):
     logger.shed("predict", ("127.0.0.1", 5001), head)
     lines = path.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("127.0.0.1 - - [")
-    assert '"POST /predict HTTP/1.1" 503 - (shed before parsing: waited past its budget)' in lines[0]
+    assert '"POST /predict HTTP/1.1" 503 - (shed before parsing: over its queueing budget)' in lines[0]
     clock.now += accesslog.SAMPLE_SECONDS
     access(logger, "ok")
     lines = path.read_text().splitlines()
