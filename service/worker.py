@@ -1,5 +1,5 @@
 """gunicorn's sync worker with a queue of its own: it refuses what cannot be answered within its
-budget before gunicorn parses it, and serves what it admits feedback first."""
+budget before gunicorn parses it."""
 
 import collections
 import contextlib
@@ -14,20 +14,22 @@ from . import config
 
 PEEK = 2048  # enough for the request line of any path the service answers
 MAX_DRAIN = 64 * 1024 + 4096  # MAX_CONTENT_LENGTH and its headers: a bigger body is not ours to read
-# Controlled delay (Facebook, "Fail at Scale"; CoDel): when this worker's queue (its own and the
-# backlog behind it) has not been empty for INTERVAL_S, it is a standing queue, and a prediction
-# may then wait TARGET_MS instead of its whole budget: the budget absorbs a short burst, a long one
-# is refused at once and what is admitted is fresh. Facebook's target is 5 ms; the kernel times a
-# connection's arrival in 4 ms ticks (HZ=250), so a fresh request with one ahead of it may already
-# be refused. 10 ms let feedback (four times the target) wait 40 ms: admitted p99 at a 5x burst was
-# 49 ms and the 503s' p99 12.6 ms; at 5 ms they were 25 ms and 9 ms, with as many served.
+# Controlled delay (Facebook, "Fail at Scale"; CoDel): behind a standing queue a prediction may
+# wait TARGET_MS instead of its whole budget, feedback FEEDBACK_FACTOR times that: the budget absorbs
+# a short burst, a long one is refused at once and what is admitted is fresh. Facebook's target is
+# 5 ms (the kernel times a connection's arrival in 4 ms ticks at HZ=250, so a fresh request with
+# one ahead of it may already be refused). At 10 ms, feedback waited 40 ms: admitted p99 at a 5x
+# burst was 49 ms and the 503s' 12.6 ms; at 5 ms they were 25 and 9 ms, with as many served.
 TARGET_MS = 5
-INTERVAL_S = 0.1
-# A backlog this long is standing at once, without waiting INTERVAL_S: at a burst's start, 100 ms of
-# waiting at the whole budget made the 503s of the first 100 ms slow. 16 connections are ~20 ms of
-# this service's work at its measured 800 req/s per CPU; an idle but slow machine (a CI runner at
-# load 30, where requests wait for a CPU, not in a queue) never holds that many.
-STANDING_QUEUE = 16
+# The queue is standing when most arrivals would wait past the target: an exponentially weighted
+# mean, over this worker's last ~1/PRESSURE_WEIGHT arrivals, of "its wait so far plus the work
+# ahead of it passes TARGET_MS", above one half. A 5x burst gets there within ~20 arrivals; at
+# capacity most arrivals find the queue empty, and a stall of a few tens of ms (a scrape, a
+# checkpoint) does not get there. Tried first: Facebook's "not empty for 100 ms" flickered in a
+# burst (every instant of empty queue reopened the budget: 503s p99 50 ms), and holding it until
+# the worker had idled kept a worker at 60 % load standing for good (it shed below capacity).
+PRESSURE_WEIGHT = 1 / 32
+STANDING = 0.5
 # Taken from the backlog at a time (a refusal costs ~50 us, so ~3 ms). Outside a standing queue a
 # worker holds at most the longest standing limit of expected work and leaves the rest in the
 # backlog for the other workers (where TCP_INFO still times its wait): a worker that hoarded 400 ms
@@ -42,13 +44,17 @@ SMOOTHING = 0.1
 
 class SheddingWorker(SyncWorker):
     """A refusal through gunicorn's parser, WSGI and the middleware costs ~120 us of CPU here, and
-    the kernel's backlog is one FIFO: under a 5x burst, refusals waited behind admitted work, and
-    feedback behind predictions. This worker takes what waits in the backlog into its own queue: a
-    getsockopt on each connection (how long it waited), a peek at its request line, and a refusal at
-    once (drain, canned 503, close) when its wait so far plus the work queued ahead of it would pass
-    its budget. Admitted feedback is served before admitted predictions; a prediction is judged
-    again when its turn comes. Admitted requests go on to gunicorn and the app; admission.py's
-    middleware decides alone under any other server."""
+    in the kernel's backlog a refusal waits behind all the admitted work ahead of it. This worker
+    takes what waits in the backlog into its own queue, judging each connection as it takes it: a
+    getsockopt (how long it waited), a peek at its request line, and a refusal at once (drain,
+    canned 503, close) when its wait so far plus the work queued ahead of it would pass its limit.
+    What it admits it serves in order; a prediction that can no longer start in time is refused as
+    soon as that is known. Admitted requests go on to gunicorn and the app; admission.py's
+    middleware decides alone under any other server.
+
+    One queue, not feedback first: with feedback served ahead, 40 % of the admitted predictions
+    were passed until they expired, and their 503s came 20 ms late (p99). Feedback's priority is
+    its limit, four times a prediction's."""
 
     def init_process(self):
         settings = config.admission_settings()
@@ -56,7 +62,7 @@ class SheddingWorker(SyncWorker):
         super().init_process()
 
     def configure(self, budget, probe_bind):
-        """Set the limits, the queues and the canned answer (before the app is loaded)."""
+        """Set the limits, the queue and the canned answer (before the app is loaded)."""
         # Imported here, in the worker: the master imports the worker class and must hold no metric.
         from . import admission
 
@@ -77,13 +83,11 @@ class SheddingWorker(SyncWorker):
                        + b"".join(f"{k}: {v}\r\n".encode() for k, v in admission.OVERLOADED_HEADERS)
                        + b"\r\n" + admission.OVERLOADED)
         self.offered, self.shed = admission.counters()
-        # Feedback and any path that is never shed go first; predictions after them, each in order.
-        self.first, self.later = collections.deque(), collections.deque()
+        # (client, addr, endpoint, request head, arrival time, expected cost) in arrival order, and
+        # the sum of their expected costs.
+        self.queue, self.held = collections.deque(), 0.0
         self.cost = dict.fromkeys(("predict", "feedback", None), FIRST_COST_S)
-        # The queue is standing once it has not been empty for INTERVAL_S; it stops standing only
-        # after it stayed empty as long (CoDel's hysteresis): in a burst a worker finds its queue
-        # empty for an instant now and then, and each instant must not reopen the whole budget.
-        self.busy_since = self.idle_since = None
+        self.pressure = 0.0  # see PRESSURE_WEIGHT
 
     def accept(self, listener):
         if self.limits is None or listener is self.probe_listener:
@@ -93,18 +97,15 @@ class SheddingWorker(SyncWorker):
         util.close_on_exec(client)
         waited = (self.queued_ms(client) or 0) / 1000
         if waited <= self.floor and not self.accept_queue(listener):
+            self.pressure -= self.pressure * PRESSURE_WEIGHT  # it found the queue empty
             return self.handle(listener, client, addr)  # the common case: fresh, nothing behind it
-        now = time.monotonic()
-        if self.busy_since is None or now - self.idle_since > INTERVAL_S:
-            self.busy_since = now
-        self._admit(client, addr, waited, now)
-        while self._take(listener) or self.first or self.later:
+        self._admit(client, addr, waited, time.monotonic())
+        while self._take(listener) or self.queue:
             self.notify()
             self._expire()
-            if self.first or self.later:
+            if self.queue:
                 self._serve_next(listener)
             self._serve_probes()
-        self.idle_since = time.monotonic()
 
     def handle_request(self, listener, req, client, addr):
         try:
@@ -123,10 +124,7 @@ class SheddingWorker(SyncWorker):
         Nothing once the worker is told to stop: what it holds is still served, as gunicorn serves
         the request in hand."""
         now, taken = time.monotonic(), 0
-        if self.accept_queue(listener) > STANDING_QUEUE:
-            self.busy_since = min(self.busy_since, now - INTERVAL_S)
-        standing = now - self.busy_since > INTERVAL_S  # then every limit is within self.hold
-        while self.alive and taken < BATCH and (standing or self._held() < self.hold):
+        while self.alive and taken < BATCH and (self._standing() or self.held < self.hold):
             try:
                 client, addr = listener.accept()
             except OSError:  # EAGAIN: the backlog is empty (or a connection was aborted meanwhile)
@@ -146,50 +144,40 @@ class SheddingWorker(SyncWorker):
             head = b""  # its request has not arrived yet: gunicorn will wait for it, never shed
         parts = head.split(b"\r\n", 1)[0].split(b" ")
         endpoint = self.endpoints.get(parts[1].split(b"?", 1)[0]) if len(parts) == 3 else None
-        item = (client, addr, endpoint, head, now - waited)
-        if endpoint is None:
-            self.first.append(item)
-            return
-        ahead = self._held() if endpoint == "predict" else len(self.first) * self.cost["feedback"]
-        if waited + ahead > self._limit(endpoint, now):
+        item = (client, addr, endpoint, head, now - waited, self.cost[endpoint])
+        self.pressure += PRESSURE_WEIGHT * ((waited + self.held > self.floor) - self.pressure)
+        if endpoint is not None and waited + self.held > self._limit(endpoint):
             self._refuse(item)
-        else:
-            (self.first if endpoint == "feedback" else self.later).append(item)
+            return
+        self.queue.append(item)
+        self.held += item[5]
 
-    def _held(self):
-        """The work this worker holds, in expected s."""
-        return len(self.first) * self.cost["feedback"] + len(self.later) * self.cost["predict"]
+    def _standing(self):
+        """Whether most arrivals lately would have waited past the target (then every limit is
+        within self.hold)."""
+        return self.pressure > STANDING
 
-    def _limit(self, endpoint, now):
+    def _limit(self, endpoint):
         """How long a request of this endpoint may wait now, in s."""
-        return (self.standing if now - self.busy_since > INTERVAL_S else self.limits)[endpoint]
+        return (self.standing if self._standing() else self.limits)[endpoint]
 
     def _expire(self):
-        """Refuse now each held prediction that cannot start within its limit: feedback admitted
-        after it goes first, so its wait can outgrow what was ahead of it when it was admitted, and
-        a prediction that will be refused is better refused at once than when its turn comes."""
-        if not self.later:
-            return
-        now, kept = time.monotonic(), collections.deque()
-        limit, ahead = self._limit("predict", now), len(self.first) * self.cost["feedback"]
-        for item in self.later:
-            if now - item[4] + ahead > limit:
+        """Refuse now each held prediction that can no longer start within its limit (a request
+        ahead of it took longer than expected): better at once than when its turn comes."""
+        now, ahead, limit, kept = time.monotonic(), 0.0, self._limit("predict"), collections.deque()
+        for item in self.queue:
+            if item[2] == "predict" and now - item[4] + ahead > limit:
                 self._refuse(item)
             else:
                 kept.append(item)
-                ahead += self.cost["predict"]
-        self.later = kept
+                ahead += item[5]
+        self.queue, self.held = kept, ahead
 
     def _serve_next(self, listener):
-        """Serve the first in line, or refuse it when it has waited past its limit meanwhile."""
-        item = (self.first or self.later).popleft()
-        client, addr, endpoint, _, arrived = item
+        """Serve the first in line."""
+        client, addr, endpoint, _, _, cost = self.queue.popleft()
+        self.held = max(0.0, self.held - cost) if self.queue else 0.0
         start = time.monotonic()
-        # Only a prediction is judged again: admitted feedback is served even if late, since a label
-        # refused now is lost for good and its refusal would be as slow as its answer.
-        if endpoint == "predict" and start - arrived > self._limit(endpoint, start):
-            self._refuse(item)
-            return
         self.handle(listener, client, addr)
         self.cost[endpoint] += SMOOTHING * (time.monotonic() - start - self.cost[endpoint])
 
@@ -206,7 +194,7 @@ class SheddingWorker(SyncWorker):
 
     def _refuse(self, item):
         """Answer the canned 503 without parsing anything, and count it."""
-        client, addr, endpoint, head, _ = item
+        client, addr, endpoint, head = item[:4]
         self.offered[endpoint].inc()
         self.shed[endpoint].inc()
         # Everything the client sent has arrived or is arriving: read it without waiting (closing on
