@@ -9,7 +9,7 @@ import time
 import pytest
 
 from service import admission
-from service.worker import INTERVAL_S, STANDING_QUEUE, SheddingWorker
+from service.worker import SheddingWorker
 
 
 @pytest.fixture
@@ -26,14 +26,14 @@ def worker(monkeypatch):
         client.close()
 
     w.handle = handle
-    w.busy_since = time.monotonic()  # inside a busy period, not (yet) a standing queue
     yield w
-    for sock in (*(item[0] for item in (*w.first, *w.later)), *w.clients):
+    for sock in (*(item[0] for item in w.queue), *w.clients):
         sock.close()
 
 
 def standing(w):
-    w.busy_since = time.monotonic() - 2 * INTERVAL_S
+    """As after a run of arrivals that would all have waited past the target."""
+    w.pressure = 1.0
 
 
 def request(path, method="POST"):
@@ -60,23 +60,24 @@ def refused(client):
     return data.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in data
 
 
-def test_feedback_is_served_before_the_predictions_admitted_ahead_of_it(worker):
-    clients = [admit(worker, "p1", "/predict", 0), admit(worker, "p2", "/predict?interval=1", 0),
-               admit(worker, "f1", "/feedback", 0)]
-    while worker.first or worker.later:
+def test_what_it_admits_it_serves_in_arrival_order(worker):
+    clients = [admit(worker, "p1", "/predict", 0), admit(worker, "f1", "/feedback", 0),
+               admit(worker, "h", "/healthz", 0, method="GET"),
+               admit(worker, "p2", "/predict?interval=1", 0)]
+    while worker.queue:
         worker._serve_next(None)
-    assert worker.served == ["f1", "p1", "p2"]
+    assert worker.served == ["p1", "f1", "h", "p2"]
     assert not any(refused(c) for c in clients)
 
 
-def test_a_budget_outside_a_standing_queue_the_target_behind_one(worker):
+def test_the_budget_outside_a_standing_queue_a_twentieth_of_it_behind_one(worker):
     # Outside a standing queue: the budget (100 ms; feedback 4 x 100 ms).
     ok = [admit(worker, "p", "/predict", 80), admit(worker, "f", "/feedback", 390)]
     late = [admit(worker, "p-late", "/predict", 120), admit(worker, "f-late", "/feedback", 420)]
-    # Behind a standing queue: TARGET_MS (5 ms; feedback 4 x 5 ms), whatever the budget.
-    for item in (*worker.first, *worker.later):
+    for item in worker.queue:
         item[0].close()
-    worker.first.clear(), worker.later.clear()
+    worker.queue.clear(), setattr(worker, "held", 0.0)
+    # Behind a standing queue: 5 % of it (5 ms; feedback 4 x 5 ms).
     standing(worker)
     ok += [admit(worker, "p", "/predict", 4), admit(worker, "f", "/feedback", 15)]
     late += [admit(worker, "p-late", "/predict", 8), admit(worker, "f-late", "/feedback", 24)]
@@ -84,40 +85,56 @@ def test_a_budget_outside_a_standing_queue_the_target_behind_one(worker):
     assert [refused(c) for c in late] == [True] * 4
 
 
-def test_the_work_ahead_counts_feedback_ahead_of_a_prediction_not_the_reverse(worker):
+def test_the_work_ahead_counts_and_feedback_may_wait_four_times_longer(worker):
     standing(worker)
     worker.cost.update(predict=0.002, feedback=0.002)
-    held = [admit(worker, "p1", "/predict", 0), admit(worker, "f1", "/feedback", 0),
-            admit(worker, "f2", "/feedback", 0)]
-    # 4 ms of feedback and 2 of a prediction ahead, 1 ms waited: past predict's 5 ms, refused.
-    prediction = admit(worker, "p2", "/predict", 1)
-    # Feedback sees only the feedback ahead of it (4 ms; with 15 waited, within its 20), never the
-    # predictions it will pass.
-    label = admit(worker, "f3", "/feedback", 15)
-    assert refused(prediction) and not refused(label)
-    assert not any(refused(c) for c in held)
+    held = [admit(worker, "f1", "/feedback", 0), admit(worker, "f2", "/feedback", 0),
+            admit(worker, "p1", "/predict", 0)]  # 4 ms ahead of it: within 5
+    prediction = admit(worker, "p2", "/predict", 0)  # 6 ms ahead: refused
+    label = admit(worker, "f3", "/feedback", 12)  # 12 waited and 6 ahead: within 20
+    late_label = admit(worker, "f4", "/feedback", 15)  # 15 waited and 8 ahead: refused
+    assert not any(refused(c) for c in held) and not refused(label)
+    assert refused(prediction) and refused(late_label)
+    assert [item[1] for item in worker.queue] == ["f1", "f2", "p1", "f3"]
 
 
-def test_a_held_prediction_that_feedback_pushed_past_its_limit_is_refused_at_once(worker):
+def test_a_held_prediction_that_can_no_longer_start_in_time_is_refused_at_once(worker):
     standing(worker)
-    worker.cost.update(predict=0.002, feedback=0.002)
-    prediction = admit(worker, "p", "/predict", 0)
-    labels = [admit(worker, f"f{i}", "/feedback", 0) for i in range(2)]
-    worker._expire()  # 4 ms of feedback now ahead of it: it can still start within 5 ms
-    assert not refused(prediction) and len(worker.later) == 1
-    labels.append(admit(worker, "f2", "/feedback", 0))
-    worker._expire()  # 6 ms ahead: it would start too late, so it is answered now, not in 6 ms
-    assert refused(prediction) and not worker.later and worker.served == []
-    assert not any(refused(c) for c in labels)
+    worker.cost.update(predict=0.0001, feedback=0.0001)
+    label, first, second = (admit(worker, "f", "/feedback", 0), admit(worker, "p1", "/predict", 0),
+                            admit(worker, "p2", "/predict", 0))
+    # The one ahead took longer than expected: it and p1 have now waited 8 ms, past a
+    # prediction's 5 (feedback is judged on arrival only: it is served even if late).
+    for i in (0, 1):
+        client, addr, endpoint, head, arrived, cost = worker.queue[i]
+        worker.queue[i] = (client, addr, endpoint, head, arrived - 0.008, cost)
+    worker._expire()
+    assert refused(first) and worker.served == []  # answered now, not when its turn came
+    assert not refused(second) and not refused(label)
+    assert [item[1] for item in worker.queue] == ["f", "p2"]
 
 
-def test_a_path_that_is_never_shed_is_served_first_whatever_it_waited(worker):
+def test_a_path_that_is_never_shed_is_queued_whatever_it_waited(worker):
     standing(worker)
     probe = admit(worker, "h", "/healthz", 5000, method="GET")
-    prediction = admit(worker, "p", "/predict", 0)
-    assert not refused(probe) and not refused(prediction)
-    worker._serve_next(None)
-    assert worker.served == ["h"]
+    assert not refused(probe) and [item[1] for item in worker.queue] == ["h"]
+
+
+def test_a_run_of_late_arrivals_makes_a_standing_queue(worker):
+    # Each arrival that would wait past the target (5 ms), by its own wait or by the work ahead of
+    # it, weighs 1/32: from ~22 of them, most recent arrivals would, and the queue is standing.
+    worker.cost["feedback"] = 0.0001
+    admit(worker, "fresh", "/feedback", 0)
+    assert worker.pressure == 0
+    for i in range(11):
+        admit(worker, f"waited{i}", "/feedback", 50)  # late by its own wait
+    worker.cost["feedback"] = 0.01
+    admit(worker, "fresh", "/feedback", 0)  # 1.2 ms ahead of it: not late
+    for i in range(11):
+        admit(worker, f"behind{i}", "/feedback", 0)  # late by the 10 ms requests ahead of it
+    assert 0.49 < worker.pressure < 0.5 and not worker._standing()
+    admit(worker, "behind", "/feedback", 0)
+    assert worker._standing()
 
 
 PREDICT = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
@@ -131,12 +148,12 @@ def listener():
 
 
 def test_outside_a_standing_queue_a_worker_holds_little_and_leaves_the_rest_waiting(worker, listener):
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(STANDING_QUEUE - 2)]
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(14)]
     for c in clients:
         c.sendall(PREDICT)
     time.sleep(0.05)
     worker._take(listener)
-    held = len(worker.later)
+    held = len(worker.queue)
     # Its hold: 20 ms (feedback's standing limit) of 2 ms predictions; the others stay in the
     # backlog for the other workers, where the kernel still times their wait.
     assert held == round(worker.hold / worker.cost["predict"]) == 10
@@ -146,19 +163,20 @@ def test_outside_a_standing_queue_a_worker_holds_little_and_leaves_the_rest_wait
         c.close()
 
 
-def test_behind_a_long_backlog_a_worker_refuses_all_it_cannot_serve_at_once(worker, listener):
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(STANDING_QUEUE + 8)]
+def test_behind_a_standing_queue_a_worker_refuses_all_it_cannot_serve_at_once(worker, listener):
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(80)]
     for c in clients:
         c.sendall(PREDICT)
-    time.sleep(0.05)  # they waited ~50 ms: within the budget, past the target
+    time.sleep(0.05)  # they waited ~50 ms: within the budget, past the standing target
     labels = [admit(worker, f"f{i}", "/feedback", 0) for i in range(10)]
-    assert worker._held() >= worker.hold  # its queue is full: outside a standing queue it would stop
+    assert worker.held >= worker.hold  # its queue is full: outside a standing queue it would stop
+    standing(worker)
     while worker._take(listener):  # BATCH at a time
         pass
-    # More than STANDING_QUEUE waiting is a standing queue at once: each one is judged against the
-    # target and refused there and then, none left in the backlog behind the worker's full queue.
+    # Each one is judged against the target and refused there and then, none left in the backlog
+    # behind the worker's full queue.
     assert admission.accept_queue(listener) == 0
     assert [refused(c) for c in clients] == [True] * len(clients)
-    assert len(worker.first) == len(labels)
+    assert len(worker.queue) == len(labels)
     for c in clients:
         c.close()
