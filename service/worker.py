@@ -23,13 +23,17 @@ MAX_DRAIN = 64 * 1024 + 4096  # MAX_CONTENT_LENGTH and its headers: a bigger bod
 # 503s' 12.6 ms; at this share, 25 ms and 9 ms, with as many served. A share, not 5 ms flat: a
 # 5 s budget (the tests', a slow CI machine's) must not shed at 5 ms when the machine stalls.
 STANDING_SHARE = 0.05
-# The queue is standing when most arrivals would wait past the target: an exponentially weighted
-# mean, over this worker's last ~1/PRESSURE_WEIGHT arrivals, of "its wait so far plus the work
-# ahead of it passes a prediction's standing limit", above one half. A 5x burst gets there within ~20 arrivals; at
-# capacity most arrivals find the queue empty, and a stall of a few tens of ms (a scrape, a
-# checkpoint) does not get there. Tried first: Facebook's "not empty for 100 ms" flickered in a
-# burst (every instant of empty queue reopened the budget: 503s p99 50 ms), and holding it until
-# the worker had idled kept a worker at 60 % load standing for good (it shed below capacity).
+# The queue is standing when most arrivals would wait past LATE times a prediction's standing
+# limit (10 ms at the default budget): an exponentially weighted mean, over this worker's last
+# ~1/PRESSURE_WEIGHT arrivals, of "its wait so far plus the work ahead of it passes that", above
+# STANDING. A 5x burst gets there within ~22 arrivals; at capacity most arrivals find the queue
+# empty. At LATE = 1 the 503s of a 5x burst came faster (p99 9-10 ms, 12-14 ms at 2), but closed-
+# loop clients at saturation (wrk, 8 connections, p99 7 ms) were shed after every stall of the
+# store; at 4 (20 ms) a burst was seldom seen as standing (503s p99 28 ms). Tried before: Facebook's
+# "not empty for 100 ms" flickered in a burst (each instant of empty queue reopened the budget:
+# 503s p99 50 ms), and holding it until the worker had idled kept a worker at 60 % load standing
+# for good (it shed).
+LATE = 2
 PRESSURE_WEIGHT = 1 / 32
 STANDING = 0.5
 # Taken from the backlog at a time (a refusal costs ~50 us, so ~3 ms). Outside a standing queue a
@@ -75,6 +79,7 @@ class SheddingWorker(SyncWorker):
             self.standing = {e: s * STANDING_SHARE for e, s in self.limits.items()}
             self.floor = min(self.standing.values())  # nothing younger is refused, in either mode
             self.hold = max(self.standing.values())
+            self.late = LATE * self.floor  # see PRESSURE_WEIGHT
             admission.judged_by_worker()  # the middleware only counts
         self.probe_listener = next((s for s in self.sockets
                                     if probe is not None and str(s.getsockname()[1]) == probe), None)
@@ -144,7 +149,7 @@ class SheddingWorker(SyncWorker):
         parts = head.split(b"\r\n", 1)[0].split(b" ")
         endpoint = self.endpoints.get(parts[1].split(b"?", 1)[0]) if len(parts) == 3 else None
         item = (client, addr, endpoint, head, now - waited, self.cost[endpoint])
-        self.pressure += PRESSURE_WEIGHT * ((waited + self.held > self.floor) - self.pressure)
+        self.pressure += PRESSURE_WEIGHT * ((waited + self.held > self.late) - self.pressure)
         if endpoint is not None and waited + self.held > self._limit(endpoint):
             self._refuse(item)
             return

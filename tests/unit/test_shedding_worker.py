@@ -121,10 +121,12 @@ def test_a_path_that_is_never_shed_is_queued_whatever_it_waited(worker):
 
 
 def test_a_run_of_late_arrivals_makes_a_standing_queue(worker):
-    # Each arrival that would wait past the target (5 ms), by its own wait or by the work ahead of
-    # it, weighs 1/32: from ~22 of them, most recent arrivals would, and the queue is standing.
+    # Each arrival that would wait past twice a prediction's standing limit (10 ms), by its own
+    # wait or by the work ahead of it, weighs 1/32: from ~22 of them, most recent arrivals would,
+    # and the queue is standing. 7 ms, past the limit but not twice, is not late.
     worker.cost["feedback"] = 0.0001
     admit(worker, "fresh", "/feedback", 0)
+    admit(worker, "seven", "/feedback", 7)
     assert worker.pressure == 0
     for i in range(11):
         admit(worker, f"waited{i}", "/feedback", 50)  # late by its own wait
