@@ -102,9 +102,13 @@ class SheddingWorker(SyncWorker):
         client.setblocking(1)
         util.close_on_exec(client)
         waited = (self.queued_ms(client) or 0) / 1000
-        if waited <= self.floor and not self.accept_queue(listener):
-            self.pressure -= self.pressure * PRESSURE_WEIGHT  # it found the queue empty
-            return self.handle(listener, client, addr)  # the common case: fresh, nothing behind it
+        if waited <= self.floor:
+            # The common case: fresh, and this worker holds nothing (its queue empties before it
+            # comes back here). Served at once, whatever waits behind it: those are judged when
+            # taken. (Taking them in at once too, as when the backlog was not empty, cost 5 % of
+            # make bench's throughput, where 8 connections keep a few waiting at all times.)
+            self.pressure -= self.pressure * PRESSURE_WEIGHT
+            return self.handle(listener, client, addr)
         self._admit(client, addr, waited, time.monotonic())  # (blocking already: set above)
         while self._take(listener) or self.queue:
             self.notify()
