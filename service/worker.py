@@ -83,7 +83,7 @@ class SheddingWorker(SyncWorker):
             admission.judged_by_worker()  # the middleware only counts
         self.probe_listener = next((s for s in self.sockets
                                     if probe is not None and str(s.getsockname()[1]) == probe), None)
-        self.queued_ms, self.accept_queue = admission.queued_ms, admission.accept_queue
+        self.queued_ms = admission.queued_ms
         self.endpoints = {path.encode(): endpoint for path, endpoint in admission.ENDPOINTS.items()}
         self.answer = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
                        + b"".join(f"{k}: {v}\r\n".encode() for k, v in admission.OVERLOADED_HEADERS)
