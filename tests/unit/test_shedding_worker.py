@@ -10,7 +10,7 @@ import time
 import pytest
 
 from service import admission
-from service.worker import SheddingWorker
+from service.worker import STANDING, STANDING_DEPTH, SheddingWorker
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def worker(monkeypatch):
 
 
 def standing(w):
-    """As after a run of arrivals that would all have waited past the target."""
-    w.pressure = 1.0
+    """As after a run of arrivals that would all have waited past the target, with a backlog."""
+    w.pressure, w.is_standing = 1.0, True
 
 
 def request(path, method="POST"):
@@ -135,9 +135,9 @@ def test_a_run_of_late_arrivals_makes_a_standing_queue(worker):
     admit(worker, "fresh", "/feedback", 0)  # 1.2 ms ahead of it: not late
     for i in range(11):
         admit(worker, f"behind{i}", "/feedback", 0)  # late by the 10 ms requests ahead of it
-    assert 0.49 < worker.pressure < 0.5 and not worker._standing()
+    assert 0.49 < worker.pressure < 0.5
     admit(worker, "behind", "/feedback", 0)
-    assert worker._standing()
+    assert worker.pressure > STANDING
 
 
 def backlog(listener):
@@ -187,4 +187,27 @@ def test_behind_a_standing_queue_a_worker_refuses_all_it_cannot_serve_at_once(wo
     assert [refused(c) for c in clients] == [True] * len(clients)
     assert len(worker.queue) == len(labels)
     for c in clients:
+        c.close()
+
+
+def test_the_pressure_makes_a_standing_queue_only_over_a_deep_backlog(worker, listener):
+    # Closed-loop clients on a starved CPU wait past 10 ms as often as a burst's, but never queue
+    # STANDING_DEPTH connections: with fewer waiting, a high pressure leaves the budget in force.
+    worker.pressure = 0.9
+    few = [socket.create_connection(listener.getsockname()) for _ in range(STANDING_DEPTH - 4)]
+    time.sleep(0.05)
+    worker._take(listener)
+    assert not worker._standing() and not any(refused(c) for c in few)
+    many = [socket.create_connection(listener.getsockname()) for _ in range(STANDING_DEPTH + 4)]
+    for c in many:
+        c.sendall(PREDICT)
+    time.sleep(0.05)  # ~50 ms: within the budget, past the standing limit
+    worker.pressure = 0.9
+    while worker._take(listener):
+        pass
+    assert worker._standing() and all(refused(c) for c in many)
+    # It stops standing once the pressure falls back, whatever the backlog.
+    worker.pressure = 0.4
+    assert not worker._standing()
+    for c in few + many:
         c.close()
