@@ -100,7 +100,7 @@ class SheddingWorker(SyncWorker):
         # the sum of their expected costs.
         self.queue, self.held = collections.deque(), 0.0
         self.cost = dict.fromkeys(("predict", "feedback", None), FIRST_COST_S)
-        self.pressure, self.is_standing = 0.0, False  # see PRESSURE_WEIGHT and STANDING_DEPTH
+        self.pressure, self.is_standing, self.deep = 0.0, False, False  # see PRESSURE_WEIGHT
 
     def accept(self, listener):
         if self.limits is None or listener is self.probe_listener:
@@ -141,8 +141,9 @@ class SheddingWorker(SyncWorker):
         Nothing once the worker is told to stop: what it holds is still served, as gunicorn serves
         the request in hand."""
         now, taken = time.monotonic(), 0
-        if not self.is_standing and self.pressure > STANDING:
-            self.is_standing = _backlog(listener) >= STANDING_DEPTH
+        # Deep: as many waiting, here and in the backlog, as a burst queues and closed loops do not.
+        self.deep = self.is_standing or len(self.queue) + _backlog(listener) >= STANDING_DEPTH
+        self.is_standing = self.deep and self.pressure > STANDING
         while self.alive and taken < BATCH and (self._standing() or self.held < self.hold):
             try:
                 client, addr = listener.accept()
@@ -163,6 +164,8 @@ class SheddingWorker(SyncWorker):
         endpoint = self.endpoints.get(parts[1].split(b"?", 1)[0]) if len(parts) == 3 else None
         item = (client, addr, endpoint, head, now - waited, self.cost[endpoint])
         self.pressure += PRESSURE_WEIGHT * ((waited + self.held > self.late) - self.pressure)
+        if self.deep and self.pressure > STANDING:
+            self.is_standing = True
         if endpoint is not None and waited + self.held > self._limit(endpoint):
             self._refuse(item)
             return
