@@ -8,8 +8,10 @@ import struct
 from . import metrics
 from .errors import Overloaded
 
-# Linux's struct tcp_info: tcpi_last_data_recv (ms since the last data segment arrived) at byte 52.
+# Linux's struct tcp_info: tcpi_last_data_recv (ms since the last data segment arrived) at byte 52;
+# on a listening socket, tcpi_unacked (its accept queue's length) at byte 24.
 LAST_DATA_RECV = struct.Struct("<52xI")
+ACCEPT_QUEUE = struct.Struct("<24xI")
 ENDPOINTS = {"/predict": "predict", "/feedback": "feedback"}
 # Never shed, and the only paths the probe listener (PROBE_BIND) serves.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
@@ -47,6 +49,11 @@ def queued_ms(sock):
     waited in the listen backlog: the queueing a worker cannot otherwise see.
     """
     return _tcp_info(sock, LAST_DATA_RECV)
+
+
+def accept_queue(listener):
+    """Connections waiting in the listening socket's accept queue (Linux), or 0 when unknown."""
+    return _tcp_info(listener, ACCEPT_QUEUE) or 0
 
 
 def limits(budget_ms):

@@ -4,7 +4,6 @@ budget before gunicorn parses it."""
 import collections
 import contextlib
 import socket
-import struct
 import time
 
 from gunicorn import util
@@ -13,7 +12,6 @@ from gunicorn.workers.sync import SyncWorker
 
 from . import config
 
-BACKLOG = struct.Struct("<24xI")  # tcpi_unacked of a listening socket's struct tcp_info
 PEEK = 2048  # enough for the request line of any path the service answers
 MAX_DRAIN = 64 * 1024 + 4096  # MAX_CONTENT_LENGTH and its headers: a bigger body is not ours to read
 # Controlled delay (Facebook, "Fail at Scale"; CoDel): behind a standing queue a request may wait
@@ -90,7 +88,7 @@ class SheddingWorker(SyncWorker):
             admission.judged_by_worker()  # the middleware only counts
         self.probe_listener = next((s for s in self.sockets
                                     if probe is not None and str(s.getsockname()[1]) == probe), None)
-        self.queued_ms = admission.queued_ms
+        self.queued_ms, self.accept_queue = admission.queued_ms, admission.accept_queue
         self.endpoints = {path.encode(): endpoint for path, endpoint in admission.ENDPOINTS.items()}
         self.answer = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
                        + b"".join(f"{k}: {v}\r\n".encode() for k, v in admission.OVERLOADED_HEADERS)
@@ -100,7 +98,8 @@ class SheddingWorker(SyncWorker):
         # the sum of their expected costs.
         self.queue, self.held = collections.deque(), 0.0
         self.cost = dict.fromkeys(("predict", "feedback", None), FIRST_COST_S)
-        self.pressure, self.is_standing, self.deep = 0.0, False, False  # see PRESSURE_WEIGHT
+        # See PRESSURE_WEIGHT; deep: 16 were waiting when this take began, or the queue stood then.
+        self.pressure, self.deep = 0.0, False
 
     def accept(self, listener):
         if self.limits is None or listener is self.probe_listener:
@@ -142,8 +141,7 @@ class SheddingWorker(SyncWorker):
         the request in hand."""
         now, taken = time.monotonic(), 0
         # Deep: as many waiting, here and in the backlog, as a burst queues and closed loops do not.
-        self.deep = self.is_standing or len(self.queue) + _backlog(listener) >= STANDING_DEPTH
-        self.is_standing = self.deep and self.pressure > STANDING
+        self.deep = self._standing() or len(self.queue) + self.accept_queue(listener) >= STANDING_DEPTH
         while self.alive and taken < BATCH and (self._standing() or self.held < self.hold):
             try:
                 client, addr = listener.accept()
@@ -164,8 +162,6 @@ class SheddingWorker(SyncWorker):
         endpoint = self.endpoints.get(parts[1].split(b"?", 1)[0]) if len(parts) == 3 else None
         item = (client, addr, endpoint, head, now - waited, self.cost[endpoint])
         self.pressure += PRESSURE_WEIGHT * ((waited + self.held > self.late) - self.pressure)
-        if self.deep and self.pressure > STANDING:
-            self.is_standing = True
         if endpoint is not None and waited + self.held > self._limit(endpoint):
             self._refuse(item)
             return
@@ -174,9 +170,7 @@ class SheddingWorker(SyncWorker):
 
     def _standing(self):
         """Whether the queue is standing (then every limit is within self.hold)."""
-        if self.pressure <= STANDING:
-            self.is_standing = False
-        return self.is_standing
+        return self.deep and self.pressure > STANDING
 
     def _limit(self, endpoint):
         """How long a request of this endpoint may wait now, in s."""
@@ -237,15 +231,6 @@ class SheddingWorker(SyncWorker):
         shed = getattr(self.log, "shed", None)  # gunicorn.conf.py's SheddingLogger; another has none
         if shed is not None:
             shed(endpoint, addr, head)
-
-
-def _backlog(listener):
-    """Connections waiting in the listening socket's accept queue (Linux: its TCP_INFO's
-    tcpi_unacked), or 0 when it cannot tell."""
-    try:
-        return BACKLOG.unpack(listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, BACKLOG.size))[0]
-    except (OSError, struct.error):
-        return 0
 
 
 def _read_whole(req, client):

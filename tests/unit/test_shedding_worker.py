@@ -4,7 +4,6 @@ recorder here (what it does with an admitted request is tested under real gunico
 tests/load/test_admission.py); the queue's decisions are the worker's alone."""
 
 import socket
-import struct
 import time
 
 import pytest
@@ -34,7 +33,7 @@ def worker(monkeypatch):
 
 def standing(w):
     """As after a run of arrivals that would all have waited past the target, with a backlog."""
-    w.pressure, w.is_standing = 1.0, True
+    w.pressure, w.deep = 1.0, True
 
 
 def request(path, method="POST"):
@@ -140,11 +139,6 @@ def test_a_run_of_late_arrivals_makes_a_standing_queue(worker):
     assert worker.pressure > STANDING
 
 
-def backlog(listener):
-    """Connections waiting in the listening socket's accept queue (its TCP_INFO's tcpi_unacked)."""
-    return struct.unpack("<24xI", listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 28))[0]
-
-
 PREDICT = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
 
@@ -166,7 +160,7 @@ def test_outside_a_standing_queue_a_worker_holds_little_and_leaves_the_rest_wait
     # backlog for the other workers, where the kernel still times their wait.
     assert held == round(worker.hold / worker.cost["predict"]) == 10
     assert not any(refused(c) for c in clients)
-    assert backlog(listener) == len(clients) - held
+    assert admission.accept_queue(listener) == len(clients) - held
     for c in clients:
         c.close()
 
@@ -183,7 +177,7 @@ def test_behind_a_standing_queue_a_worker_refuses_all_it_cannot_serve_at_once(wo
         pass
     # Each one is judged against the target and refused there and then, none left in the backlog
     # behind the worker's full queue.
-    assert backlog(listener) == 0
+    assert admission.accept_queue(listener) == 0
     assert [refused(c) for c in clients] == [True] * len(clients)
     assert len(worker.queue) == len(labels)
     for c in clients:
