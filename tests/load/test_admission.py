@@ -2,6 +2,8 @@
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import time
 
@@ -146,9 +148,19 @@ def test_nothing_is_shed_below_capacity(tmp_path, model_path):
 def test_probes_skip_the_backlog_on_the_probe_listener(tmp_path, model_path):
     probe_port = free_port()
     env = {"ADMISSION_BUDGET_MS": "off", "PROBE_BIND": f"127.0.0.1:{probe_port}"}
-    with Gunicorn(tmp_path, model_path, workers=2, env=env) as server:
-        backlog = [send(server.port, "/predict", predict_body(i)) for i in range(150)]
-        probe = send(probe_port, "/readyz", b"", method="GET")
+    with Gunicorn(tmp_path, model_path, workers=2, env=env) as server, contextlib.ExitStack() as sockets:
+        # The workers are stopped while the backlog fills, so it is there whatever the machine's
+        # speed (served as fast as they were sent, 150 requests made no backlog on a busy CI host).
+        workers = server.worker_pids()
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            backlog = [sockets.enter_context(send(server.port, "/predict", predict_body(i)))
+                       for i in range(150)]
+            probe = send(probe_port, "/readyz", b"", method="GET")
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
         status, _, body = answer(probe)
         # Answered while most of the main port's backlog still waits: not behind it.
         waiting = sum(_unanswered(sock) for sock in backlog)
