@@ -33,6 +33,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 UNTRACKED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 STARTED = "service.started"  # in the WSGI environ of a tracked request: when it reached the app
 
+multiproc.cached_pid_values()  # before the first metric below is created
 # Module-level metrics: in multiprocess mode their values live in per-process files under
 # PROMETHEUS_MULTIPROC_DIR and are summed at scrape time, so there is no pid label.
 PREDICTIONS = Counter("app_predictions_total", "Answered predictions.")

@@ -9,6 +9,7 @@ import pathlib
 # archive file per type is exactly equivalent (gauges are per pid, and ours are live-only).
 ARCHIVED_TYPES = ("counter", "histogram", "summary")
 LOCK_NAME = ".lock"  # not *.db, so the collector never reads it
+_pid = os.getpid()  # this process's, refreshed in every forked child (see cached_pid_values)
 
 
 def reset(directory):
@@ -17,6 +18,28 @@ def reset(directory):
     directory.mkdir(parents=True, exist_ok=True)
     for stale in [*directory.glob("*.db"), *directory.glob("refused-*.marker")]:
         stale.unlink()
+
+
+def cached_pid_values():
+    """Make every metric created from now on key its file by a pid cached at fork, not a getpid().
+
+    prometheus_client's multiprocess value calls os.getpid() on every increment to notice a fork:
+    a system call, ~0.25 us, and a request makes ~19 increments. Its own factory takes the pid
+    function (values.MultiProcessValue(process_identifier)); this one answers from a variable that
+    os.register_at_fork refreshes in each child, so a fork is still noticed at the next increment
+    and the files stay named by the real pid (mark_process_dead and archiving find them). Nothing
+    else changes: the same lock, the same files. Only in multiprocess mode, and before any metric.
+    """
+    from prometheus_client import values
+
+    if getattr(values.ValueClass, "_multiprocess", False):
+        os.register_at_fork(after_in_child=_refresh_pid)
+        values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _pid)
+
+
+def _refresh_pid():
+    global _pid
+    _pid = os.getpid()
 
 
 @contextlib.contextmanager

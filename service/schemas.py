@@ -176,6 +176,9 @@ def _unique_keys(pairs):
     return obj
 
 
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+
+
 def read_json_object():
     """The request body as a JSON object, or the contract's 400/415/422 error."""
     if request.mimetype != "application/json":
@@ -188,7 +191,8 @@ def parse_json_object(body):
     if not body.strip():
         raise MalformedJSON("request body is empty")
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+        # json.loads's own steps for bytes, on one decoder (it would build one per call: ~2 us).
+        payload = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, RecursionError) as exc:  # our own MalformedJSON passes through untouched
         raise MalformedJSON(f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):

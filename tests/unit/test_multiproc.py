@@ -102,8 +102,8 @@ def dead_worker(directory, code):
     return proc.pid
 
 
-def samples(directory):
-    """{sample name: value} of the app_demo metrics, as a scrape of the directory reads them."""
+def samples(directory, prefix="app_demo"):
+    """{sample name: value} of the metrics named prefix*, as a scrape of the directory reads them."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
     from prometheus_client.parser import text_string_to_metric_families
@@ -111,7 +111,7 @@ def samples(directory):
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     return {s.name: s.value for family in text_string_to_metric_families(generate_latest(registry).decode())
-            for s in family.samples if s.name.startswith("app_demo") and not s.labels.get("le")}
+            for s in family.samples if s.name.startswith(prefix) and not s.labels.get("le")}
 
 
 @pytest.mark.parametrize("kind, code, expected", [
@@ -147,3 +147,33 @@ def test_reset_removes_only_metric_files_and_refusal_markers(tmp_path, name, rem
     (tmp_path / name).write_text("")
     multiproc.reset(tmp_path)
     assert (tmp_path / name).exists() is not removed
+
+
+FORKED = """
+import os
+calls = []
+real = os.getpid
+os.getpid = lambda: calls.append(1) or real()  # before prometheus_client binds it as its default
+from service import metrics
+calls.clear()  # from here on, what the increments ask for
+metrics.PREDICTIONS.inc(2)
+child = os.fork()
+if child == 0:  # a gunicorn worker forked after the metrics exist: its own file, its own count
+    metrics.PREDICTIONS.inc(5)
+    os._exit(0)
+os.waitpid(child, 0)
+metrics.PREDICTIONS.inc(1)
+print(real(), child, len(calls))
+"""
+
+
+def test_increments_key_their_file_by_the_real_pid_without_asking_for_it(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", FORKED], env=env, capture_output=True, text=True, check=True)
+    parent, child, getpid_calls = map(int, out.stdout.split())
+    # Each process wrote under its own pid, so the child's 5 neither overwrote nor hid the parent's 3.
+    assert sorted(p.name for p in tmp_path.glob("counter_*.db")) == sorted(
+        [f"counter_{parent}.db", f"counter_{child}.db"])
+    assert samples(tmp_path, "app_predictions")["app_predictions_total"] == 8.0
+    assert getpid_calls == 0  # the fork is noticed through the cached pid, not a system call each time
+
