@@ -5,6 +5,7 @@ import collections
 import contextlib
 import socket
 import time
+from typing import NamedTuple
 
 from gunicorn import util
 from gunicorn.http.body import LengthReader
@@ -24,15 +25,17 @@ MAX_DRAIN = 64 * 1024 + 4096  # MAX_CONTENT_LENGTH and its headers: a bigger bod
 # 5 s budget (the tests', a slow CI machine's) must not shed at 5 ms when the machine stalls.
 STANDING_SHARE = 0.05
 # The queue is standing when most arrivals would wait past LATE times a prediction's standing
-# limit (10 ms at the default budget): an exponentially weighted mean, over this worker's last
-# ~1/PRESSURE_WEIGHT arrivals, of "its wait so far plus the work ahead of it passes that", above
-# STANDING. A 5x burst gets there within ~22 arrivals; at capacity most arrivals find the queue
-# empty. At LATE = 1 the 503s of a 5x burst came faster (p99 9-10 ms, 12-14 ms at 2), but closed-
-# loop clients at saturation (wrk, 8 connections, p99 7 ms) were shed after every stall of the
-# store; at 4 (20 ms) a burst was seldom seen as standing (503s p99 28 ms). Tried before: Facebook's
-# "not empty for 100 ms" flickered in a burst (each instant of empty queue reopened the budget:
-# 503s p99 50 ms), and holding it until the worker had idled kept a worker at 60 % load standing
-# for good (it shed).
+# limit (10 ms at the default budget) or would be refused: an exponentially weighted mean, over
+# this worker's last ~1/PRESSURE_WEIGHT arrivals, of "its wait so far plus the work ahead of it
+# passes that, or its limit", above STANDING. (Refusals count because behind a standing queue they
+# keep the waits short, and the waits alone ended it inside a burst, hundreds of times in 30 s.)
+# A 5x burst gets there within ~22 arrivals; at capacity most arrivals find the queue empty. At
+# LATE = 1 the 503s of a 5x burst came faster (p99 9-10 ms, 12-14 ms at 2), but closed-loop
+# clients at saturation (wrk, 8 connections, p99 7 ms) were shed after every stall of the store,
+# and with the depth gate below it still shed up to 7 % at a slow host's capacity; at 4 (20 ms) a
+# burst was seldom seen as standing (503s p99 28 ms). Tried before: Facebook's "not empty for
+# 100 ms" flickered in a burst (each instant of empty queue reopened the budget: 503s p99 50 ms),
+# and holding it until the worker had idled kept a worker at 60 % load standing for good (it shed).
 LATE = 2
 PRESSURE_WEIGHT = 1 / 32
 STANDING = 0.5
@@ -51,6 +54,18 @@ BATCH = 64
 # then an exponentially weighted mean of the measured ones, per endpoint.
 FIRST_COST_S = 0.002
 SMOOTHING = 0.1
+
+
+class Held(NamedTuple):
+    """A connection taken from the backlog and judged, waiting in the worker's queue."""
+
+    client: socket.socket
+    addr: object
+    endpoint: str | None  # None: a path that is never shed
+    head: bytes  # what a peek read of the request
+    arrived: float  # time.monotonic() when it reached the backlog
+    cost: float  # expected time in this worker, s
+    limit: float | None  # the wait it was admitted under, s
 
 
 class SheddingWorker(SyncWorker):
@@ -94,8 +109,7 @@ class SheddingWorker(SyncWorker):
                        + b"".join(f"{k}: {v}\r\n".encode() for k, v in admission.OVERLOADED_HEADERS)
                        + b"\r\n" + admission.OVERLOADED)
         self.offered, self.shed = admission.counters()
-        # (client, addr, endpoint, request head, arrival time, expected cost) in arrival order, and
-        # the sum of their expected costs.
+        # Held requests in arrival order, and the sum of their expected costs.
         self.queue, self.held = collections.deque(), 0.0
         self.cost = dict.fromkeys(("predict", "feedback", None), FIRST_COST_S)
         # See PRESSURE_WEIGHT; deep: 16 were waiting when this take began, or the queue stood then.
@@ -160,13 +174,16 @@ class SheddingWorker(SyncWorker):
             head = b""  # its request has not arrived yet: gunicorn will wait for it, never shed
         parts = head.split(b"\r\n", 1)[0].split(b" ")
         endpoint = self.endpoints.get(parts[1].split(b"?", 1)[0]) if len(parts) == 3 else None
-        item = (client, addr, endpoint, head, now - waited, self.cost[endpoint])
-        self.pressure += PRESSURE_WEIGHT * ((waited + self.held > self.late) - self.pressure)
-        if endpoint is not None and waited + self.held > self._limit(endpoint):
+        limit = self._limit(endpoint) if endpoint is not None else None
+        item = Held(client, addr, endpoint, head, now - waited, self.cost[endpoint], limit)
+        refuse = limit is not None and waited + self.held > limit
+        # A refusal counts as late too (see LATE).
+        self.pressure += PRESSURE_WEIGHT * ((refuse or waited + self.held > self.late) - self.pressure)
+        if refuse:
             self._refuse(item)
             return
         self.queue.append(item)
-        self.held += item[5]
+        self.held += item.cost
 
     def _standing(self):
         """Whether the queue is standing (then every limit is within self.hold)."""
@@ -177,27 +194,30 @@ class SheddingWorker(SyncWorker):
         return (self.standing if self._standing() else self.limits)[endpoint]
 
     def _expire(self):
-        """Refuse now each held prediction that can no longer start within its limit (a request
-        ahead of it took longer than expected): better at once than when its turn comes."""
-        now, ahead, limit, kept = time.monotonic(), 0.0, self._limit("predict"), collections.deque()
+        """Refuse now each held prediction that can no longer start within the limit it was admitted
+        under (a request ahead of it took longer than expected): better at once than when its turn
+        comes. One admitted under the whole budget keeps it when the queue then becomes standing
+        (at most `hold` of work): refused at that moment, in groups of ten or more, 12-25 ms old,
+        such predictions were the slowest 503s of a burst (p99 17-37 ms; 9-11 ms without them)."""
+        now, ahead, kept = time.monotonic(), 0.0, collections.deque()
         for item in self.queue:
-            if item[2] == "predict" and now - item[4] + ahead > limit:
+            if item.endpoint == "predict" and now - item.arrived + ahead > item.limit:
                 self._refuse(item)
             else:
                 kept.append(item)
-                ahead += item[5]
+                ahead += item.cost
         self.queue, self.held = kept, ahead
 
     def _serve_next(self, listener):
         """Serve the first in line."""
-        client, addr, endpoint, _, _, cost = self.queue.popleft()
-        self.held = max(0.0, self.held - cost) if self.queue else 0.0
+        item = self.queue.popleft()
+        self.held = max(0.0, self.held - item.cost) if self.queue else 0.0
         start = time.monotonic()
         # As gunicorn's accept leaves it (a refusal needs neither: it never blocks, never execs).
-        client.setblocking(1)
-        util.close_on_exec(client)
-        self.handle(listener, client, addr)
-        self.cost[endpoint] += SMOOTHING * (time.monotonic() - start - self.cost[endpoint])
+        item.client.setblocking(1)
+        util.close_on_exec(item.client)
+        self.handle(listener, item.client, item.addr)
+        self.cost[item.endpoint] += SMOOTHING * (time.monotonic() - start - self.cost[item.endpoint])
 
     def _serve_probes(self):
         """Answer what waits on the probe listener: probes never wait behind this worker's queue."""
@@ -212,7 +232,7 @@ class SheddingWorker(SyncWorker):
 
     def _refuse(self, item):
         """Answer the canned 503 without parsing anything, and count it."""
-        client, addr, endpoint, head = item[:4]
+        client, addr, endpoint, head = item.client, item.addr, item.endpoint, item.head
         self.offered[endpoint].inc()
         self.shed[endpoint].inc()
         # Everything the client sent has arrived or is arriving: read it without waiting (closing on

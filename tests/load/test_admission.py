@@ -186,25 +186,29 @@ def _unanswered(sock):
 
 def test_behind_a_standing_queue_what_waited_past_a_twentieth_of_its_budget_is_refused(tmp_path, model_path):
     # A 1 s budget sheds nothing that waited ~120 ms by age alone. 30 predictions and a feedback
-    # queued that long behind the busy worker are a standing queue (service/worker.py: from ~22
-    # arrivals that would wait past a prediction's standing limit), where a prediction may wait
-    # STANDING_SHARE of its budget (50 ms) and feedback of its own (200 ms): every prediction is
-    # refused, none served late, and the feedback is served.
-    from service.worker import STANDING_SHARE
+    # queued that long behind the busy worker become a standing queue (service/worker.py: once the
+    # pressure, each late arrival weighing PRESSURE_WEIGHT, passes STANDING), where a prediction
+    # may wait STANDING_SHARE of its budget (50 ms) and feedback of its own (200 ms). Those judged
+    # before are served under the budget they were admitted under; every prediction judged after
+    # is refused at once, and the feedback is served.
+    from service.worker import PRESSURE_WEIGHT, STANDING, STANDING_SHARE
 
     assert STANDING_SHARE * 1000 < 120 < STANDING_SHARE * 4000
+    # The first judged behind a standing queue finds the pressure of those before it past STANDING.
+    before = next(n for n in range(100) if 1 - (1 - PRESSURE_WEIGHT) ** n > STANDING)
+    assert 10 < before < 30
     with Gunicorn(tmp_path, model_path, workers=1, env={"ADMISSION_BUDGET_MS": "1000"}) as server:
         assert requests.post(server.url + "/predict", json={**RECORD, "id": 1}, timeout=10).ok
         queued = [("/predict", predict_body(100 + i)) for i in range(30)]
         label = ("/feedback", b'{"id": 1, "Calories": 231}')
         answers = queued_behind_busy_workers(server, 1, [*queued, label], wait=0.12)
         metrics = server.metrics()
-    assert [a[0] for a in answers] == [503] * 30 + [200]
+    assert [a[0] for a in answers] == [200] * before + [503] * (30 - before) + [200]
     assert json.loads(answers[-1][2])["outcome"] == "matched"
-    assert sample(metrics, "app_requests_shed_total", endpoint="predict", reason="queue_time") == 30
+    assert sample(metrics, "app_requests_shed_total", endpoint="predict", reason="queue_time") == 30 - before
     assert sample(metrics, "app_requests_shed_total", endpoint="feedback", reason="queue_time") == 0
-    # Nothing of the refused predictions was stored: only the first and the held one's.
-    assert query(tmp_path / "feedback.db", "SELECT count(*) FROM predictions")[0][0] == 2
+    # Nothing of the refused predictions was stored: only the first's, the held one's and the served.
+    assert query(tmp_path / "feedback.db", "SELECT count(*) FROM predictions")[0][0] == 2 + before
 
 
 def test_a_served_connection_is_closed_without_waiting_for_the_client(tmp_path, model_path):
