@@ -33,6 +33,9 @@ def cached_pid_values():
     from prometheus_client import values
 
     if getattr(values.ValueClass, "_multiprocess", False):
+        # Now too: this module may have been imported before a fork (gunicorn.conf.py, in the
+        # master) and the metrics only after it, in the worker.
+        _refresh_pid()
         os.register_at_fork(after_in_child=_refresh_pid)
         values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _pid)
 

@@ -177,3 +177,23 @@ def test_increments_key_their_file_by_the_real_pid_without_asking_for_it(tmp_pat
     assert samples(tmp_path, "app_predictions")["app_predictions_total"] == 8.0
     assert getpid_calls == 0  # the fork is noticed through the cached pid, not a system call each time
 
+
+
+IMPORTED_BEFORE_FORK = """
+import os
+from service import multiproc  # as gunicorn.conf.py imports it, in the master
+child = os.fork()
+if child == 0:  # the worker imports the metrics after the fork
+    from service import metrics
+    metrics.PREDICTIONS.inc(5)
+    os._exit(0)
+os.waitpid(child, 0)
+print(child)
+"""
+
+
+def test_metrics_imported_after_a_fork_use_the_workers_own_pid(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", IMPORTED_BEFORE_FORK], env=env, capture_output=True,
+                         text=True, check=True)
+    assert [p.name for p in tmp_path.glob("counter_*.db")] == [f"counter_{int(out.stdout)}.db"]
