@@ -177,6 +177,26 @@ def test_the_offered_load_metric_scales_faster_than_the_completed_one_under_a_5x
     assert first_sync["decided"] >= 2 * first_sync["replicas"]  # the policies' cap in one sync
 
 
+def test_the_cpu_target_scales_a_slower_host_whose_capacity_is_below_the_rate_target(tmp_path):
+    # The slow hour of 2026-12-07: 500 req/s per pod at 1.5 ms of CPU each, the load steady at
+    # the rate target (560 a pod on 2 pods): the rate alone never scales, the CPU metric must.
+    slow = ("--metric", "offered", "--capacity", "500", "--cpu-ms-per-request", "1.5",
+            "--profile", "60@1120,600@1120")
+    shipped = replay(tmp_path, *slow, name="shipped")
+    steady = shipped["phases"][1]
+    assert steady["replicas_end"] == 3 and steady["shed"] == 0
+    # At the CPU target shipped before (70 %), each pod uses 75 % of its CPU, inside the
+    # tolerance: 2 pods shed for as long as the load lasts.
+    before = yaml.safe_load(SHIPPED_HPA.read_text())
+    cpu = next(m for m in before["spec"]["metrics"] if m["type"] == "Resource")
+    cpu["resource"]["target"]["averageUtilization"] = 70
+    path = tmp_path / "hpa.yaml"
+    path.write_text(yaml.safe_dump(before))
+    old = replay(tmp_path, *slow, "--hpa", str(path), name="before")["phases"][1]
+    assert old["replicas_end"] == 2 and old["seconds_shedding"] == 600
+    assert old["shed"] > 0.1 * old["offered"]
+
+
 def test_pods_not_yet_ready_take_no_traffic_and_a_slow_start_sheds_longer(tmp_path):
     quick = replay(tmp_path, "--metric", "offered", name="quick")
     slow = replay(tmp_path, "--metric", "offered", "--ready-seconds", "60", name="slow")
