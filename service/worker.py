@@ -127,7 +127,7 @@ class SheddingWorker(SyncWorker):
             # comes back here). Served at once, whatever waits behind it: those are judged when
             # taken. (Taking them in at once too, as when the backlog was not empty, cost 5 % of
             # make bench's throughput, where 8 connections keep a few waiting at all times.)
-            self.pressure -= self.pressure * PRESSURE_WEIGHT
+            self._observe(late=False)
             return self.handle(listener, client, addr)
         self._admit(client, addr, waited, time.monotonic())  # (blocking already: set above)
         while self._take(listener) or self.queue:
@@ -177,13 +177,16 @@ class SheddingWorker(SyncWorker):
         limit = self._limit(endpoint) if endpoint is not None else None
         item = Held(client, addr, endpoint, head, now - waited, self.cost[endpoint], limit)
         refuse = limit is not None and waited + self.held > limit
-        # A refusal counts as late too (see LATE).
-        self.pressure += PRESSURE_WEIGHT * ((refuse or waited + self.held > self.late) - self.pressure)
+        self._observe(late=refuse or waited + self.held > self.late)  # a refusal counts as late
         if refuse:
             self._refuse(item)
             return
         self.queue.append(item)
         self.held += item.cost
+
+    def _observe(self, late):
+        """One arrival's step of the pressure: the weighted share of arrivals that were late."""
+        self.pressure += PRESSURE_WEIGHT * (late - self.pressure)
 
     def _standing(self):
         """Whether the queue is standing (then every limit is within self.hold)."""
