@@ -26,7 +26,7 @@ from simulator.records import DataError, load
 
 from . import capacity, openloop
 from .run import _machine
-from .traffic import Prober, Sampler, Traffic, children, cpu_seconds
+from .traffic import Host, Prober, Sampler, Traffic, children, cpu_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROBE_SECONDS = 0.1  # /healthz and /readyz of each probe listener, ten times a second
@@ -130,16 +130,17 @@ def phase(args, exe, url, traffic, sampler, segments):
     return results, sampler.between(started, started + sum(s for _, s in segments)), started
 
 
-def ramp(args, exe, url, traffic, sampler):
+def ramp(args, exe, url, traffic, sampler, host):
     """Steps of constant offered load, until two in a row miss the SLO or the generator falls short."""
     steps, missed = [], 0
     for rate in ramp_rates(args):
         # CPU of what this tool started (service, nginx, PostgreSQL), none with --url: per request,
         # the capacity of one CPU whatever else runs on it.
         before = cpu_seconds(children(os.getpid()))
-        results, server, _ = phase(args, exe, url, traffic, sampler, [(rate, args.step_seconds)])
+        results, server, started = phase(args, exe, url, traffic, sampler, [(rate, args.step_seconds)])
         used = cpu_seconds(children(os.getpid())) - before
         step = capacity.step_figures(results, rate, args.step_seconds, args.slo_ms) | {"server": server}
+        step["host_steal_ms"] = host.steal_ms(started, started + args.step_seconds)
         ok = sum(r.ok for r in results)
         step["server_cpu_ms_per_request"] = round(1000 * used / ok, 3) if used and ok else None
         steps.append(step)
@@ -158,13 +159,15 @@ def step_line(step):
                f"  scrape max {server['scrape_max_ms']:.0f} ms" if server else "")
     if step["server_cpu_ms_per_request"]:
         signals += f"  server CPU {step['server_cpu_ms_per_request']:.2f} ms/request"
+    if step.get("host_steal_ms"):
+        signals += f"  host steal {step['host_steal_ms']:g} ms"
     return (f"{step['offered_rps']:7.0f} req/s offered, {step['achieved_send_rps'] or 0:7.1f} sent, "
             f"{step['throughput_rps']:7.1f} ok/s  p50 {lat['p50']:8.2f}  p95 {lat['p95']:8.2f}  "
             f"p99 {lat['p99']:8.2f} ms  success {100 * step['success']:6.2f} %"
             f"{'' if step['offered'] else '  NOT OFFERED'}{signals}")
 
 
-def bursts(args, exe, url, traffic, sampler, prober, cap):
+def bursts(args, exe, url, traffic, sampler, prober, host, cap):
     """Each burst: base load, k x capacity for --burst-seconds, base load again to recover."""
     out = []
     for factor in [float(f) for f in args.bursts.split(",") if f.strip()]:
@@ -182,6 +185,11 @@ def bursts(args, exe, url, traffic, sampler, prober, cap):
                    # What the instances' own metrics said meanwhile: what an autoscaler would see.
                    "server_during": sampler.between(started + lead, started + lead + args.burst_seconds),
                    "probes_during": prober.between(started + lead, started + lead + args.burst_seconds)}
+        # The host's steal in each second (the windows are dated from the burst's end): whether a
+        # slow second after it was the hypervisor's.
+        for w in figures["windows"]:
+            at = started + lead + args.burst_seconds + w["t"]
+            w["host_steal_ms"] = host.steal_ms(at, at + 1.0)
         figures["targets"] = burst_targets(figures, cap, args.slo_ms)
         out.append(figures)
         print(burst_line(figures, args), flush=True)
@@ -228,6 +236,10 @@ def burst_line(b, args):
         line += (f"\n  the instances meanwhile: {seen['server_rps']:g} req/s completed, in-flight "
                  f"{seen['inflight_mean']:g}, Little {seen['little_concurrency']:g}, scrape max "
                  f"{seen['scrape_max_ms']:g} ms, {seen['scrapes_failed']}/{seen['scrapes']} scrapes failed")
+    slow = [w for w in b.get("windows", ()) if w["t"] >= 0 and w["p99_ms"] > args.slo_ms]
+    if slow:
+        line += "\n  slow seconds after it (p99, the host's steal on the server CPUs): " + ", ".join(
+            f"+{w['t']:g} s {w['p99_ms']:.0f} ms steal {_steal(w.get('host_steal_ms'))}" for w in slow[:10])
     probes = b.get("probes_during")
     if probes:
         line += (f"\n  probes (/healthz, /readyz): {probes['probes']}, failed {probes['probes_failed']}, "
@@ -237,6 +249,11 @@ def burst_line(b, args):
             f"{name} {t['figure']} (bound {t['bound']}) {'met' if t['met'] else 'MISSED'}"
             for name, t in b["targets"].items())
     return line
+
+
+def _steal(value):
+    """A steal figure for a report line: '12 ms', or '?' when the samples did not cover it."""
+    return "?" if value is None else f"{value:g} ms"
 
 
 def _ms(value):
@@ -266,17 +283,20 @@ def run(args, stack):
     machine = _machine()
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}; pinned {pinned or 'no'}", flush=True)
     traffic = Traffic(records, args.feedback_fraction, args.feedback_delay, poisson=args.poisson)
+    server_cpus = cpus(args.server_cpus) if pinned and pinned["server"] != "as started" \
+        else range(os.cpu_count() or 1)
     with Sampler(args.metrics_url, interval=args.sample_seconds) as sampler, \
-            Prober(args.probe_url or args.metrics_url, interval=PROBE_SECONDS) as prober:
+            Prober(args.probe_url or args.metrics_url, interval=PROBE_SECONDS) as prober, \
+            Host(server_cpus) as host:
         if args.warmup_seconds > 0:
             warmup = [(min(50.0, ramp_rates(args)[0]), args.warmup_seconds)]
             phase(args, exe, args.url, traffic, sampler, warmup)
-        steps = ramp(args, exe, args.url, traffic, sampler)
+        steps = ramp(args, exe, args.url, traffic, sampler, host)
         verdict = capacity.knee(steps)
         print(f"knee: {verdict['knee_rps']} req/s, capacity: {verdict['capacity_rps']} req/s at p99 <= "
               f"{args.slo_ms:g} ms" + (f" ({verdict['refused']})" if verdict["refused"] else ""), flush=True)
         cap = args.burst_capacity or verdict["capacity_rps"]
-        burst_list = bursts(args, exe, args.url, traffic, sampler, prober, cap) \
+        burst_list = bursts(args, exe, args.url, traffic, sampler, prober, host, cap) \
             if cap and args.bursts.strip() else []
     return {"url": args.url, "target": target,
             "machine": machine, "load_average_end": os.getloadavg(), "pinned": pinned,

@@ -202,6 +202,46 @@ class Prober(_Polling):
                 "probe_max_ms": round(max(good), 1) if good else None}
 
 
+class Host(_Polling):
+    """The hypervisor's steal time on the server's CPUs (/proc/stat), read every `interval` s in a
+    thread: a slow second in which the host ran something else on them says so. Its samples:
+    (monotonic time, steal seconds so far, summed over the CPUs)."""
+
+    def __init__(self, cpus, interval=0.25, stat="/proc/stat"):
+        super().__init__([f"cpu{c}" for c in sorted(cpus)], interval)
+        self.stat = stat
+
+    def _loop(self):
+        self.samples.append((time.monotonic(), steal_seconds(self.urls, self.stat)))
+        while not self.stop.wait(self.interval):
+            self.samples.append((time.monotonic(), steal_seconds(self.urls, self.stat)))
+
+    def steal_ms(self, start, end):
+        """Steal in [start, end) (monotonic), ms summed over the CPUs, from the last sample at or
+        before start to the first at or after end (or now, if it is not over); None when the
+        samples do not cover it."""
+        before = [steal for t, steal in self.samples if t <= start]
+        after = [steal for t, steal in self.samples if t >= end]
+        if not after and time.monotonic() >= start:
+            # Asked as it ends (a phase's last second ends with its last answer): read it now.
+            after = [steal_seconds(self.urls, self.stat)]
+        if not before or not after:
+            return None
+        return round(1000 * (after[0] - before[-1]), 1)
+
+
+def steal_seconds(names, stat="/proc/stat"):
+    """Steal time so far of the named CPUs ("cpu0", ...), in seconds, summed (the eighth figure of
+    their /proc/stat line, in clock ticks); 0 where the kernel does not count it."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path(stat).read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] in names and len(fields) > 8:
+                total += int(fields[8])
+    return total / tick
+
+
 def children(pid):
     """Every live descendant of pid (Linux /proc)."""
     out, todo = [], [pid]

@@ -16,7 +16,8 @@ from support import ROOT, SAMPLE
 
 from bench import capacity, openloop
 from bench import stress as stress_tool
-from bench.traffic import Prober, Sampler, Traffic
+from bench import traffic as traffic_module
+from bench.traffic import Host, Prober, Sampler, Traffic
 from loopback.process import free_port
 from simulator.records import load
 
@@ -298,14 +299,50 @@ def fake_instance(**kwargs):
         server.server_close()
 
 
-def burst(url, cap, *flags, sample_seconds=0.1):
+def burst(url, cap, *flags, sample_seconds=0.1, host=None):
     """One burst of make stress (2 x cap for 2 s after 3 s of --burst-base) against url, with
     /metrics sampled; its figures."""
     args = stress_tool.parse(["--url", url, "--bursts", "2", "--burst-seconds", "2", "--recovery-seconds",
                               "1", "--feedback-delay", "0.5", "--timeout", "2", *flags])
     traffic = Traffic(load(SAMPLE), args.feedback_fraction, args.feedback_delay)
-    with Sampler([url], interval=sample_seconds) as sampler, Prober([]) as prober:
-        return stress_tool.bursts(args, openloop.build(), url, traffic, sampler, prober, cap)[0]
+    exe = openloop.build()
+    with Sampler([url], interval=sample_seconds) as sampler, Prober([]) as prober, \
+            (host or Host([0])) as host:
+        return stress_tool.bursts(args, exe, url, traffic, sampler, prober, host, cap)[0]
+
+
+def test_each_second_of_a_burst_carries_the_hosts_steal_in_it(tmp_path):
+    # A /proc/stat whose cpu0 is stolen from at half its time from the burst's end on (cpu1, not a
+    # server CPU here, all the time): the seconds after the burst say so, those before do not.
+    stat, tick = tmp_path / "stat", os.sysconf("SC_CLK_TCK")
+    stop, steal_from = threading.Event(), []
+
+    def hypervisor():
+        stolen = other = 0.0
+        last = time.monotonic()
+        while not stop.wait(0.02):
+            now = time.monotonic()
+            other += (now - last) * tick
+            if steal_from and now >= steal_from[0]:
+                stolen += (now - max(last, steal_from[0])) * tick / 2
+            last = now
+            stat.write_text(f"cpu  1 0 1 1 0 0 0 {int(stolen + other)} 0 0\n"
+                            f"cpu0 1 0 1 1 0 0 0 {int(stolen)} 0 0\ncpu1 1 0 1 1 0 0 0 {int(other)} 0 0\n")
+
+    writer = threading.Thread(target=hypervisor, daemon=True)
+    writer.start()
+    try:
+        with fake_instance() as (server, url):
+            steal_from.append(time.monotonic() + 3.0 + 2.0)  # lead + burst: the phase starts now
+            figures = burst(url, 50, host=Host([0], interval=0.05, stat=stat))
+    finally:
+        stop.set()
+        writer.join()
+    seconds = {w["t"]: w["host_steal_ms"] for w in figures["windows"]}
+    # (The second before the burst's end may hold a little: the phase starts after this test's clock.)
+    assert all(v is not None and v <= 100 for t, v in seconds.items() if t <= -2), seconds
+    assert seconds[0] is not None and 350 <= seconds[0] <= 650, seconds
+    assert traffic_module.steal_seconds(["cpu1"], stat) > traffic_module.steal_seconds(["cpu0"], stat)
 
 
 def test_completed_rate_is_never_above_the_offered_one_when_scrapes_queue():
