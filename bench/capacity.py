@@ -184,11 +184,12 @@ def plot(report, path):
     right.set_ylabel("success %")
     right.set_ylim(0, 105)
     verdict = report["verdict"]
-    for key, colour in (("capacity_rps", "green"), ("knee_rps", "red")):
+    # The capacity's label left of its line, the knee's right of it: one step apart, they overlapped.
+    for key, colour, side in (("capacity_rps", "green", "right"), ("knee_rps", "red", "left")):
         if verdict[key] is not None:
             ax.axvline(verdict[key], color=colour, lw=1)
-            ax.text(verdict[key], ax.get_ylim()[1], f" {key.split('_')[0]} {verdict[key]:g}",
-                    color=colour, fontsize=8, va="top")
+            ax.text(verdict[key], ax.get_ylim()[1], f" {key.split('_')[0]} {verdict[key]:g} ",
+                    color=colour, fontsize=8, va="top", ha=side)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_title(report.get("title", "capacity"), fontsize=9)
