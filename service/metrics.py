@@ -308,9 +308,10 @@ class StoreCollector:
         yield _gauge("app_store_up", "1 when a write transaction to the store commits now, else 0.", up)
         if self.drift is not None:
             yield reference_shares(self.model)
-        stats = read_store("rolling gauges", self.store.window_stats)
-        if stats is None:
+        figures = read_store("rolling gauges", self.store.window_figures)  # the window read once
+        if figures is None:
             return
+        stats, versions = figures
         w = f"{self.store.window:g} s window"
         yield _gauge("app_rolling_rmsle_5m", f"RMSLE of pairs whose feedback arrived in the {w}.",
                      stats.rmsle)
@@ -318,7 +319,7 @@ class StoreCollector:
         yield _gauge("app_rolling_pairs_5m", f"Matched pairs in the {w}.", stats.pairs)
         yield _gauge("app_feedback_coverage_5m",
                      f"Fraction of prediction events of the {w} that have feedback.", stats.coverage)
-        yield from self._by_version(w)
+        yield from self._by_version(w, versions)
 
     def _changes(self):
         """Promotions and rollbacks recorded in the store (store-wide: every instance says the same)."""
@@ -364,14 +365,15 @@ class StoreCollector:
         yield from families.values()
         yield bounds
 
-    def _by_version(self, w):
-        """The rolling gauges per model version, and when each version was first seen."""
+    def _by_version(self, w, stats):
+        """The rolling gauges per model version (stats: the window's figures per version), and when
+        each version was first seen."""
         read = read_store("per-version gauges", lambda: (
-            self.store.window_by_version(), self.store.first_seen(),
+            self.store.first_seen(),
             _challenger_windows(self.store.paired_quality()) if self.challengers else {}))
         if read is None:
             return
-        stats, seen, shadows = read
+        seen, shadows = read
         for name, doc, field in BY_VERSION:
             family = GaugeMetricFamily(name, f"{doc} ({w}), per model version (role: champion, or a "
                                        "challenger on the same labels).", labels=["model_version", "role"])

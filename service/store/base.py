@@ -192,7 +192,21 @@ def by_version(pair_rows, coverage_rows):
     for version, predictions, joined in coverage_rows:
         sums[version][3:] = predictions, joined
     # A pair whose prediction was pruned before migration 0004 attributed it has no version.
-    return {version: window_stats(*values) for version, values in sorted(sums.items()) if version is not None}
+    return {version: window_stats(*sums[version]) for version in sorted(v for v in sums if v is not None)}
+
+
+def window_figures(pair_rows, coverage_rows):
+    """(WindowStats of every row, {model_version: WindowStats}) from by_version's rows: the totals
+    are the versions' sums (rows without a version included), so one pass of the window gives both."""
+    total = [0, 0.0, 0.0, 0, 0]
+    for _, pairs, sle, ae in pair_rows:
+        total[0] += pairs
+        total[1] += sle or 0.0
+        total[2] += ae or 0.0
+    for _, predictions, joined in coverage_rows:
+        total[3] += predictions
+        total[4] += joined
+    return window_stats(*total), by_version(pair_rows, coverage_rows)
 
 
 class SegmentReferences:
@@ -292,13 +306,19 @@ class Store:
         """The version's Calibration: its joined labels with an estimate and interval, since the first."""
         return calibration(self._fetch_all(CALIBRATION_SQL, (model_version,))[0])
 
+    def window_figures(self):
+        """(window_stats(), window_by_version()) from one read of the window, in one snapshot: what
+        a scrape asks for (the window's rows read once, not once for the totals and again per
+        version)."""
+        raise NotImplementedError
+
     def window_stats(self):
         """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
-        raise NotImplementedError
+        return self.window_figures()[0]
 
     def window_by_version(self):
         """window_stats() per model version: {model_version: WindowStats} (versions with any row)."""
-        raise NotImplementedError
+        return self.window_figures()[1]
 
     def quality_by_version(self, since, until):
         """{model_version: WindowStats} of pairs whose feedback was received in [since, until)."""

@@ -175,12 +175,6 @@ class PostgresStore(base.Store):
             # Durable commit for this transaction only; the id's joins one at a time, FIFO kept.
             "lock": "SELECT set_config('synchronous_commit', 'on', true), "
                     f"pg_advisory_xact_lock(%(id)s), {now}",
-            # One statement, one snapshot, one `now` for both halves of the window.
-            "window": "SELECT f.pairs, f.sle, f.ae, p.predictions, p.joined FROM "
-                      "(SELECT count(*) AS pairs, coalesce(sum(sle), 0) AS sle, coalesce(sum(ae), 0) AS ae "
-                      f" FROM feedback WHERE outcome = 'matched' AND received_ts > {now} - %(window)s) f, "
-                      "(SELECT count(*) AS predictions, count(feedback_seq) AS joined "
-                      f" FROM predictions WHERE ts > {now} - %(window)s) p",
             # Per version: pairs and coverage of the window, in one statement (one snapshot).
             "by_version": "SELECT model_version, sum(pairs)::bigint, sum(sle), sum(ae), "
                           "sum(predictions)::bigint, sum(joined)::bigint "
@@ -322,17 +316,12 @@ class PostgresStore(base.Store):
                 return base.join(_Join(conn, self._complete), id_, calories, event_ts, received,
                                  segments)
 
-    def window_stats(self):
-        """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
-        with self._guarded():
-            row = self._conn().execute(self._sql["window"], self._args(window=self.window)).fetchone()
-        return base.window_stats(*row)
-
-    def window_by_version(self):
-        """window_stats() per model version, in one statement."""
+    def window_figures(self):
+        """The window's totals and per-version figures, in one statement (one snapshot)."""
         with self._guarded():
             rows = self._conn().execute(self._sql["by_version"], self._args(window=self.window)).fetchall()
-        return {version: base.window_stats(*sums) for version, *sums in rows if version is not None}
+        return base.window_figures([(v, pairs, sle, ae) for v, pairs, sle, ae, _, _ in rows],
+                                   [(v, predictions, joined) for v, _, _, _, predictions, joined in rows])
 
     def quality_by_version(self, since, until):
         """Pairs whose feedback was received in [since, until), per model version."""

@@ -18,10 +18,8 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024
 CHECKPOINT_EVERY = 1000  # writes per process between WAL checkpoints (SQLite's default pages)
 PAGE_SIZE = 1024  # bytes, for a new store file
 PRUNE_LEASE_SECONDS = 60
-# The window reads: each is answered from a covering index range (see migrations/sqlite/0001).
-WINDOW_PAIRS_SQL = ("SELECT count(*), total(sle), total(ae) FROM feedback "
-                    "WHERE outcome = 'matched' AND received_ts > ?")
-WINDOW_COVERAGE_SQL = "SELECT count(*), count(feedback_seq) FROM predictions WHERE ts > ?"
+# The window reads, per version (the totals are their sums): each is answered from a covering
+# index range (see migrations/sqlite/0001).
 VERSION_PAIRS_SQL = ("SELECT model_version, count(*), total(sle), total(ae) FROM feedback "
                      "WHERE outcome = 'matched' AND received_ts > ? AND received_ts < ? "
                      "GROUP BY model_version")
@@ -311,31 +309,18 @@ class SQLiteStore(base.Store):
         return self._run(lambda conn: base.join(
             _Join(conn, self._complete), id_, calories, event_ts, received, segments), durable=True)
 
-    def window_stats(self):
-        """Pairs whose feedback arrived in (now - W, now], and coverage of that window's predictions."""
+    def window_figures(self):
+        """The window's totals and per-version figures, in one snapshot."""
         since = self.clock() - self.window
         with self._guarded():
             conn = self._conn()
             conn.execute("BEGIN")  # one snapshot for both reads
             try:
-                pairs, sle, ae = conn.execute(WINDOW_PAIRS_SQL, (since,)).fetchone()
-                predictions, joined = conn.execute(WINDOW_COVERAGE_SQL, (since,)).fetchone()
-            finally:
-                conn.execute("COMMIT")
-        return base.window_stats(pairs, sle, ae, predictions, joined)
-
-    def window_by_version(self):
-        """window_stats() per model version, in one snapshot."""
-        since = self.clock() - self.window
-        with self._guarded():
-            conn = self._conn()
-            conn.execute("BEGIN")
-            try:
                 pairs = conn.execute(VERSION_PAIRS_SQL, (since, math.inf)).fetchall()
                 coverage = conn.execute(VERSION_COVERAGE_SQL, (since,)).fetchall()
             finally:
                 conn.execute("COMMIT")
-        return base.by_version(pairs, coverage)
+        return base.window_figures(pairs, coverage)
 
     def quality_by_version(self, since, until):
         """Pairs whose feedback was received in [since, until), per model version."""

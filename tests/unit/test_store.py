@@ -554,13 +554,13 @@ check_period = check_quality_period_is_closed_left_open_right
 # the statement text alone (the count check keeps the list in step with the SQL). Each must fail
 # the check named with it. SQLite's run in the fast tier; PostgreSQL's need the session's cluster.
 SQL_MUTANTS = [
-    ("sqlite", "WINDOW_PAIRS_SQL", "received_ts > ?", "received_ts >= ?", check_window_edge),
-    ("sqlite", "WINDOW_COVERAGE_SQL", "ts > ?", "ts >= ?", check_window_edge),
+    ("sqlite", "VERSION_PAIRS_SQL", "received_ts > ?", "received_ts >= ?", check_window_edge),
+    ("sqlite", "VERSION_COVERAGE_SQL", "ts > ?", "ts >= ?", check_window_edge),
     ("sqlite", "VERSION_PAIRS_SQL", "received_ts > ?", "received_ts >= ?", check_window_by_version_edge),
     ("sqlite", "VERSION_COVERAGE_SQL", "ts > ?", "ts >= ?", check_window_by_version_edge),
     ("sqlite", "VERSION_PAIRS_SQL", "received_ts < ?", "received_ts <= ?", check_period),
-    ("postgresql", "window", "received_ts > ", "received_ts >= ", check_window_edge),
-    ("postgresql", "window", "WHERE ts > ", "WHERE ts >= ", check_window_edge),
+    ("postgresql", "by_version", "received_ts > ", "received_ts >= ", check_window_edge),
+    ("postgresql", "by_version", "WHERE ts > ", "WHERE ts >= ", check_window_edge),
     ("postgresql", "by_version", "received_ts > ", "received_ts >= ", check_window_by_version_edge),
     ("postgresql", "by_version", "WHERE ts > ", "WHERE ts >= ", check_window_by_version_edge),
     ("postgresql", "quality", "received_ts >= ", "received_ts > ", check_period),
