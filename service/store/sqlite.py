@@ -206,7 +206,12 @@ class SQLiteStore(base.Store):
             # each page it touched to the WAL, a prediction touches three (the table and two
             # indexes), so 4 KiB pages meant 13 KB written per prediction; 1 KiB pages, 4 KB.
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                # SQLite keeps the old mode when it cannot use a WAL (":memory:", some network
+                # filesystems): the feedback's sync (_sync_wal) and the scrapes need one.
+                raise StoreError(f"cannot open feedback store {self.path}: it needs WAL mode and "
+                                 f"SQLite left it in {mode!r} mode (use a file on a local disk)")
             conn.execute("PRAGMA synchronous = NORMAL")
             # After each checkpoint the WAL is truncated back to this size.
             conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
