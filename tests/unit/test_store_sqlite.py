@@ -134,10 +134,11 @@ def test_a_lock_held_elsewhere_ends_in_the_busy_timeout_not_a_hang(tmp_path, clo
     store.close()
 
 
-def test_a_store_that_cannot_be_in_wal_mode_is_refused_with_one_clear_error(clock):
+def test_a_store_that_cannot_be_in_wal_mode_is_refused_with_one_clear_error(tmp_path, clock, monkeypatch):
     # The feedback's durability is a sync of the WAL file after its commit: without a WAL there is
     # nothing to sync, and every feedback would fail. SQLite keeps an in-memory database in
     # "memory" mode, as it keeps some network filesystems out of WAL.
+    monkeypatch.chdir(tmp_path)  # its write lock file, ":memory:.writelock", lands here
     store = SQLiteStore(":memory:", 300.0, 3600.0, clock=clock)
     with pytest.raises(StoreError, match="needs WAL mode and SQLite left it in 'memory' mode"):
         store.record_prediction(1, 100.0, "v1")
