@@ -166,9 +166,20 @@ def pytest_collection_modifyitems(session, config, items):
     if not any("mlflow_server" in item.fixturenames for item in items):
         return
     with contextlib.suppress(ToolMissing):
-        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-")).launch()
+        server = launch_mlflow()
         config.stash[EARLY_MLFLOW] = server
         config.add_cleanup(lambda: stop_mlflow(server))
+
+
+def launch_mlflow(wait=0.0):
+    """An MLflow server launched in a new temporary directory, which is removed again when it cannot
+    start (its venv still being built at collection: each fresh CI run left an empty one)."""
+    tmp = tempfile.mkdtemp(prefix="calories-mlflow-")
+    try:
+        return MlflowServer(tmp, wait).launch()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def stop_mlflow(server):
@@ -182,7 +193,7 @@ def mlflow_server(request):
     """A real MLflow tracking server for the session, on loopback."""
     server = request.config.stash.get(EARLY_MLFLOW, None)
     if server is None:  # its venv was still being built at collection (make test builds it meanwhile)
-        server = MlflowServer(tempfile.mkdtemp(prefix="calories-mlflow-"), wait=600).launch()
+        server = launch_mlflow(wait=600)
     try:
         yield server.wait()
     finally:
