@@ -48,7 +48,8 @@ def served(r):
 def outcomes(results, seconds):
     """What became of the requests due in a window of `seconds`: offered (sent), served, shed
     (503), timed out, refused, the admitted p99 and the shed answers' own p99 (ms, from the
-    intended send time), overall and per kind of request.
+    intended send time), overall and per kind of request, and how late the generator itself sent
+    them (fire lag p99, ms): the part of every latency that is the generator's own.
 
     Admitted is every sent request not shed and not refused at connect: timeouts included, at
     the client's timeout, since a request that waited that long was taken in and not answered.
@@ -72,7 +73,8 @@ def _outcome(results, seconds):
             "unmatched_feedback": sum(r.shot.kind == "feedback" and r.status == 202 for r in out),
             "dropped_feedback": len(results) - len(out),
             "admitted_p99_ms": round(quantile(admitted, 0.99), 3) if admitted else None,
-            "shed_p99_ms": round(quantile(shed, 0.99), 3) if shed else None}
+            "shed_p99_ms": round(quantile(shed, 0.99), 3) if shed else None,
+            "fire_lag_p99_ms": round(quantile([r.lag * 1000 for r in out], 0.99), 3) if out else None}
 
 
 def step_figures(results, rate, seconds, slo_ms):

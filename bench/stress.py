@@ -218,7 +218,7 @@ def burst_targets(b, cap, slo_ms):
 
 
 def burst_line(b, args):
-    """What a burst did, in three lines."""
+    """What a burst did, in a few lines."""
     recovered = (f"{b['recovered_after_s']:g} s after it" if b["recovered_after_s"] is not None
                  else f"not within {args.recovery_seconds:g} s")
     line = (f"burst {b['factor']:g} x capacity = {b['offered_rps']:g} req/s for {args.burst_seconds:g} s "
@@ -229,8 +229,12 @@ def burst_line(b, args):
     line += (f"\n  its requests: offered {o['offered']} ({o['offered_rps']:g}/s), served {o['served']} "
              f"({o['served_rps']:g}/s), shed {o['shed']}, timed out {o['timed_out']}, refused "
              f"{o['refused']}, unmatched feedback {o['unmatched_feedback']}, feedback not sent "
-             f"{o['dropped_feedback']}; admitted p99 {_ms(o['admitted_p99_ms'])}, "
-             f"shed p99 {_ms(o['shed_p99_ms'])}")
+             f"{o['dropped_feedback']}; admitted p99 {_ms(o['admitted_p99_ms'])}, shed p99 "
+             f"{_ms(o['shed_p99_ms'])}; the generator's fire lag p99 {_ms(o.get('fire_lag_p99_ms'))}")
+    line += "\n  per endpoint: " + "; ".join(
+        f"{kind} shed {k['shed']} of {k['offered']} ({100 * k['shed'] / max(1, k['offered']):.0f} %), served "
+        f"{k['served_rps']:g}/s, admitted p99 {_ms(k['admitted_p99_ms'])}, shed p99 {_ms(k['shed_p99_ms'])}"
+        for kind, k in o.get("by_kind", {}).items())
     seen = b["server_during"]
     if seen:
         line += (f"\n  the instances meanwhile: {seen['server_rps']:g} req/s completed, in-flight "

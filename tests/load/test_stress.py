@@ -157,6 +157,11 @@ def test_make_stress_against_one_instance(tmp_path, model_path):
                                      "recovery s", "probe p99 ms"}
     assert "probes (/healthz, /readyz): " in out and "targets: client timeouts" in out
     assert "machine: " in out and report["machine"]
+    # Each endpoint's own figures, and the generator's lag beside the latencies it is part of.
+    kinds = burst["outcomes"]["by_kind"]
+    assert "per endpoint: feedback shed " in out and "; predict shed " in out
+    assert f"predict shed {kinds['predict']['shed']} of {kinds['predict']['offered']} (" in out
+    assert 0 <= burst["outcomes"]["fire_lag_p99_ms"] < 1000 and "the generator's fire lag p99 " in out
     for step in report["ramp"]:
         assert step["success"] == 1.0 and step["offered"]
         server = step["server"]  # sampled from the instance's /metrics while the step ran
@@ -228,6 +233,18 @@ def test_served_counts_predictions_and_matched_feedback_only():
     assert out["shed_p99_ms"] == 2.0
     assert out["admitted_p99_ms"] == 2000.0  # a timeout was admitted and never answered
     assert out["by_kind"]["feedback"]["served"] == 1 and out["by_kind"]["predict"]["shed"] == 1
+
+
+def test_the_generators_own_lag_is_reported_beside_the_latencies():
+    # 100 requests sent 0..99 ms late: the 99th is 98 ms late (nearest rank); a refusal waited
+    # for nothing but the generator there, and the report shows how much of its latency that was.
+    results = [openloop.Result(openloop.Shot(0.0, "predict", "/predict", b""), i / 1000, 0.2, 200, None)
+               for i in range(100)]
+    out = capacity.outcomes(results, 1.0)
+    assert out["fire_lag_p99_ms"] == 98.0 and out["by_kind"]["predict"]["fire_lag_p99_ms"] == 98.0
+    # Shots never sent (feedback of a failed prediction) were never late.
+    dropped = [openloop.Result(openloop.Shot(0.0, "feedback", "/feedback", b""), 5.0, 0.0, 0, "dropped")]
+    assert capacity.outcomes(results + dropped, 1.0)["fire_lag_p99_ms"] == 98.0
 
 
 class FakeInstance(http.server.ThreadingHTTPServer):
