@@ -67,10 +67,11 @@ def port(address):
 
 
 def counters():
-    """The offered and shed counters' children per endpoint, resolved once: a labels() lookup per
-    request would cost more than the check."""
+    """The offered and shed counters' and the shed wait histogram's children per endpoint, resolved
+    once: a labels() lookup per request would cost more than the check."""
     return ({e: metrics.OFFERED.labels(e) for e in metrics.SHED_ENDPOINTS},
-            {e: metrics.SHED.labels(e, "queue_time") for e in metrics.SHED_ENDPOINTS})
+            {e: metrics.SHED.labels(e, "queue_time") for e in metrics.SHED_ENDPOINTS},
+            {e: metrics.SHED_WAIT.labels(e) for e in metrics.SHED_ENDPOINTS})
 
 
 def _error_body(code, message, **details):
@@ -104,7 +105,7 @@ class Admission:
     def __init__(self, app, budget_ms, probe_port=None, max_body=64 * 1024):
         self.app, self.probe_port, self.max_body = app, probe_port, max_body
         self.limits = None if _worker_judges else limits(budget_ms)
-        self.offered, self.shed = counters()
+        self.offered, self.shed, self.shed_wait = counters()
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -120,6 +121,7 @@ class Admission:
             waited = queued_ms(environ.get("gunicorn.socket"))
             if waited is not None and waited > self.limits[endpoint]:
                 self.shed[endpoint].inc()
+                self.shed_wait[endpoint].observe(waited / 1000)
                 environ[SHED_KEY] = endpoint
                 return self._refuse(environ, start_response, "503 SERVICE UNAVAILABLE", OVERLOADED,
                                     OVERLOADED_HEADERS)

@@ -111,8 +111,15 @@ OFFERED = Counter("app_requests_offered_total", "Requests that reached admission
                   ["endpoint"])
 SHED = Counter("app_requests_shed_total", "Requests refused at once (503 overloaded) before any work.",
                ["endpoint", "reason"])
+# How old a refusal is: its 503 should come fast (issue 23: p99 <= 10 ms), and only the server sees
+# where the time went. Buckets around the standing limits (5 ms, 20 ms) and the budgets (100, 400 ms).
+SHED_WAIT = Histogram("app_requests_shed_wait_seconds", "How long a shed request had waited when it was "
+                      "refused: its time in the listen backlog (TCP_INFO, at the kernel's tick of 4 ms at "
+                      "HZ=250) and in the worker's own queue.", ["endpoint"],
+                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0))
 for _endpoint in SHED_ENDPOINTS:
     OFFERED.labels(_endpoint)
+    SHED_WAIT.labels(_endpoint)
     for _reason in SHED_REASONS:
         SHED.labels(_endpoint, _reason)
 

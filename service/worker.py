@@ -108,7 +108,7 @@ class SheddingWorker(SyncWorker):
         self.answer = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
                        + b"".join(f"{k}: {v}\r\n".encode() for k, v in admission.OVERLOADED_HEADERS)
                        + b"\r\n" + admission.OVERLOADED)
-        self.offered, self.shed = admission.counters()
+        self.offered, self.shed, self.shed_wait = admission.counters()
         # Held requests in arrival order, and the sum of their expected costs.
         self.queue, self.held = collections.deque(), 0.0
         self.cost = dict.fromkeys(("predict", "feedback", None), FIRST_COST_S)
@@ -238,6 +238,7 @@ class SheddingWorker(SyncWorker):
         client, addr, endpoint, head = item.client, item.addr, item.endpoint, item.head
         self.offered[endpoint].inc()
         self.shed[endpoint].inc()
+        self.shed_wait[endpoint].observe(time.monotonic() - item.arrived)
         # Everything the client sent has arrived or is arriving: read it without waiting (closing on
         # unread data would reset the connection before the client reads the 503).
         with contextlib.suppress(OSError):

@@ -109,6 +109,15 @@ def test_what_waited_past_its_budget_is_refused_at_once_and_feedback_last(tmp_pa
              - sample(before, "app_requests_shed_total", endpoint=e, reason="queue_time")
              for e in ("predict", "feedback")}
     assert delta == {"predict": 2, "feedback": 0}
+    # How long each refused one had waited: ~450 ms in the backlog, so none under 250 ms, all under 1 s.
+    def waited(suffix, **labels):
+        name = f"app_requests_shed_wait_seconds_{suffix}"
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert waited("count", endpoint="predict") == 2 and 0.8 < waited("sum", endpoint="predict") < 2.0
+    assert waited("bucket", endpoint="predict", le="0.25") == 0
+    assert waited("bucket", endpoint="predict", le="1.0") == 2
+    assert waited("count", endpoint="feedback") == 0
     offered = {e: sample(after, "app_requests_offered_total", endpoint=e)
                - sample(before, "app_requests_offered_total", endpoint=e) for e in ("predict", "feedback")}
     assert offered == {"predict": 4, "feedback": 1}  # the two held ones count too

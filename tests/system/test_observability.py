@@ -241,6 +241,12 @@ def dashboard_checks(server, report, trained):
             and min(by("endpoint", r).values()) > 0,
         "sum by (endpoint, reason) (rate(app_requests_shed_total[5m]))":
             lambda r: len(r) == 2 and all(v == 0 for v in by("endpoint", r).values()),
+        # Nothing shed, nothing waited: each endpoint's series exists from the start, its quantile NaN.
+        **{f"histogram_quantile({q}, sum by (endpoint, le) "
+           "(rate(app_requests_shed_wait_seconds_bucket[5m])))":
+           (lambda r: set(by("endpoint", r)) == {"predict", "feedback"}
+            and all(math.isnan(v) for v in by("endpoint", r).values()))
+           for q in ("0.99", "0.5")},
         'max by (bin) (app_drift_reference_share{feature="Duration"})':
             lambda r: by("bin", r) == pytest.approx(reference["Duration"], rel=1e-9),
         "job:app_quality_slo_error_budget_remaining:30d": lambda r: 1 - one(r) == burn,

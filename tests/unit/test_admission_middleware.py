@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service import admission
 
@@ -45,9 +46,13 @@ def test_a_request_past_its_budget_is_refused_before_the_app_and_the_read_side_s
     client.sendall(b"POST /predict HTTP/1.1\r\n\r\n")
     time.sleep(0.05)  # 50 ms in the backlog, past a 10 ms budget (the kernel's clock ticks 4 ms here)
     server.recv(1024)  # what gunicorn reads before the app: the request line and headers
+    waits = REGISTRY.get_sample_value("app_requests_shed_wait_seconds_sum", {"endpoint": "predict"})
     status, headers, body, ran = call(admission.Admission(lambda e, s: [], 10), server, "/predict")
     assert status.startswith("503") and headers["Retry-After"] == "1" and b'"overloaded"' in body
     assert not ran
+    # Its wait is recorded as the kernel timed it: ~50 ms, within a tick either way.
+    waited = REGISTRY.get_sample_value("app_requests_shed_wait_seconds_sum", {"endpoint": "predict"}) - waits
+    assert 0.04 <= waited <= 0.06
     server.settimeout(1)
     assert server.recv(1) == b""  # shut for reading: no wait for the client's close
 

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service import admission
 from service.worker import STANDING, STANDING_DEPTH, SheddingWorker
@@ -125,6 +126,21 @@ def test_a_prediction_keeps_the_limit_it_was_admitted_under(worker):
     worker._expire()
     assert not refused(before) and refused(after)
     assert [item.addr for item in worker.queue] == ["p-budget"]
+
+
+def shed_wait(endpoint, suffix):
+    return REGISTRY.get_sample_value(f"app_requests_shed_wait_seconds_{suffix}", {"endpoint": endpoint})
+
+
+def test_a_refusal_records_how_long_the_request_had_waited(worker):
+    count, total, other = (shed_wait("feedback", "count"), shed_wait("feedback", "sum"),
+                           shed_wait("predict", "count"))
+    standing(worker)
+    label = admit(worker, "f", "/feedback", 50)  # past feedback's standing limit (20 ms)
+    assert refused(label)
+    assert shed_wait("feedback", "count") == count + 1
+    assert 0.05 <= shed_wait("feedback", "sum") - total < 0.06
+    assert shed_wait("predict", "count") == other  # each endpoint its own
 
 
 def test_a_path_that_is_never_shed_is_queued_whatever_it_waited(worker):
