@@ -240,6 +240,12 @@ def burst_line(b, args):
         line += (f"\n  the instances meanwhile: {seen['server_rps']:g} req/s completed, in-flight "
                  f"{seen['inflight_mean']:g}, Little {seen['little_concurrency']:g}, scrape max "
                  f"{seen['scrape_max_ms']:g} ms, {seen['scrapes_failed']}/{seen['scrapes']} scrapes failed")
+        if seen.get("shed_waits"):
+            line += ("\n  the server's shed waits (its histogram, from the scrape before the burst to "
+                     "the one after): ") + "; ".join(
+                f"{endpoint} {w['shed']}, {_share(w['over_10ms_share'])} over 10 ms, p99 within "
+                f"{_ms(w['p99_within_ms']) if w['p99_within_ms'] is not None else 'over 1 s'}"
+                for endpoint, w in sorted(seen["shed_waits"].items()))
     slow = [w for w in b.get("windows", ()) if w["t"] >= 0 and w["p99_ms"] > args.slo_ms]
     if slow:
         line += "\n  slow seconds after it (p99, the host's steal on the server CPUs): " + ", ".join(
@@ -258,6 +264,11 @@ def burst_line(b, args):
 def _steal(value):
     """A steal figure for a report line: '12 ms', or '?' when the samples did not cover it."""
     return "?" if value is None else f"{value:g} ms"
+
+
+def _share(value):
+    """A share for a report line: '2.2 %', or '-' when unknown."""
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def _ms(value):

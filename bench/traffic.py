@@ -4,6 +4,7 @@ the server-side signals sampled from /metrics while it runs."""
 import collections
 import contextlib
 import json
+import math
 import os
 import pathlib
 import random
@@ -84,11 +85,38 @@ SERIES = {"app_inflight_requests": "inflight",
 _LINE = re.compile(rf"^({'|'.join(SERIES)})(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
 
 
+_SHED_WAIT = re.compile(r'^app_requests_shed_wait_seconds_bucket\{endpoint="([^"]+)",le="([^"]+)"\} (\S+)$',
+                        re.MULTILINE)
+
+
 def signals(text):
-    """In-flight requests, summed request seconds and request count from an exposition."""
+    """In-flight requests, summed request seconds and request count from an exposition, and the
+    shed requests' waits: {endpoint: {bucket's upper bound s: cumulative count}}."""
     out = dict.fromkeys(SERIES.values(), 0.0)
     for name, value in _LINE.findall(text):
         out[SERIES[name]] += float(value)
+    out["shed_wait"] = {}
+    for endpoint, le, value in _SHED_WAIT.findall(text):
+        buckets = out["shed_wait"].setdefault(endpoint, {})
+        buckets[float(le)] = buckets.get(float(le), 0.0) + float(value)
+    return out
+
+
+def shed_waits(first, last):
+    """The server's view of the shed answers between two samples, per endpoint: how many, the share
+    that had waited over 10 ms, and the bucket bound their p99 is within (ms; a bucket's resolution)."""
+    out = {}
+    for endpoint, buckets in last["shed_wait"].items():
+        before = first["shed_wait"].get(endpoint, {})
+        counts = sorted((le, value - before.get(le, 0.0)) for le, value in buckets.items())
+        shed = counts[-1][1] if counts else 0.0  # the +Inf bucket
+        if shed <= 0:
+            continue
+        within = dict(counts).get(0.01)
+        p99 = next(le for le, count in counts if count >= 0.99 * shed)
+        out[endpoint] = {"shed": int(shed),
+                         "over_10ms_share": None if within is None else round(1 - within / shed, 4),
+                         "p99_within_ms": None if math.isinf(p99) else round(p99 * 1000, 3)}
     return out
 
 
@@ -147,12 +175,14 @@ class Sampler(_Polling):
 
     def between(self, start, end):
         """Server-side figures from the answers received in [start, end): mean in-flight,
-        Little's-law concurrency (request seconds per second), completed requests per second, and
-        how the scrapes themselves fared (latency from send to answer, failures)."""
+        Little's-law concurrency (request seconds per second), completed requests per second, how
+        the scrapes themselves fared (latency from send to answer, failures), and the shed requests'
+        waits (shed_waits) from the last answer before the window to the first after it."""
         window = [s for s in self.samples if start <= s.received < end]
         if not self.urls or not window:
             return None
         inflight = little = rate = 0.0
+        shed = {}
         for url in self.urls:
             good = [s for s in window if s.url == url and s.signals is not None]
             if len(good) < 2:
@@ -162,10 +192,29 @@ class Sampler(_Polling):
             inflight += sum(s.signals["inflight"] for s in good) / len(good)
             little += (last.signals["busy_seconds"] - first.signals["busy_seconds"]) / span
             rate += (last.signals["requests"] - first.signals["requests"]) / span
+            # Refusals are counted from the sample before the window to the one after it: a burst's
+            # first refusals (the onset's, often its slowest) come before its first scrape.
+            every = [s for s in self.samples if s.url == url and s.signals is not None]
+            opening = max((s for s in every if s.received < start), key=lambda s: s.received, default=first)
+            closing = min((s for s in every if s.received >= end), key=lambda s: s.received, default=last)
+            for endpoint, figures in shed_waits(opening.signals, closing.signals).items():
+                shed.setdefault(endpoint, []).append(figures)
         latency = [s.received - s.sent for s in window if s.signals is not None]
         return {"inflight_mean": round(inflight, 3), "little_concurrency": round(little, 3),
                 "server_rps": round(rate, 1), "scrape_max_ms": round(max(latency, default=0) * 1000, 1),
-                "scrapes_failed": sum(s.signals is None for s in window), "scrapes": len(window)}
+                "scrapes_failed": sum(s.signals is None for s in window), "scrapes": len(window),
+                "shed_waits": {e: _instances(figures) for e, figures in shed.items()}}
+
+
+def _instances(figures):
+    """One endpoint's shed_waits over several instances: the sum, the share over them all, the worst p99."""
+    shed = sum(f["shed"] for f in figures)
+    shares = [f["over_10ms_share"] for f in figures]
+    bounds = [f["p99_within_ms"] for f in figures]
+    return {"shed": shed,
+            "over_10ms_share": None if None in shares else round(
+                sum(f["shed"] * f["over_10ms_share"] for f in figures) / shed, 4),
+            "p99_within_ms": None if None in bounds else max(bounds)}
 
 
 class Prober(_Polling):

@@ -235,6 +235,21 @@ def test_served_counts_predictions_and_matched_feedback_only():
     assert out["by_kind"]["feedback"]["served"] == 1 and out["by_kind"]["predict"]["shed"] == 1
 
 
+def test_the_servers_shed_waits_are_the_histogram_between_two_scrapes():
+    def exposition(counts):
+        return "".join(f'app_requests_shed_wait_seconds_bucket{{endpoint="{e}",le="{le}"}} {n}\n'
+                       for e, by_le in counts.items() for le, n in by_le.items())
+
+    first = traffic_module.signals(exposition({"predict": {"0.005": 10, "0.01": 10, "1.0": 10, "+Inf": 10}}))
+    last = traffic_module.signals(exposition({
+        "predict": {"0.005": 900, "0.01": 980, "1.0": 1010, "+Inf": 1010},     # 1,000 more: 30 over 10 ms
+        "feedback": {"0.005": 0, "0.01": 50, "1.0": 90, "+Inf": 100}}))       # 100: 10 beyond 1 s
+    waits = traffic_module.shed_waits(first, last)
+    assert waits["predict"] == {"shed": 1000, "over_10ms_share": 0.03, "p99_within_ms": 1000.0}
+    assert waits["feedback"] == {"shed": 100, "over_10ms_share": 0.5, "p99_within_ms": None}
+    assert traffic_module.shed_waits(last, last) == {}  # nothing shed between them
+
+
 def test_the_generators_own_lag_is_reported_beside_the_latencies():
     # 100 requests sent 0..99 ms late: the 99th is 98 ms late (nearest rank); a refusal waited
     # for nothing but the generator there, and the report shows how much of its latency that was.
@@ -263,6 +278,7 @@ class FakeInstance(http.server.ThreadingHTTPServer):
         self.first = None
         self.answered, self.served, self.shed, self.unmatched = 0, set(), set(), 0
         self.feedback_of_shed = 0
+        self.waits = []  # each shed request's wait, as the service's histogram would see it
 
     def status(self, path, id_):
         """The service's status for a request, counted."""
@@ -275,13 +291,18 @@ class FakeInstance(http.server.ThreadingHTTPServer):
                 return 200 if id_ in self.served else 202
             shed = self.shed_every and id_ % self.shed_every == 0
             (self.shed if shed else self.served).add(id_)
+            if shed:  # every other one waited 30 ms, the others 3 ms
+                self.waits.append(0.03 if len(self.shed) % 2 else 0.003)
             return 503 if shed else 200
 
     def exposition(self):
         """/metrics: the request counter as the service names it."""
         time.sleep(self.scrape_delay(time.monotonic() - self.first if self.first else 0.0))
         with self.lock:
-            return f'flask_http_request_total{{method="POST",status="200"}} {self.answered}\n'
+            buckets = "".join(
+                f'app_requests_shed_wait_seconds_bucket{{endpoint="predict",le="{le}"}} '
+                f"{sum(w <= float(le) for w in self.waits)}\n" for le in ("0.005", "0.01", "0.05", "+Inf"))
+            return f'flask_http_request_total{{method="POST",status="200"}} {self.answered}\n' + buckets
 
 
 class FakeHandler(http.server.BaseHTTPRequestHandler):
@@ -391,6 +412,11 @@ def test_bursts_report_shed_requests_and_never_send_their_feedback():
     assert out["dropped_feedback"] > 0 and out["unmatched_feedback"] == 0
     assert out["served"] == out["offered"] - out["shed"] and out["timed_out"] == out["refused"] == 0
     assert out["shed_p99_ms"] is not None and out["admitted_p99_ms"] is not None
+    # The server's side of the same 503s, from its histogram, from the scrape before the burst to the
+    # one after (0.1 s apart): all of them, and the few of the base load around it. Half waited 30 ms.
+    waits = figures["server_during"]["shed_waits"]
+    assert set(waits) == {"predict"} and predict["shed"] <= waits["predict"]["shed"] <= predict["shed"] + 10
+    assert 0.4 <= waits["predict"]["over_10ms_share"] <= 0.6 and waits["predict"]["p99_within_ms"] == 50.0
     # The step figures judge only what was sent: dropped feedback is no error of the server's.
     assert "dropped" not in figures["errors_during"] and figures["offered"]
 
