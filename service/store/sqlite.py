@@ -175,6 +175,8 @@ class SQLiteStore(base.Store):
         """This process's descriptor of the instance's write lock file (see _Writing)."""
         local = self._local
         if getattr(local, "lock_pid", None) != os.getpid():
+            # The database first: a store it refuses (":memory:", a read-only file) leaves no lock file.
+            self._conn()
             try:
                 fd = os.open(self.path + ".writelock", os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:

@@ -138,10 +138,13 @@ def test_a_store_that_cannot_be_in_wal_mode_is_refused_with_one_clear_error(tmp_
     # The feedback's durability is a sync of the WAL file after its commit: without a WAL there is
     # nothing to sync, and every feedback would fail. SQLite keeps an in-memory database in
     # "memory" mode, as it keeps some network filesystems out of WAL.
-    monkeypatch.chdir(tmp_path)  # its write lock file, ":memory:.writelock", lands here
+    monkeypatch.chdir(tmp_path)
     store = SQLiteStore(":memory:", 300.0, 3600.0, clock=clock)
     with pytest.raises(StoreError, match="needs WAL mode and SQLite left it in 'memory' mode"):
         store.record_prediction(1, 100.0, "v1")
+    with pytest.raises(StoreError, match="needs WAL mode"):
+        store.record_feedback(1, 90.0)
+    assert list(tmp_path.iterdir()) == []  # refused before its write lock file was made
 
 
 def test_a_store_named_without_a_directory_is_in_the_working_directory(tmp_path, clock, monkeypatch):
