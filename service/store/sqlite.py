@@ -144,6 +144,7 @@ class SQLiteStore(base.Store):
     def __init__(self, path, window, retention, busy_timeout_ms=5000, clock=None):
         super().__init__(window, retention)
         self.path = os.fspath(path)
+        self.wal = self.path + "-wal"  # SQLite's name for it: synced after each durable commit
         self.busy_timeout_ms, self.clock = busy_timeout_ms, clock or time.time
         self._local = threading.local()
         self._noted = set()  # model versions whose first-seen row this process has written
@@ -189,7 +190,7 @@ class SQLiteStore(base.Store):
         """SQLite opens a file it may not write read-only, silently, and such a connection stays
         read-only after the file is fixed: a worker that kept one would fail its next write (a
         lost prediction, a 503) after every other worker had recovered. So none is kept."""
-        for name in (self.path, self.path + "-wal", self.path + "-shm"):
+        for name in (self.path, self.wal, self.path + "-shm"):
             if os.path.exists(name) and not os.access(name, os.W_OK):
                 raise StoreError(f"cannot open feedback store {self.path}: {name} is not writable")
 
@@ -294,7 +295,7 @@ class SQLiteStore(base.Store):
         does), so a commit that is no longer in the WAL is on disk in the database. The file is
         the same while this process's connection is open, which it is."""
         try:
-            fd = os.open(self.path + "-wal", os.O_RDONLY)
+            fd = os.open(self.wal, os.O_RDONLY)
             try:
                 os.fdatasync(fd)
             finally:
@@ -438,7 +439,7 @@ class SQLiteStore(base.Store):
 
     def size_bytes(self):
         """Bytes on disk: the database file plus its WAL."""
-        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+        return sum(os.path.getsize(p) for p in (self.path, self.wal) if os.path.exists(p))
 
 
 def _claim_lease(conn, now):
