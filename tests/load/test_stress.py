@@ -248,6 +248,11 @@ def test_the_servers_shed_waits_are_the_histogram_between_two_scrapes():
     assert waits["predict"] == {"shed": 1000, "over_10ms_share": 0.03, "p99_within_ms": 1000.0}
     assert waits["feedback"] == {"shed": 100, "over_10ms_share": 0.5, "p99_within_ms": None}
     assert traffic_module.shed_waits(last, last) == {}  # nothing shed between them
+    # Behind nginx, per endpoint over the instances: the sum, the share over them all, the worst p99.
+    two = traffic_module._instances([waits["predict"], {"shed": 3000, "over_10ms_share": 0.01,
+                                                        "p99_within_ms": 20.0}])
+    assert two == {"shed": 4000, "over_10ms_share": 0.015, "p99_within_ms": 1000.0}
+    assert traffic_module._instances([waits["feedback"], waits["feedback"]])["p99_within_ms"] is None
 
 
 def test_the_generators_own_lag_is_reported_beside_the_latencies():
