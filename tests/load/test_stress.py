@@ -357,7 +357,7 @@ def burst(url, cap, *flags, sample_seconds=0.1, host=None):
 def test_each_second_of_a_burst_carries_the_hosts_steal_in_it(tmp_path):
     # A /proc/stat whose cpu0 is stolen from at half its time from the burst's end on (cpu1, not a
     # server CPU here, all the time): the seconds after the burst say so, those before do not.
-    stat, tick = tmp_path / "stat", os.sysconf("SC_CLK_TCK")
+    stat, fresh, tick = tmp_path / "stat", tmp_path / "stat.new", os.sysconf("SC_CLK_TCK")
     stop, steal_from = threading.Event(), []
 
     def hypervisor():
@@ -369,8 +369,11 @@ def test_each_second_of_a_burst_carries_the_hosts_steal_in_it(tmp_path):
             if steal_from and now >= steal_from[0]:
                 stolen += (now - max(last, steal_from[0])) * tick / 2
             last = now
-            stat.write_text(f"cpu  1 0 1 1 0 0 0 {int(stolen + other)} 0 0\n"
-                            f"cpu0 1 0 1 1 0 0 0 {int(stolen)} 0 0\ncpu1 1 0 1 1 0 0 0 {int(other)} 0 0\n")
+            # Written aside and renamed: the kernel's /proc/stat is never read half-written, and a
+            # read of the truncated file (0 ticks) once made a second's steal -30 ms.
+            fresh.write_text(f"cpu  1 0 1 1 0 0 0 {int(stolen + other)} 0 0\n"
+                             f"cpu0 1 0 1 1 0 0 0 {int(stolen)} 0 0\ncpu1 1 0 1 1 0 0 0 {int(other)} 0 0\n")
+            os.replace(fresh, stat)
 
     writer = threading.Thread(target=hypervisor, daemon=True)
     writer.start()
