@@ -220,6 +220,26 @@ def test_behind_a_standing_queue_what_waited_past_a_twentieth_of_its_budget_is_r
     assert query(tmp_path / "feedback.db", "SELECT count(*) FROM predictions")[0][0] == 2 + before
 
 
+def test_behind_a_standing_queue_a_label_whose_refusal_would_come_late_is_served(tmp_path, model_path):
+    # A 2 s budget: behind a standing queue a prediction may wait 100 ms and feedback 400 ms, but a
+    # label that has waited past 200 ms (LATE times a prediction's standing limit) would get its 503
+    # late anyway: it is served while it can be answered within AGED_LABEL_SHARE of the budget
+    # (800 ms). Queued ~450 ms with 30 predictions, it is past its own 400 ms and served; the
+    # predictions judged after the queue stood are refused.
+    from service.worker import AGED_LABEL_SHARE, LATE, STANDING_SHARE
+
+    assert STANDING_SHARE * 2000 * LATE < STANDING_SHARE * 8000 < 450 < AGED_LABEL_SHARE * 2000
+    with Gunicorn(tmp_path, model_path, workers=1, env={"ADMISSION_BUDGET_MS": "2000"}) as server:
+        assert requests.post(server.url + "/predict", json={**RECORD, "id": 1}, timeout=10).ok
+        queued = [("/predict", predict_body(100 + i)) for i in range(30)]
+        label = ("/feedback", b'{"id": 1, "Calories": 231}')
+        answers = queued_behind_busy_workers(server, 1, [*queued, label], wait=0.45)
+        metrics = server.metrics()
+    assert answers[-1][0] == 200 and json.loads(answers[-1][2])["outcome"] == "matched"
+    assert 503 in [a[0] for a in answers[:-1]]  # the queue stood
+    assert sample(metrics, "app_requests_shed_total", endpoint="feedback", reason="queue_time") == 0
+
+
 def test_a_served_connection_is_closed_without_waiting_for_the_client(tmp_path, model_path):
     # gunicorn 27 lingers after each answer until the client closes (up to 2 s); the worker skips
     # that when the request was read whole (service/worker.py), so a client that keeps its end

@@ -78,10 +78,11 @@ def test_the_budget_outside_a_standing_queue_a_twentieth_of_it_behind_one(worker
     for item in worker.queue:
         item[0].close()
     worker.queue.clear(), setattr(worker, "held", 0.0)
-    # Behind a standing queue: 5 % of it (5 ms; feedback 4 x 5 ms).
+    # Behind a standing queue: 5 % of it (5 ms; feedback 4 x 5 ms, and a label whose 503 would come
+    # late is served while it can be answered within 40 ms: see the test after next).
     standing(worker)
     ok += [admit(worker, "p", "/predict", 4), admit(worker, "f", "/feedback", 15)]
-    late += [admit(worker, "p-late", "/predict", 8), admit(worker, "f-late", "/feedback", 24)]
+    late += [admit(worker, "p-late", "/predict", 8), admit(worker, "f-late", "/feedback", 45)]
     assert [refused(c) for c in ok] == [False] * 4
     assert [refused(c) for c in late] == [True] * 4
 
@@ -93,10 +94,29 @@ def test_the_work_ahead_counts_and_feedback_may_wait_four_times_longer(worker):
             admit(worker, "p1", "/predict", 0)]  # 4 ms ahead of it: within 5
     prediction = admit(worker, "p2", "/predict", 0)  # 6 ms ahead: refused
     label = admit(worker, "f3", "/feedback", 12)  # 12 waited and 6 ahead: within 20
-    late_label = admit(worker, "f4", "/feedback", 15)  # 15 waited and 8 ahead: refused
+    held += [admit(worker, "f4", "/feedback", 0), admit(worker, "f5", "/feedback", 0)]  # 12 ahead
+    late_label = admit(worker, "f6", "/feedback", 9)  # 9 waited and 12 ahead: refused
     assert not any(refused(c) for c in held) and not refused(label)
     assert refused(prediction) and refused(late_label)
-    assert [item.addr for item in worker.queue] == ["f1", "f2", "p1", "f3"]
+    assert [item.addr for item in worker.queue] == ["f1", "f2", "p1", "f3", "f4", "f5"]
+
+
+def test_a_label_whose_refusal_would_come_late_is_served_while_it_can_be_answered_in_40_ms(worker):
+    # Past its 20 ms with 10 ms waited already (the shed answers' objective): its 503 would be late
+    # anyway. It is served if waited + ahead + its own cost is within 40 ms; a prediction never is.
+    standing(worker)
+    worker.cost.update(predict=0.002, feedback=0.002)
+    aged = admit(worker, "f-aged", "/feedback", 30)  # 30 + 0 + 2: served
+    too_old = admit(worker, "f-old", "/feedback", 39)  # 39 + 2 + 2: refused
+    prediction = admit(worker, "p-aged", "/predict", 30)
+    ahead = [admit(worker, f"f{i}", "/feedback", 0) for i in range(5)]  # 12 ms ahead
+    young = admit(worker, "f-young", "/feedback", 9)  # 9 + 12 past 20, its 503 on time: refused
+    aged_too = admit(worker, "f-aged2", "/feedback", 11)  # 11 + 12 + 2: served
+    outcomes = [refused(c) for c in (aged, too_old, prediction, young, aged_too)]
+    assert outcomes == [False, True, True, True, False]
+    assert not any(refused(c) for c in ahead)
+    assert [item.addr for item in worker.queue] == ["f-aged", "f0", "f1", "f2", "f3", "f4", "f-aged2"]
+    assert worker.held == pytest.approx(0.014)  # its cost counts ahead of what follows
 
 
 def test_a_held_prediction_that_can_no_longer_start_in_time_is_refused_at_once(worker):
