@@ -88,7 +88,8 @@ class SheddingWorker(SyncWorker):
 
     One queue, not feedback first: with feedback served ahead, 40 % of the admitted predictions
     were passed until they expired, and their 503s came 20 ms late (p99). Feedback's priority is
-    its limit, four times a prediction's."""
+    its limit, four times a prediction's, and a label whose 503 would come late is served
+    (AGED_LABEL_SHARE)."""
 
     def init_process(self):
         settings = config.admission_settings()

@@ -193,6 +193,16 @@ def _unanswered(sock):
         sock.setblocking(True)
 
 
+def thirty_predictions_and_a_label(tmp_path, model_path, budget_ms, wait):
+    """(answers, metrics) of 30 predictions and a label for the first one's id, queued `wait` s
+    behind a one-worker service's busy worker."""
+    with Gunicorn(tmp_path, model_path, workers=1, env={"ADMISSION_BUDGET_MS": str(budget_ms)}) as server:
+        assert requests.post(server.url + "/predict", json={**RECORD, "id": 1}, timeout=10).ok
+        queued = [("/predict", predict_body(100 + i)) for i in range(30)]
+        label = ("/feedback", b'{"id": 1, "Calories": 231}')
+        return queued_behind_busy_workers(server, 1, [*queued, label], wait=wait), server.metrics()
+
+
 def test_behind_a_standing_queue_what_waited_past_a_twentieth_of_its_budget_is_refused(tmp_path, model_path):
     # A 1 s budget sheds nothing that waited ~120 ms by age alone. 30 predictions and a feedback
     # queued that long behind the busy worker become a standing queue (service/worker.py: once the
@@ -206,12 +216,7 @@ def test_behind_a_standing_queue_what_waited_past_a_twentieth_of_its_budget_is_r
     # The first judged behind a standing queue finds the pressure of those before it past STANDING.
     before = next(n for n in range(100) if 1 - (1 - PRESSURE_WEIGHT) ** n > STANDING)
     assert 10 < before < 30
-    with Gunicorn(tmp_path, model_path, workers=1, env={"ADMISSION_BUDGET_MS": "1000"}) as server:
-        assert requests.post(server.url + "/predict", json={**RECORD, "id": 1}, timeout=10).ok
-        queued = [("/predict", predict_body(100 + i)) for i in range(30)]
-        label = ("/feedback", b'{"id": 1, "Calories": 231}')
-        answers = queued_behind_busy_workers(server, 1, [*queued, label], wait=0.12)
-        metrics = server.metrics()
+    answers, metrics = thirty_predictions_and_a_label(tmp_path, model_path, budget_ms=1000, wait=0.12)
     assert [a[0] for a in answers] == [200] * before + [503] * (30 - before) + [200]
     assert json.loads(answers[-1][2])["outcome"] == "matched"
     assert sample(metrics, "app_requests_shed_total", endpoint="predict", reason="queue_time") == 30 - before
@@ -229,12 +234,7 @@ def test_behind_a_standing_queue_a_label_whose_refusal_would_come_late_is_served
     from service.worker import AGED_LABEL_SHARE, LATE, STANDING_SHARE
 
     assert STANDING_SHARE * 2000 * LATE < STANDING_SHARE * 8000 < 450 < AGED_LABEL_SHARE * 2000
-    with Gunicorn(tmp_path, model_path, workers=1, env={"ADMISSION_BUDGET_MS": "2000"}) as server:
-        assert requests.post(server.url + "/predict", json={**RECORD, "id": 1}, timeout=10).ok
-        queued = [("/predict", predict_body(100 + i)) for i in range(30)]
-        label = ("/feedback", b'{"id": 1, "Calories": 231}')
-        answers = queued_behind_busy_workers(server, 1, [*queued, label], wait=0.45)
-        metrics = server.metrics()
+    answers, metrics = thirty_predictions_and_a_label(tmp_path, model_path, budget_ms=2000, wait=0.45)
     assert answers[-1][0] == 200 and json.loads(answers[-1][2])["outcome"] == "matched"
     assert 503 in [a[0] for a in answers[:-1]]  # the queue stood
     assert sample(metrics, "app_requests_shed_total", endpoint="feedback", reason="queue_time") == 0
