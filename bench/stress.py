@@ -49,7 +49,9 @@ def parse(argv):
     p.add_argument("--target", choices=("instance", "nginx"), default="instance",
                    help="without --url: one instance, or nginx in front of --instances on PostgreSQL")
     p.add_argument("--instances", type=int, default=2, help="instances behind nginx (default 2)")
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers per instance (default 2)")
+    p.add_argument("--workers", type=int,
+                   help="gunicorn workers per instance (default: two per server CPU, shared among the "
+                        "instances, at least one)")
     p.add_argument("--server-cpus", default="0", help="CPUs of the started service (default 0)")
     p.add_argument("--generator-cpus", default="1", help="CPUs of the load generator (default 1)")
     p.add_argument("--slo-ms", type=float, default=50.0, help="p99 latency objective (default 50)")
@@ -89,6 +91,18 @@ def cpus(spec):
     return out
 
 
+def workers(args):
+    """gunicorn workers per started instance: --workers, or two per server CPU shared among the
+    instances, the ratio of the pods (WEB_CONCURRENCY is limits.cpu over 500m) and of one instance
+    on its CPU. Two instances of two on one CPU are four workers, six processes with nginx and
+    PostgreSQL taking the CPU in turn: twice the pods' density, and behind nginx they served less,
+    later (operations.md, Stress)."""
+    if args.workers is not None:
+        return args.workers
+    instances = args.instances if args.target == "nginx" else 1
+    return max(1, 2 * len(cpus(args.server_cpus)) // instances)
+
+
 def start_service(args, stack, work):
     """Start the target on the server CPUs (children inherit the affinity); its URL and the probe
     listeners' (PROBE_BIND, as the Kubernetes manifests set it: probes and scrapes never wait in
@@ -100,7 +114,7 @@ def start_service(args, stack, work):
     instances, probes = [], []
     for i in range(args.instances if args.target == "nginx" else 1):
         probes.append(f"127.0.0.1:{free_port()}")
-        instance = Instance(work / f"instance-{i + 1}", args.workers, {**env, "PROBE_BIND": probes[-1]})
+        instance = Instance(work / f"instance-{i + 1}", workers(args), {**env, "PROBE_BIND": probes[-1]})
         stack.callback(instance.stop)
         instances.append(instance.start(timeout=180))
     urls = [i.url for i in instances]
@@ -296,7 +310,9 @@ def run(args, stack):
     if several:
         os.sched_setaffinity(0, cpus(args.generator_cpus))
     machine = _machine()
-    print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}; pinned {pinned or 'no'}", flush=True)
+    per_instance = None if target == "url" else workers(args)
+    print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}; pinned {pinned or 'no'}"
+          + ("" if per_instance is None else f"; {per_instance} workers per instance"), flush=True)
     traffic = Traffic(records, args.feedback_fraction, args.feedback_delay, poisson=args.poisson)
     server_cpus = cpus(args.server_cpus) if pinned and pinned["server"] != "as started" \
         else range(os.cpu_count() or 1)
@@ -313,7 +329,7 @@ def run(args, stack):
         cap = args.burst_capacity or verdict["capacity_rps"]
         burst_list = bursts(args, exe, args.url, traffic, sampler, prober, host, cap) \
             if cap and args.bursts.strip() else []
-    return {"url": args.url, "target": target,
+    return {"url": args.url, "target": target, "workers_per_instance": per_instance,
             "machine": machine, "load_average_end": os.getloadavg(), "pinned": pinned,
             "slo_ms": args.slo_ms, "arrivals": "poisson" if args.poisson else "uniform",
             "mix": {"feedback_fraction": args.feedback_fraction, "feedback_delay_s": args.feedback_delay},

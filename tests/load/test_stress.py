@@ -182,6 +182,18 @@ def test_make_stress_against_nginx_and_two_instances(tmp_path, model_path, postg
         assert step["server"]["server_rps"] > 0.5 * step["offered_rps"]
 
 
+def test_started_instances_run_two_workers_per_server_cpu_shared_among_them():
+    def per_instance(*argv):
+        return stress_tool.workers(stress_tool.parse(list(argv)))
+
+    assert per_instance() == 2  # one instance on its CPU, as a pod with a 1-CPU limit
+    assert per_instance("--server-cpus", "0-1") == 4
+    assert per_instance("--target", "nginx") == 1  # two instances on the one server CPU
+    assert per_instance("--target", "nginx", "--server-cpus", "0-3") == 4
+    assert per_instance("--target", "nginx", "--instances", "3") == 1  # never none
+    assert per_instance("--target", "nginx", "--workers", "2") == 2  # as asked
+
+
 def test_burst_targets_judge_each_figure_against_the_issues_bound():
     burst = {"factor": 5.0, "recovered_after_s": 1.0,
              "outcomes": {"timed_out": 0, "served_rps": 280.0, "admitted_p99_ms": 45.0, "shed_p99_ms": 3.0},
