@@ -312,7 +312,7 @@ def run(args, stack):
     machine = _machine()
     per_instance = None if target == "url" else workers(args)
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}; pinned {pinned or 'no'}"
-          + ("" if per_instance is None else f"; {per_instance} workers per instance"), flush=True)
+          + ("" if per_instance is None else f"; workers per instance {per_instance}"), flush=True)
     traffic = Traffic(records, args.feedback_fraction, args.feedback_delay, poisson=args.poisson)
     server_cpus = cpus(args.server_cpus) if pinned and pinned["server"] != "as started" \
         else range(os.cpu_count() or 1)
