@@ -96,7 +96,7 @@ def workers(args):
     instances, the ratio of the pods (WEB_CONCURRENCY is limits.cpu over 500m) and of one instance
     on its CPU. Two instances of two on one CPU are four workers, six processes with nginx and
     PostgreSQL taking the CPU in turn: twice the pods' density, and behind nginx they served less,
-    later (operations.md, Stress)."""
+    later (operations.md, Overload)."""
     if args.workers is not None:
         return args.workers
     instances = args.instances if args.target == "nginx" else 1
