@@ -99,11 +99,15 @@ def workers(args):
     later (operations.md, Overload)."""
     if args.workers is not None:
         return args.workers
-    instances = args.instances if args.target == "nginx" else 1
-    return max(1, 2 * len(cpus(args.server_cpus)) // instances)
+    return max(1, 2 * len(cpus(args.server_cpus)) // instance_count(args))
 
 
-def start_service(args, stack, work):
+def instance_count(args):
+    """How many instances the tool starts: --instances behind nginx, else one."""
+    return args.instances if args.target == "nginx" else 1
+
+
+def start_service(args, stack, work, per_instance):
     """Start the target on the server CPUs (children inherit the affinity); its URL and the probe
     listeners' (PROBE_BIND, as the Kubernetes manifests set it: probes and scrapes never wait in
     the burst's backlog)."""
@@ -112,9 +116,9 @@ def start_service(args, stack, work):
         cluster = stack.enter_context(throwaway("calories-stress-pg-"))
         env["FEEDBACK_DB"] = cluster.create_database("calories_stress")
     instances, probes = [], []
-    for i in range(args.instances if args.target == "nginx" else 1):
+    for i in range(instance_count(args)):
         probes.append(f"127.0.0.1:{free_port()}")
-        instance = Instance(work / f"instance-{i + 1}", workers(args), {**env, "PROBE_BIND": probes[-1]})
+        instance = Instance(work / f"instance-{i + 1}", per_instance, {**env, "PROBE_BIND": probes[-1]})
         stack.callback(instance.stop)
         instances.append(instance.start(timeout=180))
     urls = [i.url for i in instances]
@@ -294,23 +298,22 @@ def run(args, stack):
     """Everything after the arguments: target, pinning, ramp, bursts, report."""
     exe = openloop.build()
     records = load(args.data)
-    pinned, target = None, "url"
+    pinned, target, per_instance = None, "url", None
     several = len(os.sched_getaffinity(0)) > 1
     if several:
         pinned = {"server": "as started" if args.url else sorted(cpus(args.server_cpus)),
                   "generator": sorted(cpus(args.generator_cpus))}
     if not args.url:
-        target = args.target
+        target, per_instance = args.target, workers(args)
         work = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="calories-stress-")))
         if several:
             os.sched_setaffinity(0, cpus(args.server_cpus))  # inherited by everything started now
-        args.url, started = start_service(args, stack, work)
+        args.url, started = start_service(args, stack, work, per_instance)
         args.metrics_url = args.metrics_url or started
         args.probe_url = args.probe_url or started
     if several:
         os.sched_setaffinity(0, cpus(args.generator_cpus))
     machine = _machine()
-    per_instance = None if target == "url" else workers(args)
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}; pinned {pinned or 'no'}"
           + ("" if per_instance is None else f"; workers per instance {per_instance}"), flush=True)
     traffic = Traffic(records, args.feedback_fraction, args.feedback_delay, poisson=args.poisson)
