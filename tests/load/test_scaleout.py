@@ -274,33 +274,37 @@ def test_sigkill_of_one_instance_under_load(stack):
                     break  # no feedback for a prediction that was not acknowledged
             i += 1
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(client, t) for t in range(4)]
-        time.sleep(2)
-        os.killpg(victim.proc.pid, signal.SIGKILL)  # the master and both workers at once
-        victim.proc.wait(10)
-        # The kill is over when the last process of the group is gone and its socket closed:
-        # until then the kernel still queues connections that nobody will answer (in flight).
-        deadline = time.monotonic() + 5  # (a zombie left unreaped by pid 1 still "exists")
-        while _group_alive(victim.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        killed_at = time.monotonic()
-        time.sleep(3)
-        stop.set()
-        for f in futures:
-            f.result()
-    assert any(start > killed_at + 0.5 for start, *_ in log), "load ran after the kill"
-    assert any(start < killed_at for start, *_ in log), "load ran before the kill"
-    failed = [entry for entry in log if entry[3] is None or entry[3] >= 500]
-    assert all(start <= killed_at for start, *_ in failed), failed  # none after the kill
-    assert len(failed) <= 4  # at most one in flight per client thread
-    assert {entry[3] for entry in log} <= {200, 502, None}
-    acked = {id_ for *_, path, status, id_ in log if path == "/feedback" and status == 200}
-    stored = {row[0] for row in stack.rows("SELECT id FROM feedback WHERE id >= 9000000")}
-    assert acked <= stored  # no acknowledged feedback lost
-    scraped = parse_metrics(requests.get(stack.instances[0].url + "/metrics", timeout=10).text)
-    assert sample(scraped, "app_store_up") == 1
-    victim.start()  # back in the balancer's rotation, on the same store
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client, t) for t in range(4)]
+            time.sleep(2)
+            os.killpg(victim.proc.pid, signal.SIGKILL)  # the master and both workers at once
+            victim.proc.wait(10)
+            # The kill is over when the last process of the group is gone and its socket closed:
+            # until then the kernel still queues connections that nobody will answer (in flight).
+            deadline = time.monotonic() + 5  # (a zombie left unreaped by pid 1 still "exists")
+            while _group_alive(victim.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            killed_at = time.monotonic()
+            time.sleep(3)
+            stop.set()
+            for f in futures:
+                f.result()
+        assert any(start > killed_at + 0.5 for start, *_ in log), "load ran after the kill"
+        assert any(start < killed_at for start, *_ in log), "load ran before the kill"
+        failed = [entry for entry in log if entry[3] is None or entry[3] >= 500]
+        assert all(start <= killed_at for start, *_ in failed), failed  # none after the kill
+        assert len(failed) <= 4  # at most one in flight per client thread
+        assert {entry[3] for entry in log} <= {200, 502, None}
+        acked = {id_ for *_, path, status, id_ in log if path == "/feedback" and status == 200}
+        stored = {row[0] for row in stack.rows("SELECT id FROM feedback WHERE id >= 9000000")}
+        assert acked <= stored  # no acknowledged feedback lost
+        scraped = parse_metrics(requests.get(stack.instances[0].url + "/metrics", timeout=10).text)
+        assert sample(scraped, "app_store_up") == 1
+    finally:
+        # Back in the balancer's rotation, on the same store; also when an assertion above failed,
+        # or the victim left dead fails the tests after this one as well.
+        victim.start()
     assert_gauges_agree(stack)
 
 
