@@ -266,8 +266,8 @@ def test_sigkill_of_one_instance_under_load(stack):
                 started = time.monotonic()
                 try:
                     status = session.post(stack.nginx.url + path, json=body, timeout=10).status_code
-                except requests.RequestException:
-                    status = None
+                except requests.exceptions.ChunkedEncodingError:
+                    status = "cut"  # the head came, the body never did (see below)
                 with lock:
                     log.append((started, time.monotonic(), path, status, id_))
                 if status != 200:
@@ -292,10 +292,16 @@ def test_sigkill_of_one_instance_under_load(stack):
                 f.result()
         assert any(start > killed_at + 0.5 for start, *_ in log), "load ran after the kill"
         assert any(start < killed_at for start, *_ in log), "load ran before the kill"
-        failed = [entry for entry in log if entry[3] is None or entry[3] >= 500]
+        failed = [entry for entry in log if entry[3] != 200]
         assert all(start <= killed_at for start, *_ in failed), failed  # none after the kill
-        assert len(failed) <= 4  # at most one in flight per client thread
-        assert {entry[3] for entry in log} <= {200, 502, None}
+        # What fails is what reached the victim before nginx counted a failure of it (max_fails=1):
+        # at most one 502 per client thread. A worker killed between gunicorn's two writes (head,
+        # then body) cuts its answer instead: the client sees it broken, and nginx does not count
+        # it (test_nginx.py), so that thread's next request may still reach the victim. Hence at
+        # most one cut per victim worker, on top (a clean-clone run saw a cut, then a 502).
+        cut = [entry for entry in failed if entry[3] == "cut"]
+        assert len(cut) <= 2 and len(failed) - len(cut) <= 4, failed
+        assert {entry[3] for entry in log} <= {200, 502, "cut"}
         acked = {id_ for *_, path, status, id_ in log if path == "/feedback" and status == 200}
         stored = {row[0] for row in stack.rows("SELECT id FROM feedback WHERE id >= 9000000")}
         assert acked <= stored  # no acknowledged feedback lost

@@ -39,10 +39,14 @@ def json_error(response, status, code):
 
 
 class Blackhole:
-    """A loopback 'instance' that accepts a connection, reads the request, then drops it unanswered."""
+    """A loopback 'instance' that accepts a connection, reads the request, then drops it unanswered,
+    or with `head` cuts its answer after the head (a worker killed between gunicorn's two writes)."""
 
-    def __init__(self):
-        self.port, self.requests = free_port(), 0
+    HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n")
+
+    def __init__(self, head=False):
+        self.port, self.requests, self.head = free_port(), 0, head
         self.sock = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -52,7 +56,10 @@ class Blackhole:
                 conn, _ = self.sock.accept()
                 conn.recv(65536)
                 self.requests += 1
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                if self.head:
+                    conn.sendall(self.HEAD)  # ... and never the body it promises
+                else:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 conn.close()  # a reset: the worker died mid-request
 
     def close(self):
@@ -178,3 +185,27 @@ def test_a_request_that_reached_an_instance_is_never_retried(tmp_path, instance)
     assert hole.requests == 2
     # The dropped POST was not replayed on the other instance.
     assert sample(instance.metrics(), "app_predictions_total") == before
+
+
+@pytest.mark.parametrize(("head", "outcomes"), [(False, [502, 200, 200, 200]),
+                                               (True, ["cut", 200, "cut", 200])])
+def test_only_a_failure_before_the_answers_head_takes_an_instance_out_of_rotation(tmp_path, instance, head,
+                                                                                  outcomes):
+    """What the SIGKILL test in tests/load/test_scaleout.py bounds its failures by: an answer cut
+    after its head reaches the client broken, and nginx (its upstream's finalize frees the peer as
+    not failed) sends the next request to the same instance; a failure before the head is counted
+    (max_fails=1) and the instance is left out for fail_timeout."""
+    hole = Blackhole(head=head)
+    try:
+        with start_nginx(tmp_path, [f"127.0.0.1:{hole.port}", f"127.0.0.1:{instance.port}"]) as nginx:
+            seen = []
+            for i in range(4):
+                try:
+                    seen.append(requests.post(nginx.url + "/predict", json={**RECORD, "id": i},
+                                              timeout=10).status_code)
+                except requests.exceptions.ChunkedEncodingError:
+                    seen.append("cut")
+    finally:
+        hole.close()
+    assert seen == outcomes
+    assert hole.requests == outcomes.count(502) + outcomes.count("cut")
