@@ -270,3 +270,25 @@ def test_refusals_keep_a_queue_standing_though_they_keep_the_waits_short(worker)
     arrivals = [admit(worker, f"p{i}", "/predict", 2) for i in range(40)]
     assert all(refused(c) for c in arrivals)
     assert worker._standing()
+
+
+def test_each_connection_taken_is_timed_from_its_own_accept_not_the_takes_start(worker, listener,
+                                                                                 monkeypatch):
+    # A take preempted midway (the other worker's tick) lasts: what it takes after that has waited
+    # only what the kernel says, and must not look older to _expire or the shed-wait histogram.
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+    for c in clients:
+        c.sendall(PREDICT)
+    time.sleep(0.01)
+
+    def slow_tcp_info(client):
+        time.sleep(0.03)
+        return 0
+
+    monkeypatch.setattr(worker, "queued_ms", slow_tcp_info)
+    start = time.monotonic()
+    worker._take(listener)
+    first, second = worker.queue
+    assert first.arrived >= start + 0.03 and second.arrived >= start + 0.06
+    for c in clients:
+        c.close()
