@@ -11,7 +11,7 @@ from gunicorn import util
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.sync import SyncWorker
 
-from . import config
+from . import config, onewrite
 
 PEEK = 2048  # enough for the request line of any path the service answers
 MAX_DRAIN = 64 * 1024 + 4096  # MAX_CONTENT_LENGTH and its headers: a bigger body is not ours to read
@@ -94,6 +94,7 @@ class SheddingWorker(SyncWorker):
     def init_process(self):
         settings = config.admission_settings()
         self.configure(settings["ADMISSION_BUDGET_MS"], settings["PROBE_BIND"])
+        onewrite.install()  # in this worker only, before it serves anything
         super().init_process()
 
     def configure(self, budget, probe_bind):
