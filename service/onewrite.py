@@ -54,5 +54,8 @@ class OneWriteResponse(wsgi.Response):
 
 
 def install():
-    """Make gunicorn build every response of this process as a OneWriteResponse."""
-    wsgi.Response = OneWriteResponse
+    """Make gunicorn build every response of this process as a OneWriteResponse, where its Response
+    writes the body through _emit_body (27 here): an older one keeps its two writes, as the body
+    would otherwise leave before its head."""
+    if hasattr(wsgi.Response, "_emit_body"):
+        wsgi.Response = OneWriteResponse
