@@ -36,8 +36,7 @@ class OneWriteResponse(wsgi.Response):
 
     def _emit_body(self, data):
         if self._head:
-            head, self._head = self._head, b""
-            util.write(self.sock, head + data)  # (never chunked: send_headers keeps no head then)
+            self._send_head(data)
         else:
             super()._emit_body(data)
 
@@ -49,8 +48,13 @@ class OneWriteResponse(wsgi.Response):
     def close(self):
         super().close()
         if self._head:  # no body bytes came (HEAD, 204, an empty body): the head alone
-            head, self._head = self._head, b""
-            util.write(self.sock, head)
+            self._send_head(b"")
+
+    def _send_head(self, body):
+        """The held head, with these first body bytes, in one write (never chunked: send_headers
+        holds no head then)."""
+        head, self._head = self._head, b""
+        util.write(self.sock, head + body)
 
 
 def install():
