@@ -1,4 +1,5 @@
-"""Test helpers: paths and a record, a fake clock, the tests' gunicorn, store queries, metric parsing.
+"""Test helpers: paths and a record, a fake clock, the tests' gunicorn, store queries, metric parsing,
+a process's system calls traced with strace.
 
 The real processes themselves (gunicorn, PostgreSQL, nginx, Prometheus, MLflow, dockerd) are
 started by loopback/, which make targets and benchmarks share."""
@@ -9,7 +10,10 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import sqlite3
+import subprocess
+import time
 
 import pytest
 import requests
@@ -134,3 +138,27 @@ def documentation():
 def code_blocks():
     """The fenced blocks of the documentation without an info string."""
     return re.findall(r"```\n(.*?)```", documentation(), re.DOTALL)
+
+
+SYNCS = ("fsync", "fdatasync", "sync_file_range", "syncfs", "msync")
+TRACED = ",".join((*SYNCS, "sendto", "sendmsg", "flock"))
+CALL = re.compile(r"^(?:\d+ )?(\w+)\(")
+
+
+def traced(pid, send, tmp_path):
+    """The sync and send calls `pid` makes while `send()` runs, in order: ["fdatasync", "sendto", ...]."""
+    out = tmp_path / f"strace-{time.monotonic_ns()}.txt"
+    proc = subprocess.Popen(["strace", "-p", str(pid), "-e", f"trace={TRACED}", "-o", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        attached = proc.stderr.readline()  # strace says so once the tracee is stopped and traced
+        if "attached" not in attached:
+            missing("ptrace", f"strace could not attach: {attached.strip()}")
+        response = send()
+    finally:
+        proc.send_signal(signal.SIGINT)  # detach; strace flushes its output and exits
+        proc.communicate(timeout=30)
+    # flock named with its operation: the SQLite store's write lock taken ("flock:ex"), released ("flock:un").
+    calls = [m[1] if m[1] != "flock" else "flock:un" if "LOCK_UN" in line else "flock:ex"
+             for line in out.read_text().splitlines() if (m := CALL.match(line))]
+    return response, calls

@@ -6,19 +6,11 @@ connection) before the answer that says "committed" leaves. One prediction is th
 committed with SQLite's synchronous=NORMAL / PostgreSQL's synchronous_commit=off, so no sync.
 """
 
-import re
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 import requests
-from support import RECORD, Gunicorn, missing, query
-
-SYNCS = ("fsync", "fdatasync", "sync_file_range", "syncfs", "msync")
-TRACED = ",".join((*SYNCS, "sendto", "sendmsg", "flock"))
-CALL = re.compile(r"^(?:\d+ )?(\w+)\(")
+from support import RECORD, SYNCS, Gunicorn, missing, query, traced
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,23 +39,6 @@ def committing_process(backend, server, url):
     return rows[0][0]
 
 
-def traced(pid, send, tmp_path):
-    """The sync and send calls `pid` makes while `send()` runs, in order: ["fdatasync", "sendto", ...]."""
-    out = tmp_path / f"strace-{time.monotonic_ns()}.txt"
-    proc = subprocess.Popen(["strace", "-p", str(pid), "-e", f"trace={TRACED}", "-o", str(out)],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        attached = proc.stderr.readline()  # strace says so once the tracee is stopped and traced
-        if "attached" not in attached:
-            missing("ptrace", f"strace could not attach: {attached.strip()}")
-        response = send()
-    finally:
-        proc.send_signal(signal.SIGINT)  # detach; strace flushes its output and exits
-        proc.communicate(timeout=30)
-    # flock named with its operation: the SQLite store's write lock taken ("flock:ex"), released ("flock:un").
-    calls = [m[1] if m[1] != "flock" else "flock:un" if "LOCK_UN" in line else "flock:ex"
-             for line in out.read_text().splitlines() if (m := CALL.match(line))]
-    return response, calls
 
 
 def syncs(calls):

@@ -57,10 +57,10 @@ class Blackhole:
                 conn.recv(65536)
                 self.requests += 1
                 if self.head:
-                    conn.sendall(self.HEAD)  # ... and never the body it promises
-                else:
+                    conn.sendall(self.HEAD)  # ... and never the body it promises: then a FIN
+                else:  # a reset: the worker died mid-request
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                conn.close()  # a reset: the worker died mid-request
+                conn.close()
 
     def close(self):
         self.sock.close()

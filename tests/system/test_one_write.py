@@ -4,8 +4,7 @@ counted with strace."""
 import functools
 
 import requests
-from support import RECORD, Gunicorn
-from test_durability import traced
+from support import RECORD, Gunicorn, traced
 
 CASES = [  # method, path, keyword arguments, status, body expected
     ("POST", "/predict", {"json": RECORD}, 200, True),
