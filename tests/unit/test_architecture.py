@@ -2,6 +2,7 @@
 sideways within one, no import cycle, and nothing in service/ imports the tools around it."""
 
 import ast
+import re
 
 import pytest
 from support import ROOT
@@ -68,6 +69,16 @@ MODULES = {module_name(p): imports(p) for p in sorted(SERVICE.rglob("*.py"))}
 
 def test_the_map_knows_every_module():
     assert all(layer(name) is not None for name in MODULES)
+
+
+def test_the_docs_name_every_module_in_its_layers_row():
+    # docs/architecture.md's table is where a reader looks a module up: one it leaves out is one a
+    # reader cannot place (an entry point, `__main__`, is its package's).
+    table = (ROOT / "docs" / "architecture.md").read_text()
+    rows = dict(re.findall(r"^\| (\w[\w ]*?) \| (.*?) \| ", table, re.M))
+    unnamed = [name for name in MODULES if "." in name and not name.endswith("__main__")
+               and not re.search(rf"`{name.rpartition('.')[2]}/?`", rows[LAYERS[layer(name)][0]])]
+    assert unnamed == []
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
