@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service import admission
-from service.worker import STANDING, STANDING_DEPTH, SheddingWorker
+from service.worker import BATCH, STANDING, STANDING_DEPTH, SheddingWorker
 
 
 @pytest.fixture
@@ -233,6 +233,37 @@ def test_behind_a_standing_queue_a_worker_refuses_all_it_cannot_serve_at_once(wo
     assert admission.accept_queue(listener) == 0
     assert [refused(c) for c in clients] == [True] * len(clients)
     assert len(worker.queue) == len(labels)
+    for c in clients:
+        c.close()
+
+
+def backlog(listener, n):
+    """n connections whose predictions have reached the listener's backlog."""
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(n)]
+    for c in clients:
+        c.sendall(PREDICT)
+    time.sleep(0.05)
+    return clients
+
+
+@pytest.mark.parametrize("waited_ms, hold_s, left", [
+    (50, None, 0),  # an old backlog: taken whole before the next answer
+    (0, None, 120 - BATCH),  # fresh ones: a batch, then an answer (the rest are fresh after it)
+    (50, 1e-9, 120 - BATCH),  # old, but the drain may delay the held work by at most `hold`
+])
+def test_behind_a_standing_queue_an_old_backlog_is_taken_whole_before_the_next_answer(
+        worker, listener, monkeypatch, waited_ms, hold_s, left):
+    clients = backlog(listener, 120)  # (the listener queues 128)
+    monkeypatch.setattr(worker, "queued_ms", lambda client: waited_ms)  # as the kernel's clock says
+    labels = [admit(worker, f"f{i}", "/feedback", 0) for i in range(10)]
+    assert worker.held >= worker.hold  # its queue is full: what it takes now is refused
+    if hold_s is not None:
+        worker.hold = hold_s
+    standing(worker)
+    assert worker._take_all(listener)
+    assert admission.accept_queue(listener) == left
+    assert sum(refused(c) for c in clients) == len(clients) - left
+    assert [item.addr for item in worker.queue] == [f"f{i}" for i in range(len(labels))]
     for c in clients:
         c.close()
 
