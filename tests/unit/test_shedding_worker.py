@@ -202,11 +202,17 @@ def listener():
         yield sock
 
 
-def test_outside_a_standing_queue_a_worker_holds_little_and_leaves_the_rest_waiting(worker, listener):
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(14)]
+def backlog(listener, n, settle=0.05):
+    """n connections whose predictions have reached the listener's backlog, `settle` s ago."""
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(n)]
     for c in clients:
         c.sendall(PREDICT)
-    time.sleep(0.05)
+    time.sleep(settle)
+    return clients
+
+
+def test_outside_a_standing_queue_a_worker_holds_little_and_leaves_the_rest_waiting(worker, listener):
+    clients = backlog(listener, 14)
     worker._take(listener)
     held = len(worker.queue)
     # Its hold: 20 ms (feedback's standing limit) of 2 ms predictions; the others stay in the
@@ -219,10 +225,7 @@ def test_outside_a_standing_queue_a_worker_holds_little_and_leaves_the_rest_wait
 
 
 def test_behind_a_standing_queue_a_worker_refuses_all_it_cannot_serve_at_once(worker, listener):
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(80)]
-    for c in clients:
-        c.sendall(PREDICT)
-    time.sleep(0.05)  # they waited ~50 ms: within the budget, past the standing target
+    clients = backlog(listener, 80)  # they waited ~50 ms: within the budget, past the standing target
     labels = [admit(worker, f"f{i}", "/feedback", 0) for i in range(10)]
     assert worker.held >= worker.hold  # its queue is full: outside a standing queue it would stop
     standing(worker)
@@ -235,15 +238,6 @@ def test_behind_a_standing_queue_a_worker_refuses_all_it_cannot_serve_at_once(wo
     assert len(worker.queue) == len(labels)
     for c in clients:
         c.close()
-
-
-def backlog(listener, n):
-    """n connections whose predictions have reached the listener's backlog."""
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(n)]
-    for c in clients:
-        c.sendall(PREDICT)
-    time.sleep(0.05)
-    return clients
 
 
 @pytest.mark.parametrize("waited_ms, hold_s, left", [
@@ -276,10 +270,7 @@ def test_the_pressure_makes_a_standing_queue_only_over_a_deep_backlog(worker, li
     time.sleep(0.05)
     worker._take(listener)
     assert not worker._standing() and not any(refused(c) for c in few)
-    many = [socket.create_connection(listener.getsockname()) for _ in range(STANDING_DEPTH + 4)]
-    for c in many:
-        c.sendall(PREDICT)
-    time.sleep(0.05)  # ~50 ms: within the budget, past the standing limit
+    many = backlog(listener, STANDING_DEPTH + 4)  # ~50 ms: within the budget, past the standing limit
     worker.pressure = 0.9
     while worker._take(listener):
         pass
@@ -307,10 +298,7 @@ def test_each_connection_taken_is_timed_from_its_own_accept_not_the_takes_start(
                                                                                  monkeypatch):
     # A take preempted midway (the other worker's tick) lasts: what it takes after that has waited
     # only what the kernel says, and must not look older to _expire or the shed-wait histogram.
-    clients = [socket.create_connection(listener.getsockname()) for _ in range(2)]
-    for c in clients:
-        c.sendall(PREDICT)
-    time.sleep(0.01)
+    clients = backlog(listener, 2, settle=0.01)
 
     def slow_tcp_info(client):
         time.sleep(0.03)
