@@ -39,8 +39,6 @@ def committing_process(backend, server, url):
     return rows[0][0]
 
 
-
-
 def syncs(calls):
     return [c for c in calls if c in SYNCS]
 
